@@ -1,0 +1,236 @@
+"""Save and load a model folder (format version 1): safetensors + JSON only, written atomically, loaded strictly.
+
+    README.md        model card (YAML front matter + text)
+    config.json      format_version, y_range, per-model settings/metrics/sha256, dataset, split, metrics
+    vocab.json       {"users": [...], "items": [...], "item_counts": [...]} in embedding-row order, "#na#" first;
+                     item_counts (ratings per item in the training data, a popularity aggregate, never the ratings)
+    dot.safetensors  DotModel weights (hfcf.nn key names)
+    nn.safetensors   NeuralModel weights, BatchNorm running statistics included
+
+Nothing here unpickles: a folder is trusted only after every file's hash, key, shape, dtype and value checks out.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from . import nn as hfnn
+from .errors import ArtifactError, DataError
+from .vocab import NA, ItemVocab, UserVocab
+
+FORMAT_VERSION = 1
+KINDS = ("dot", "nn")
+WEIGHT_FILES = {kind: f"{kind}.safetensors" for kind in KINDS}
+MODEL_FILES = ("README.md", "config.json", "vocab.json", *WEIGHT_FILES.values())
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
+_MAX_HEADER = 1 << 20  # our headers are a few KB; a larger claim is corruption or an attack
+
+
+@dataclass
+class ModelFolder:
+    """A loaded, verified model folder."""
+
+    path: Path
+    config: dict
+    users: UserVocab
+    items: ItemVocab
+    modules: dict  # kind -> eval-mode hfcf.nn module
+    item_counts: list
+
+    @property
+    def y_range(self):
+        return tuple(self.config["y_range"])
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_model_folder(path):
+    """True when `path` holds an hfcf config.json (so replacing it loses no one's files)."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("library") == "hfcf"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output(folder, force=False):
+    """Refuse an --out we must not or cannot replace, before any training is spent on it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"--out {folder} is a file, not a folder; choose another --out")
+    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder) and not force:
+        raise DataError(f"--out {folder} exists and is not an hfcf model folder; choose another --out, "
+                        "or pass --force to replace it")
+    parent = folder.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as err:
+        raise DataError(f"cannot write --out {folder}: {err.strerror or err}; choose a writable folder") from None
+
+
+def save(folder, config, users, items, item_counts, weights, card):
+    """Write the folder atomically: build it beside the target, then swap, so a failure leaves the old one."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
+    try:
+        config = json.loads(json.dumps(config))  # a copy we may add hashes to
+        for kind, state in weights.items():
+            path = building / WEIGHT_FILES[kind]
+            save_file(state, path, metadata={"format": "pt", "hfcf_format_version": str(FORMAT_VERSION)})
+            config["models"][kind].update(file=path.name, sha256=sha256(path))
+        (building / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (building / "vocab.json").write_text(json.dumps({"users": users.keys, "items": items.keys,
+                                                             "item_counts": list(map(int, item_counts))}) + "\n")
+        (building / "README.md").write_text(card)
+        _publishable_permissions(building)
+        _swap(building, folder)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return folder
+
+
+def _publishable_permissions(folder):
+    """mkdtemp makes a private (0700) folder; give it and its files the usual umask-based modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+
+
+def _swap(new, target):
+    """Replace `target` by `new` with two renames; the old folder is removed only once the new one is in place."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load(folder):
+    """Load and verify a model folder; anything off raises ArtifactError naming the file and the problem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"model folder {folder} does not exist")
+    names = {path.name for path in folder.iterdir()}
+    if not names & set(WEIGHT_FILES.values()):
+        pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
+        found = f" (it holds {', '.join(pickles)})" if pickles else ""
+        raise ArtifactError(f"{folder} holds no .safetensors weights{found}; hfcf never loads pickle files. "
+                            "Re-export the model with hfcf's train.py")
+    config = _read_json(folder / "config.json")
+    _check_config(config)
+    vocab = _read_json(folder / "vocab.json")
+    users, items, item_counts = _check_vocab(vocab)
+    modules = {kind: _load_module(folder, kind, config, users, items) for kind in config["models"]}
+    return ModelFolder(folder, config, users, items, modules, item_counts)
+
+
+def _read_json(path):
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path.name} is missing from {path.parent}") from None
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{path.name} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{path.name} must hold a JSON object")
+    return value
+
+
+def _check_config(config):
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"config.json has format_version {version!r}; this hfcf reads version "
+                            f"{FORMAT_VERSION}. Upgrade hfcf or re-export the model")
+    y_range = config.get("y_range")
+    if not (isinstance(y_range, list) and len(y_range) == 2 and all(isinstance(v, (int, float)) for v in y_range)
+            and all(map(math.isfinite, y_range)) and y_range[0] < y_range[1]):
+        raise ArtifactError(f"config.json y_range must be [low, high] with low < high (got {y_range!r})")
+    models = config.get("models")
+    if not isinstance(models, dict) or not models or set(models) - set(KINDS):
+        raise ArtifactError(f"config.json models must name some of {list(KINDS)} (got {models!r})")
+
+
+def _check_vocab(vocab):
+    users, items = vocab.get("users"), vocab.get("items")
+    for name, keys in (("users", users), ("items", items)):
+        if not isinstance(keys, list) or len(keys) < 2 or keys[0] != NA:
+            raise ArtifactError(f"vocab.json {name} must be a list starting with {NA!r} and one or more entries")
+        if len(set(map(str, keys))) != len(keys):
+            raise ArtifactError(f"vocab.json {name} holds duplicates")
+    counts = vocab.get("item_counts")
+    if counts is not None and not (isinstance(counts, list) and len(counts) == len(items)
+                                   and all(isinstance(c, int) and c >= 0 for c in counts)):
+        raise ArtifactError("vocab.json item_counts must hold one count (a whole number >= 0) per item")
+    return UserVocab(users), ItemVocab(items), counts
+
+
+def _load_module(folder, kind, config, users, items):
+    settings = config["models"][kind]
+    path = folder / WEIGHT_FILES[kind]
+    if not path.is_file():
+        raise ArtifactError(f"{path.name} is missing from {folder}, though config.json lists the {kind} model")
+    if sha256(path) != settings.get("sha256"):
+        raise ArtifactError(f"{path.name} does not match the sha256 in config.json: the file is corrupt, "
+                            "truncated or from another commit; download the repo again")
+    try:
+        module = hfnn.build(kind, settings, len(users), len(items), config["y_range"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ArtifactError(f"config.json {kind} settings cannot build the model: {err!r}") from None
+    expected = module.state_dict()
+    state = _read_safetensors(path)
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ArtifactError(f"{path.name} keys do not match the {kind} model: missing {missing}, extra {extra}")
+    for key, tensor in state.items():
+        want = expected[key]
+        if tensor.dtype != want.dtype or tensor.shape != want.shape:
+            raise ArtifactError(f"{path.name} {key} is {tensor.dtype} {tuple(tensor.shape)}; the config and vocab "
+                                f"({len(users)} users, {len(items)} items) need {want.dtype} {tuple(want.shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ArtifactError(f"{path.name} {key} holds NaN or infinite values")
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def _read_safetensors(path):
+    """Parse a .safetensors file after checking its header's claims against the file's real size."""
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise ArtifactError(f"{path.name} is truncated ({len(data)} bytes)")
+    (header_size,) = struct.unpack("<Q", data[:8])
+    if header_size > min(_MAX_HEADER, len(data) - 8):
+        raise ArtifactError(f"{path.name} header claims {header_size:,} bytes but the file has {len(data):,}: "
+                            "truncated or corrupt")
+    try:
+        header = json.loads(data[8:8 + header_size])
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        raise ArtifactError(f"{path.name} has an unreadable header: {err!r}") from None
+    if 8 + header_size + end != len(data):
+        raise ArtifactError(f"{path.name} holds {len(data):,} bytes but its header describes "
+                            f"{8 + header_size + end:,}: truncated or corrupt")
+    try:
+        return load_safetensors(data)
+    except Exception as err:  # safetensors raises its own error types for malformed data
+        raise ArtifactError(f"{path.name} is not a valid safetensors file: {err}") from None

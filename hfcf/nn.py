@@ -1,0 +1,119 @@
+"""The two chapter-8 architectures in plain torch, rebuilt from a model config; no fastai.
+
+Their state dicts use explicit names (`user_factors`, `hidden.0.linear`, ...) that say what each tensor is.
+`to_fastai_keys`/`from_fastai_keys` rename them to and from fastai's `EmbeddingDotBias` and `EmbeddingNN`
+(a `TabularModel` built with `bn_cont=False`), so the same tensors load into either implementation.
+"""
+import torch
+from torch import nn
+
+
+def sigmoid_range(x, low, high):
+    """Squash `x` into (low, high), as fastai's `sigmoid_range`."""
+    return torch.sigmoid(x) * (high - low) + low
+
+
+class DotModel(nn.Module):
+    """Dot product of user and item factors plus both biases (fastai `EmbeddingDotBias`)."""
+
+    def __init__(self, n_users, n_items, n_factors, y_range):
+        super().__init__()
+        self.user_factors = nn.Embedding(n_users, n_factors)
+        self.item_factors = nn.Embedding(n_items, n_factors)
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        self.y_range = tuple(y_range)
+
+    def forward(self, users, items):
+        dot = (self.user_factors(users) * self.item_factors(items)).sum(-1)
+        raw = dot + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+        return sigmoid_range(raw, *self.y_range)
+
+    @property
+    def item_embeddings(self):
+        return self.item_factors.weight
+
+
+class Hidden(nn.Module):
+    """Linear (no bias) -> ReLU -> BatchNorm, fastai's `LinBnDrop(lin_first=True)` without dropout."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out, bias=False)
+        self.norm = nn.BatchNorm1d(n_out)
+
+    def forward(self, x):
+        return self.norm(torch.relu(self.linear(x)))
+
+
+class NeuralModel(nn.Module):
+    """Concatenated user and item embeddings through an MLP (fastai `EmbeddingNN`)."""
+
+    def __init__(self, n_users, n_items, user_size, item_size, layers, y_range):
+        super().__init__()
+        self.user_embedding = nn.Embedding(n_users, user_size)
+        self.item_embedding = nn.Embedding(n_items, item_size)
+        sizes = [user_size + item_size, *layers]
+        self.hidden = nn.ModuleList(Hidden(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.output = nn.Linear(sizes[-1], 1)
+        self.y_range = tuple(y_range)
+
+    def forward(self, users, items):
+        x = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)
+        for layer in self.hidden:
+            x = layer(x)
+        return sigmoid_range(self.output(x).squeeze(-1), *self.y_range)
+
+    @property
+    def item_embeddings(self):
+        return self.item_embedding.weight
+
+
+def build(kind, settings, n_users, n_items, y_range):
+    """Rebuild an untrained module from its config entry (`settings`) and the vocab sizes."""
+    if kind == "dot":
+        return DotModel(n_users, n_items, settings["n_factors"], y_range)
+    if kind == "nn":
+        return NeuralModel(n_users, n_items, settings["user_size"], settings["item_size"], settings["layers"], y_range)
+    raise ValueError(f"unknown model kind {kind!r}; expected 'dot' or 'nn'")
+
+
+_DOT_NAMES = {"u_weight.weight": "user_factors.weight", "i_weight.weight": "item_factors.weight",
+              "u_bias.weight": "user_bias.weight", "i_bias.weight": "item_bias.weight"}
+_NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _nn_names(n_hidden):
+    """fastai TabularModel key -> our key, for an MLP with `n_hidden` hidden layers."""
+    names = {"embeds.0.weight": "user_embedding.weight", "embeds.1.weight": "item_embedding.weight"}
+    for i in range(n_hidden):
+        names[f"layers.{i}.0.weight"] = f"hidden.{i}.linear.weight"
+        names.update({f"layers.{i}.2.{part}": f"hidden.{i}.norm.{part}" for part in _NORM_PARTS})
+    names.update({f"layers.{n_hidden}.0.weight": "output.weight", f"layers.{n_hidden}.0.bias": "output.bias"})
+    return names
+
+
+def _names(kind, n_hidden):
+    return _DOT_NAMES if kind == "dot" else _nn_names(n_hidden)
+
+
+def from_fastai_keys(kind, state_dict, n_hidden=0):
+    """Rename a fastai state dict to ours; a key we do not expect is an error, not silently dropped."""
+    names = _names(kind, n_hidden)
+    unexpected = sorted(set(state_dict) - set(names))
+    if unexpected:
+        raise KeyError(f"unexpected fastai {kind} keys {unexpected}; was the model built with bn_cont=False?")
+    return {names[key]: value for key, value in state_dict.items()}
+
+
+def to_fastai_keys(kind, state_dict, n_hidden=0):
+    """Rename our state dict to fastai's key names."""
+    ours = {value: key for key, value in _names(kind, n_hidden).items()}
+    return {ours[key]: value for key, value in state_dict.items()}
+
+
+@torch.no_grad()
+def predict(module, users, items):
+    """Predicted ratings for paired row indices (array-likes of equal length)."""
+    users, items = torch.as_tensor(users, dtype=torch.long), torch.as_tensor(items, dtype=torch.long)
+    return module(users, items).numpy()

@@ -1,0 +1,139 @@
+"""Ratings -> split -> fastai fit -> evaluation -> model folder: the one path train.py and the app's bootstrap share."""
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, artifacts, data, evaluate, vocab
+from . import nn as hfnn
+
+PROJECT_URL = "https://github.com/hfcf/hfcf"
+ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
+                 "nn": "fastai `EmbeddingNN` (embeddings + MLP)"}
+TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+
+
+@dataclass
+class Split:
+    """Training and held-out ratings, and how they were chosen (for config.json and the card)."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    info: dict
+
+    @property
+    def description(self):
+        if self.info["method"] == "canonical":
+            return (f"MovieLens 100k canonical split u{self.info['fold']}: trained on u{self.info['fold']}.base "
+                    f"({len(self.train):,} ratings), scored on u{self.info['fold']}.test ({len(self.valid):,}).")
+        return (f"A random {self.info['valid_pct']:.0%} of the ratings held out (seed {self.info['seed']}): "
+                f"trained on {len(self.train):,}, scored on {len(self.valid):,}.")
+
+
+def make_split(dataset, method="random", valid_pct=0.2, seed=42, fold=1, folder=None):
+    """Random row split, or MovieLens 100k's canonical u{fold}.base/u{fold}.test."""
+    if method == "canonical":
+        train, valid = data.canonical_split(folder, fold)
+        return Split(train, valid, {"method": "canonical", "fold": fold})
+    if method != "random":
+        raise data.DataError(f"unknown --split {method!r}; use 'random' or 'canonical'")
+    if not 0 < valid_pct < 1:
+        raise data.DataError(f"--valid-pct must be between 0 and 1 (got {valid_pct})")
+    train, valid = data.random_split(dataset.ratings, valid_pct, seed)
+    return Split(train, valid, {"method": "random", "valid_pct": valid_pct, "seed": seed})
+
+
+def evaluate_models(fitted, split, users, items, y_range):
+    """RMSE/MAE on the held-out ratings for the baselines, each model and (with both) their average."""
+    train_users, train_items = users.rows(split.train["user"]), items.rows(split.train["title"])
+    valid_users, valid_items = users.rows(split.valid["user"]), items.rows(split.valid["title"])
+    actual = split.valid["rating"].to_numpy()
+    predictions = {"global mean": evaluate.global_mean(split.train["rating"].to_numpy(), len(actual)),
+                   "user+item bias": evaluate.bias_only(train_users, train_items, split.train["rating"].to_numpy(),
+                                                        valid_users, valid_items, len(users), len(items),
+                                                        clip=y_range)}
+    for kind, model in fitted.items():
+        module = hfnn.build(kind, model.settings, len(users), len(items), y_range)
+        module.load_state_dict(model.state_dict)
+        predictions[kind] = hfnn.predict(module.eval(), valid_users, valid_items)
+    if {"dot", "nn"} <= set(fitted):
+        predictions["ensemble"] = (predictions["dot"] + predictions["nn"]) / 2
+    return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}
+
+
+def _settings_text(kind, settings):
+    shape = (f"{settings['n_factors']} factors" if kind == "dot" else
+             f"embeddings {settings['user_size']}/{settings['item_size']}, layers {settings['layers']}")
+    return (f"{shape}, `fit_one_cycle({settings['epochs']}, {settings['lr']}, wd={settings['wd']})`, "
+            f"batch size {settings['bs']}")
+
+
+def render_card(config, repo_id=None):
+    """The model card: YAML front matter (library, tags, datasets, model-index) and text, from model_card.md."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    dataset, metrics = config["dataset"], config["metrics"]
+    name = repo_id or "hfcf collaborative-filtering models"
+    results = [EvalResult(task_type="tabular-regression", task_name="Rating prediction",
+                          dataset_type=dataset["id"], dataset_name=dataset["name"], dataset_split="held-out",
+                          metric_type=metric, metric_name=f"{metric.upper()} ({kind})", metric_value=metrics[kind][metric])
+               for kind in config["models"] for metric in ("rmse", "mae")]
+    card_data = ModelCardData(library_name="hfcf", license="other", model_name=name, eval_results=results,
+                              tags=["fastai", "collaborative-filtering", "recommender-system", "movielens",
+                                    "safetensors", "tabular-regression"],
+                              datasets=[dataset["id"]], pipeline_tag="tabular-regression")
+    rows = [{"name": key, **value} for key, value in metrics.items()]
+    card = ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id or "you/name",
+        project_url=PROJECT_URL, fastai_version=config["fastai_version"], dataset=dataset,
+        split_description=config["split"]["description"], metric_rows=rows, kinds=list(config["models"]),
+        architectures=ARCHITECTURES, models=config["models"], y_range=config["y_range"], seed=config["seed"],
+        settings_text={kind: _settings_text(kind, s) for kind, s in config["models"].items()})
+    return str(card)
+
+
+def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_range=(0.0, 5.5), seed=42,
+                   force=False, repo_id=None, log=print):
+    """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns the config."""
+    from . import training  # fastai is imported only when a model is actually trained
+
+    artifacts.check_output(out, force)
+    settings = {kind: (settings or training.DEFAULTS)[kind] for kind in kinds}
+    for kind in kinds:
+        training.check_settings(kind, settings[kind])
+    users, items = vocab.from_ratings(pd.concat([split.train, split.valid]))
+    log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}")
+    started = time.perf_counter()
+    fitted = training.fit(kinds, settings, split.train, split.valid, users, items, y_range, seed, log)
+    metrics = evaluate_models(fitted, split, users, items, y_range)
+    for name, value in metrics.items():
+        log(f"{name:>15}: RMSE {value['rmse']:.4f}  MAE {value['mae']:.4f}")
+    ratings = dataset.ratings
+    config = {
+        "library": "hfcf", "format_version": artifacts.FORMAT_VERSION, "hfcf_version": __version__,
+        "fastai_version": training.fastai_version(), "python_version": platform.python_version(),
+        "y_range": [float(y_range[0]), float(y_range[1])], "seed": seed,
+        "models": {kind: {"architecture": ARCHITECTURES[kind].split("`")[1], **model.settings,
+                          "fit_seconds": model.fit_seconds, "metrics": metrics[kind]}
+                   for kind, model in fitted.items()},
+        "dataset": {"id": re.sub(r"[^a-z0-9]+", "-", dataset.name.lower()).strip("-"), "name": dataset.name, "url": dataset.url, "licence": dataset.licence,
+                    "citation": dataset.citation, "notes": list(dataset.notes), "n_ratings": len(ratings),
+                    "n_users": int(ratings["user"].nunique()), "n_items": int(ratings["title"].nunique()),
+                    "rating_range": [float(ratings["rating"].min()), float(ratings["rating"].max())]},
+        "split": {**split.info, "description": split.description, "n_train": len(split.train),
+                  "n_valid": len(split.valid)},
+        "metrics": metrics,
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
+    counts = pd.concat([split.train, split.valid])["title"].value_counts()
+    item_counts = [0] + [int(counts.get(title, 0)) for title in items.keys[1:]]
+    artifacts.save(out, config, users, items, item_counts, {kind: model.state_dict for kind, model in fitted.items()},
+                   render_card(config, repo_id))
+    log(f"wrote {out} ({', '.join(sorted(artifacts.WEIGHT_FILES[k] for k in kinds))}, config.json, vocab.json, "
+        "README.md)")
+    config["fitted"] = fitted  # in memory only, for callers that check parity with fastai
+    return config

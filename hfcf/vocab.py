@@ -1,0 +1,141 @@
+"""Index <-> key maps for users and items. Unknown keys raise with suggestions; nothing falls back to row 0.
+
+fastai's `CategoryMap` sends an unknown key to `#na#` (row 0) without a word, so a typo quietly scores an
+untrained embedding. Here row 0 exists only to keep the embedding rows in fastai's order, and is never returned.
+"""
+import difflib
+import re
+import unicodedata
+
+import numpy as np
+
+from .errors import UnknownItemError, UnknownUserError
+
+NA = "#na#"
+MAX_QUERY_LENGTH = 300
+# MovieLens moves leading articles to the end ("Silence of the Lambs, The (1991)"), in several languages.
+_ARTICLES = {"the", "a", "an", "il", "la", "le", "les", "l", "el", "los", "las", "das", "der", "die", "lo"}
+_YEAR = re.compile(r"\(\d{4}\)")
+_ITEM_SUFFIX = re.compile(r"\[item [^\]]*\]")
+
+
+def normalize_title(title):
+    """Case-, accent-, punctuation- and article-insensitive form of a title, year kept."""
+    text = unicodedata.normalize("NFKD", str(title))
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = _ITEM_SUFFIX.sub(" ", text)
+    words = re.sub(r"[^0-9a-z()]+", " ", text).split()
+    return " ".join(w for w in words if w not in _ARTICLES)
+
+
+def _strip_year(normalized):
+    return " ".join(_YEAR.sub(" ", normalized).split())
+
+
+def _check_query(query, what):
+    if query is None or not str(query).strip():
+        raise (UnknownItemError if what == "title" else UnknownUserError)(f"empty {what}: type a {what}")
+    if len(str(query)) > MAX_QUERY_LENGTH:
+        raise (UnknownItemError if what == "title" else UnknownUserError)(
+            f"that {what} is {len(str(query)):,} characters long; the longest accepted is {MAX_QUERY_LENGTH}")
+
+
+def _rows(index, keys, what, error):
+    try:
+        return np.fromiter((index[key] for key in keys), dtype=np.int64)
+    except KeyError as missing:
+        raise error(f"{what} {missing.args[0]!r} is not in the vocabulary") from None
+
+
+def from_ratings(ratings):
+    """Vocabularies of every user and title in a ratings frame, sorted, `#na#` first as fastai orders them."""
+    return UserVocab([NA, *sorted(ratings["user"].unique().tolist())]), \
+        ItemVocab([NA, *sorted(ratings["title"].unique().tolist())])
+
+
+class UserVocab:
+    """User ids in embedding-row order; look-ups accept the id or its string form."""
+
+    def __init__(self, keys):
+        self.keys = list(keys)
+        self._index = {str(key): row for row, key in enumerate(self.keys) if row > 0}
+
+    def __len__(self):
+        return len(self.keys)
+
+    def rows(self, users):
+        """Rows of many exact ids at once (training data); unknown ids raise."""
+        return _rows(self._index, map(str, users), "user", UnknownUserError)
+
+    def index(self, user):
+        _check_query(user, "user")
+        row = self._index.get(str(user).strip())
+        if row is None:
+            raise UnknownUserError(f"user {str(user)[:40]!r} is not in this model; {self.describe()}")
+        return row
+
+    def ids(self):
+        """The real user ids, without the `#na#` row."""
+        return self.keys[1:]
+
+    def describe(self):
+        """One phrase naming the valid ids, for error messages and the UI."""
+        ids = self.ids()
+        if all(isinstance(key, int) for key in ids) and ids == list(range(ids[0], ids[0] + len(ids))):
+            return f"valid user ids are {ids[0]} to {ids[-1]}"
+        return f"valid user ids include {', '.join(map(str, ids[:5]))} ({len(ids):,} users)"
+
+
+class ItemVocab:
+    """Item titles in embedding-row order; look-ups forgive case, accents, articles and a missing year."""
+
+    def __init__(self, keys):
+        self.keys = list(keys)
+        self._exact = {key: row for row, key in enumerate(self.keys) if row > 0}
+        self._normalized, self._no_year = {}, {}
+        for row, key in enumerate(self.keys[1:], start=1):
+            normalized = normalize_title(key)
+            self._normalized.setdefault(normalized, []).append(row)
+            self._no_year.setdefault(_strip_year(normalized), []).append(row)
+
+    def __len__(self):
+        return len(self.keys)
+
+    def rows(self, titles):
+        """Rows of many exact titles at once (training data); unknown titles raise."""
+        return _rows(self._exact, titles, "title", UnknownItemError)
+
+    def index(self, title):
+        """The row of `title`: exact, then normalized, then without the year; else suggestions."""
+        _check_query(title, "title")
+        title = str(title).strip()
+        if title in self._exact:
+            return self._exact[title]
+        normalized = normalize_title(title)
+        for table, key in ((self._normalized, normalized), (self._no_year, _strip_year(normalized))):
+            rows = table.get(key, [])
+            if len(rows) == 1:
+                return rows[0]
+            if len(rows) > 1:
+                names = [self.keys[row] for row in rows]
+                raise UnknownItemError(f"{title!r} matches {len(rows)} titles: {'; '.join(names[:5])}. "
+                                       "Pick one.", names[:5])
+        suggestions = self.suggest(title)
+        hint = f" Did you mean: {'; '.join(suggestions)}?" if suggestions else " Check the spelling."
+        raise UnknownItemError(f"no title matches {title!r}.{hint}", suggestions)
+
+    def suggest(self, query, limit=5):
+        """Up to `limit` titles close to `query`: containing it first, then by spelling."""
+        if not query or len(str(query)) > MAX_QUERY_LENGTH:
+            return []
+        key = _strip_year(normalize_title(query))
+        if not key:
+            return []
+        containing = [rows for name, rows in self._no_year.items() if key in name]
+        close = [self._no_year[name] for name in difflib.get_close_matches(key, self._no_year, n=limit, cutoff=0.6)]
+        titles = []
+        for rows in containing + close:
+            for row in rows:
+                if self.keys[row] not in titles:
+                    titles.append(self.keys[row])
+        return titles[:limit]

@@ -1,0 +1,70 @@
+"""Shared fixtures: the MovieLens 100k copy beside the checkout, and small models trained once per session."""
+import os
+from pathlib import Path
+
+import pytest
+
+# Before anything imports gradio or huggingface_hub: no analytics, no telemetry, no real Hub.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ml100k_path():
+    """The shared MovieLens 100k copy (../shared/data/ml-100k beside the checkout), or HFCF_ML100K."""
+    return Path(os.environ.get("HFCF_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+
+
+@pytest.fixture(scope="session")
+def ml100k():
+    path = ml100k_path()
+    if not (path / "u.data").is_file():
+        pytest.skip(f"MovieLens 100k not found at {path} (set HFCF_ML100K)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_homes(tmp_path_factory, monkeypatch):
+    """Keep caches out of the user's home; FASTAI_HOME points at a folder holding the shared MovieLens copy."""
+    fastai_home = tmp_path_factory.getbasetemp() / "fastai-home"
+    if not fastai_home.exists():
+        (fastai_home / "data").mkdir(parents=True)
+        if (ml100k_path() / "u.data").is_file():
+            (fastai_home / "data" / "ml-100k").symlink_to(ml100k_path())
+    monkeypatch.setenv("FASTAI_HOME", str(fastai_home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset():
+    from hfcf import data
+    return data.synthetic(seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_model(tmp_path_factory, synthetic_dataset):
+    """A folder with both models trained on the synthetic set (a few seconds), and the in-memory training run."""
+    pytest.importorskip("fastai")
+    from hfcf import pipeline, training
+    import dataclasses
+
+    settings = {kind: dataclasses.replace(s, epochs=8, bs=256, lr=1e-2) for kind, s in training.DEFAULTS.items()}
+    out = tmp_path_factory.mktemp("synthetic") / "model"
+    split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
+    config = pipeline.train_and_save(synthetic_dataset, split, out, settings=settings, seed=0, log=lambda *_: None)
+    return out, config, split
+
+
+@pytest.fixture(scope="session")
+def ml100k_model(tmp_path_factory, ml100k):
+    """Both models trained on MovieLens 100k with the CLI's defaults (a few seconds each)."""
+    pytest.importorskip("fastai")
+    from hfcf import data, pipeline
+
+    dataset = data.movielens_100k(ml100k)
+    out = tmp_path_factory.mktemp("ml100k") / "model"
+    split = pipeline.make_split(dataset, "random", 0.2, 42)
+    config = pipeline.train_and_save(dataset, split, out, seed=42, log=lambda *_: None)
+    return out, config, split, dataset

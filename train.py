@@ -1,0 +1,127 @@
+"""Fit fastai's two chapter-8 collaborative-filtering models, evaluate them, write a model folder, optionally push it.
+
+    python train.py                                  # MovieLens 100k (downloaded via fastai) -> ./model
+    python train.py --data ~/ml-latest-small --out models/small
+    python train.py --push --repo-id you/movielens-cf   # token from HF_TOKEN or `hf auth login`
+
+Exit status: 0 success, 2 bad input (nothing written), 1 internal or Hub failure, 130 interrupted.
+"""
+import argparse
+import dataclasses
+import sys
+
+from hfcf.errors import DataError, HfcfError
+
+
+def comma_list(cast):
+    def parse(text):
+        try:
+            return tuple(cast(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {cast.__name__}s, got {text!r}") from None
+    return parse
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data (default: MovieLens 100k through fastai's untar_data)")
+    data.add_argument("--data", metavar="PATH", help="a MovieLens folder (100k, latest-small, 1M) or a CSV/TSV/Parquet "
+                      "ratings file; 'synthetic' for a small generated set with planted clusters")
+    data.add_argument("--format", default="auto", choices=["auto", "ml-100k", "ml-latest-small", "ml-1m", "table",
+                                                           "synthetic"], help="how to read --data (default: detect)")
+    data.add_argument("--user-col", help="ratings-file column of user ids (default: user)")
+    data.add_argument("--item-col", help="ratings-file column of item ids (default: item)")
+    data.add_argument("--rating-col", help="ratings-file column of ratings (default: rating)")
+    data.add_argument("--timestamp-col", help="ratings-file column of timestamps (optional)")
+    data.add_argument("--titles", metavar="PATH", help="a CSV/Parquet table of item titles for a ratings file")
+    data.add_argument("--title-col", help="column of titles in --titles (default: title)")
+    data.add_argument("--titles-item-col", help="column of item ids in --titles (default: --item-col)")
+    data.add_argument("--on-duplicate", default="error", choices=["error", "last", "mean"],
+                      help="a user rating the same item twice: refuse (default), keep the last, or average")
+    split = p.add_argument_group("evaluation split")
+    split.add_argument("--split", default="random", choices=["random", "canonical"],
+                       help="random: hold out --valid-pct of ratings; canonical: MovieLens 100k u{fold}.base/.test")
+    split.add_argument("--valid-pct", type=float, default=0.2, help="held-out fraction for --split random (0.2)")
+    split.add_argument("--fold", type=int, default=1, help="canonical fold 1-5 (default 1)")
+    model = p.add_argument_group("models (defaults: hfcf.training.DEFAULTS, tuned on MovieLens 100k; see BENCHMARKS.md)")
+    model.add_argument("--models", type=comma_list(str), default=("dot", "nn"), help="dot, nn or dot,nn (default)")
+    model.add_argument("--epochs", type=int, help="epochs of fit_one_cycle")
+    model.add_argument("--factors", type=int, help="dot model: latent factors")
+    model.add_argument("--layers", type=comma_list(int), help="nn model: hidden layer sizes, e.g. 100,50")
+    model.add_argument("--bs", type=int, help="batch size")
+    model.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    model.add_argument("--wd", type=float, help="weight decay")
+    model.add_argument("--y-range", type=comma_list(float), default=(0.0, 5.5),
+                       help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
+    model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", default="model", help="model folder to write (default: ./model)")
+    output.add_argument("--force", action="store_true", help="replace --out even if it is not an hfcf model folder")
+    output.add_argument("--push", action="store_true", help="publish the folder to the Hub in one commit")
+    output.add_argument("--repo-id", help="Hub repo to push to, e.g. you/movielens-cf")
+    output.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    return p
+
+
+def model_settings(args):
+    """training.DEFAULTS with the flags the user gave applied to every model."""
+    from hfcf import training
+
+    given = {"epochs": args.epochs, "n_factors": args.factors, "layers": args.layers, "bs": args.bs,
+             "lr": args.lr, "wd": args.wd}
+    overrides = {key: value for key, value in given.items() if value is not None}
+    return {kind: dataclasses.replace(settings, **overrides) for kind, settings in training.DEFAULTS.items()}
+
+
+def table_columns(args):
+    """The ratings-file flags the user gave (the loader refuses them for MovieLens folders)."""
+    given = {"user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
+             "timestamp_col": args.timestamp_col, "titles_path": args.titles, "title_col": args.title_col,
+             "titles_item_col": args.titles_item_col}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def check_args(args):
+    """Refuse bad flag combinations before loading data or training."""
+    unknown = set(args.models) - {"dot", "nn"}
+    if unknown or not args.models:
+        raise DataError(f"--models takes dot, nn or dot,nn (got {','.join(args.models)})")
+    if len(args.y_range) != 2 or not args.y_range[0] < args.y_range[1]:
+        raise DataError(f"--y-range needs low,high with low < high (got {args.y_range})")
+    if args.push:
+        from hfcf import hub
+        hub.check_can_push(args.repo_id)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        check_args(args)
+        from hfcf import artifacts, data, pipeline
+
+        artifacts.check_output(args.out, args.force)
+        dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate, y_range=args.y_range,
+                            **table_columns(args))
+        split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
+        settings = model_settings(args)
+        pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
+                                args.force, args.repo_id)
+        if args.push:
+            from hfcf import hub
+            result = hub.push(args.out, args.repo_id, private=args.private)
+            print(f"pushed commit {result.commit_sha} to {result.repo_url}\n{result.url}")
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except HfcfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} was left as it was", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
