@@ -1,0 +1,479 @@
+"""Read MovieLens or any user/item/rating table into one validated `Dataset`; make synthetic data.
+
+Every loader returns ratings with the columns user, item, title, rating, timestamp, in file order,
+after `validate` has checked them. Two rules shape that frame:
+
+Titles are the model's item keys, so each item gets exactly one title and no two items share one.
+Titles are stripped of surrounding spaces. Distinct item ids that share a title stay distinct: the
+lowest id keeps the title and every later id gets the suffix " [item <id>]", e.g.
+"Chasing Amy (1997) [item 268]". An item with no title gets its id as text. MovieLens readers apply
+the rule to the whole catalogue, so a title never depends on which ratings a split holds.
+
+A (user, item) pair rated more than once is refused by default (`on_duplicate="error"`).
+`on_duplicate="last"` keeps the rating with the latest timestamp (the later row on ties or without
+timestamps); `on_duplicate="mean"` keeps one row at the first one's place with the mean rating and
+the latest timestamp. Either way the count goes into `Dataset.notes`.
+"""
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+COLUMNS = ["user", "item", "title", "rating", "timestamp"]
+DUPLICATE_POLICIES = ("error", "last", "mean")
+FORMATS = ("ml-100k", "ml-latest-small", "ml-1m", "table", "synthetic")
+
+MOVIELENS_LICENCE = (
+    "MovieLens data from GroupLens Research (University of Minnesota): research use only, no commercial "
+    "use without permission, no endorsement implied, cite Harper & Konstan (2015), and no redistribution "
+    "of the data without separate permission, so these ratings are not published with the model."
+)
+MOVIELENS_CITATION = """@article{harper2015movielens,
+  author = {Harper, F. Maxwell and Konstan, Joseph A.},
+  title = {The MovieLens Datasets: History and Context},
+  journal = {ACM Transactions on Interactive Intelligent Systems},
+  volume = {5}, number = {4}, articleno = {19}, numpages = {19},
+  year = {2015}, doi = {10.1145/2827872}
+}"""
+ML_100K_URL = "https://grouplens.org/datasets/movielens/100k/"
+# ml-25m, ml-32m and ml-latest use the same two CSV files as ml-latest-small.
+MOVIELENS_CSV_NAMES = {"ml-25m": "MovieLens 25M", "ml-32m": "MovieLens 32M", "ml-latest": "MovieLens latest"}
+# Words that hint which column a user meant, for the fix in a missing-column error.
+COLUMN_WORDS = {"user": ("user",), "item": ("item", "movie", "product", "book"),
+                "rating": ("rating", "score", "star"), "timestamp": ("time", "date"), "title": ("title", "name")}
+ML_100K_FIX = "pass the ml-100k folder (it holds u.data and u.item) or let hfcf download it"
+SYNTHETIC_BEST_BIAS = 2.0  # large enough that best items out-rate every other item whoever rates them
+
+
+@dataclass
+class Dataset:
+    """A validated ratings table with what a model card needs to say about it."""
+
+    ratings: pd.DataFrame
+    name: str
+    licence: str
+    citation: str
+    url: str
+    notes: list[str]
+    truth: dict | None = None
+
+
+def movielens_100k(path=None, on_duplicate="error", y_range=None):
+    """MovieLens 100k from `path`, fastai's data folder, or a fastai download."""
+    folder = _ml100k_folder(path)
+    _require(folder, ["u.data", "u.item"], ML_100K_FIX)
+    titles, notes = _ml100k_titles(folder)
+    ratings = _read_ml100k_ratings(folder / "u.data").assign(title=lambda frame: frame["item"].map(titles))
+    return _movielens(ratings, notes, "MovieLens 100k", ML_100K_URL, on_duplicate, y_range, "u.data")
+
+
+def movielens_latest_small(path, on_duplicate="error", y_range=None):
+    """MovieLens latest-small (or 25M, 32M, latest): ratings.csv and movies.csv in `path`."""
+    folder = Path(path).expanduser()
+    _require(folder, ["ratings.csv", "movies.csv"], "pass the folder unzipped from ml-latest-small.zip")
+    movies = _read(folder / "movies.csv")
+    titles, notes = _unique_titles(movies["movieId"], movies["title"])
+    ratings = _read(folder / "ratings.csv").rename(columns={"userId": "user", "movieId": "item"})
+    ratings["title"] = ratings["item"].map(titles)
+    name = MOVIELENS_CSV_NAMES.get(folder.name, "MovieLens latest-small")
+    return _movielens(ratings, notes, name, "https://grouplens.org/datasets/movielens/latest/", on_duplicate,
+                      y_range, "ratings.csv")
+
+
+def movielens_1m(path, on_duplicate="error", y_range=None):
+    """MovieLens 1M: ratings.dat and movies.dat (`::` separated, latin-1) in `path`."""
+    folder = Path(path).expanduser()
+    _require(folder, ["ratings.dat", "movies.dat"], "pass the folder unzipped from ml-1m.zip")
+    # Splitting on ":" lets the fast C parser read "::"; the empty fields between land in odd columns.
+    ratings = _read(folder / "ratings.dat", sep=":", header=None, usecols=[0, 2, 4, 6])
+    ratings.columns = ["user", "item", "rating", "timestamp"]
+    # Titles hold single colons ("Star Wars: Episode IV"), so movies.dat needs the exact "::".
+    movies = _read(folder / "movies.dat", sep="::", engine="python", header=None, encoding="latin-1",
+                   quoting=csv.QUOTE_NONE)
+    titles, notes = _unique_titles(movies[0], movies[1])
+    ratings["title"] = ratings["item"].map(titles)
+    return _movielens(ratings, notes, "MovieLens 1M", "https://grouplens.org/datasets/movielens/1m/", on_duplicate,
+                      y_range, "ratings.dat")
+
+
+def ratings_table(path, user_col, item_col, rating_col, timestamp_col=None, titles_path=None, title_col="title",
+                  titles_item_col=None, on_duplicate="error", y_range=None):
+    """Any ratings table (CSV, .tsv or .parquet), with titles from its own column or a second table."""
+    path = Path(path).expanduser()
+    table = _read_table(path)
+    wanted = {"user": (user_col, "--user-col"), "item": (item_col, "--item-col"),
+              "rating": (rating_col, "--rating-col")}
+    if timestamp_col is not None:
+        wanted["timestamp"] = (timestamp_col, "--timestamp-col")
+    if titles_path is None and title_col in table.columns:
+        wanted["title"] = (title_col, "--title-col")
+    ratings = _pick_columns(table, wanted, path.name)
+    notes = []
+    if titles_path is not None:
+        titles_path = Path(titles_path).expanduser()
+        wanted = {"item": (titles_item_col or item_col, "--titles-item-col"), "title": (title_col, "--title-col")}
+        catalogue = _pick_columns(_read_table(titles_path), wanted, titles_path.name)
+        titles, notes = _unique_titles(_normalise_ids(catalogue["item"]), catalogue["title"])
+        ratings["title"] = _normalise_ids(ratings["item"]).map(titles)
+    clean, validation_notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=path.name)
+    return Dataset(clean, path.name, "", "", "", notes + validation_notes)
+
+
+def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=0, noise=0.3):
+    """Ratings with planted clusters and best items, for tests and offline demos; deterministic from `seed`."""
+    if not 1 <= n_clusters <= n_users or n_items < 2 * n_clusters:
+        raise DataError(f"synthetic data needs n_users >= n_clusters >= 1 and n_items >= 2 * n_clusters "
+                        f"(got {n_users} users, {n_items} items, {n_clusters} clusters); raise n_users/n_items")
+    if not 3 <= ratings_per_user <= n_items or n_users * ratings_per_user < 3 * n_items:
+        raise DataError(f"synthetic data needs 3 <= ratings_per_user <= n_items and at least 3 ratings per item "
+                        f"(got {ratings_per_user} per user, {n_users} users, {n_items} items); raise ratings_per_user")
+    rng = np.random.default_rng(seed)
+    user_cluster = rng.permutation(np.arange(n_users) % n_clusters)
+    item_cluster = rng.permutation(np.arange(n_items) % n_clusters)
+    item_bias = rng.uniform(-0.25, 0.25, n_items)
+    best = np.concatenate([np.flatnonzero(item_cluster == k)[:2] for k in range(n_clusters)])
+    item_bias[best] = SYNTHETIC_BEST_BIAS
+    users, items = _balanced_choices(rng, n_users, n_items, ratings_per_user)
+    affinity = np.where(user_cluster[users] == item_cluster[items], 4.5, 1.5)
+    raw = affinity + item_bias[items] + rng.normal(0, noise, len(users))
+    titles = np.array([f"Cluster {k} Movie {i + 1:03d}" for i, k in enumerate(item_cluster)])
+    ratings = pd.DataFrame({"user": users + 1, "item": items + 1, "title": titles[items],
+                            "rating": np.round(np.clip(raw, 1, 5) * 2) / 2, "timestamp": np.nan})
+    clean, notes = validate(ratings, source="synthetic")
+    truth = {"user_cluster": {int(u) + 1: int(k) for u, k in enumerate(user_cluster)},
+             "item_cluster": {str(t): int(k) for t, k in zip(titles, item_cluster)},
+             "best_items": [str(t) for t in titles[best]]}
+    notes.insert(0, f"synthetic: {n_users} users, {n_items} items, {n_clusters} clusters, seed {seed}, noise {noise}")
+    return Dataset(clean, "synthetic", "Synthetic ratings generated by hfcf; no restrictions.", "", "", notes, truth)
+
+
+def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **table_kwargs):
+    """Load `source` (None: MovieLens 100k; "synthetic"; a MovieLens folder; a ratings file) as a Dataset."""
+    if format not in ("auto", *FORMATS):
+        raise DataError(f"unknown format {format!r}; pass --format with one of auto, {', '.join(FORMATS)}")
+    if format == "auto":
+        format = _detect_format(source)
+    table_kwargs = {key: value for key, value in table_kwargs.items() if value is not None}
+    if format != "table" and table_kwargs:
+        options = ", ".join("--" + key.replace("_", "-") for key in table_kwargs)
+        raise DataError(f"{options} can only be used with a ratings file, not with {format} data; leave them out")
+    if format == "synthetic":
+        dataset = synthetic()
+        validate(dataset.ratings, y_range=y_range, source="synthetic")  # only to check y_range
+        return dataset
+    if source is None and format != "ml-100k":
+        raise DataError(f"format {format} needs a source; pass a folder or file")
+    if format == "table":
+        columns = {"user_col": "user", "item_col": "item", "rating_col": "rating"} | table_kwargs
+        return ratings_table(source, on_duplicate=on_duplicate, y_range=y_range, **columns)
+    reader = {"ml-100k": movielens_100k, "ml-latest-small": movielens_latest_small, "ml-1m": movielens_1m}[format]
+    return reader(source, on_duplicate=on_duplicate, y_range=y_range)
+
+
+def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
+    """Check and tidy a ratings frame; return (frame with COLUMNS in file order, notes) or raise DataError."""
+    if on_duplicate not in DUPLICATE_POLICIES:
+        raise DataError(f"on_duplicate must be one of {', '.join(DUPLICATE_POLICIES)} (got {on_duplicate!r}); "
+                        "pass --on-duplicate last or --on-duplicate mean")
+    y_range = _check_y_range(y_range)
+    if df is None or len(df) == 0:
+        raise DataError(f"{source} has no ratings (it is empty or holds only a header); "
+                        "point at a table with at least one rating row")
+    missing = [column for column in ("user", "item", "rating") if column not in df.columns]
+    if missing:
+        found = ", ".join(map(str, df.columns))
+        raise DataError(f"{source} has no column {missing[0]!r} (columns found: {found}); "
+                        f"rename the column that holds it to {missing[0]!r} or pass --{missing[0]}-col NAME")
+    df = df.reset_index(drop=True).reindex(columns=COLUMNS)
+    for column in ("user", "item"):
+        df[column] = _check_ids(df[column], column, source)
+    df["rating"] = _check_ratings(df["rating"], y_range, source)
+    df["timestamp"] = _seconds(df["timestamp"], source)
+    df, notes = _merge_duplicates(df, on_duplicate, source)
+    titles, title_notes = _unique_titles(df["item"], df["title"])
+    df["title"] = df["item"].map(titles).astype(str)
+    for column, noun in (("user", "users"), ("item", "items")):
+        count = df[column].nunique()
+        if count < 2:
+            raise DataError(f"{source} has {count} distinct {noun[:-1]}; collaborative filtering needs at least "
+                            f"2 users and 2 items; load a table with ratings from more {noun}")
+    return df[COLUMNS].reset_index(drop=True), notes + title_notes
+
+
+def random_split(df, valid_pct=0.2, seed=42):
+    """Random row split; a validation row whose user or item train lacks moves to train."""
+    if not 0 < valid_pct < 1:
+        raise DataError(f"valid_pct must be between 0 and 1 (got {valid_pct}); pass --valid-pct 0.2")
+    rng = np.random.default_rng(seed)
+    is_valid = np.zeros(len(df), dtype=bool)
+    is_valid[rng.permutation(len(df))[: round(len(df) * valid_pct)]] = True
+    train = df[~is_valid]
+    # Moving rows only adds ids to train, so one pass leaves every validation id seen.
+    unseen = ~df["user"].isin(train["user"]) | ~df["item"].isin(train["item"])
+    is_valid &= ~unseen.to_numpy()
+    return df[~is_valid], df[is_valid]
+
+
+def canonical_split(path=None, fold=1):
+    """MovieLens 100k fold `fold` (1-5) as (train, test): u{fold}.base/u{fold}.test, or derived from u.data.
+
+    Without those files the fold is derived as GroupLens's mku.sh does: test is rows (fold-1)*20000 to
+    fold*20000 of u.data in file order, base the other 80000, each sorted by user then item.
+    """
+    if fold not in range(1, 6):
+        raise DataError(f"MovieLens 100k has canonical folds 1 to 5 (got {fold!r}); pass --fold 1")
+    folder = _ml100k_folder(path)
+    _require(folder, ["u.item"], ML_100K_FIX)
+    base, test = folder / f"u{fold}.base", folder / f"u{fold}.test"
+    if base.is_file() and test.is_file():
+        frames = [_read_ml100k_ratings(base), _read_ml100k_ratings(test)]
+    else:
+        _require(folder, ["u.data"], ML_100K_FIX)
+        ratings = _read_ml100k_ratings(folder / "u.data")
+        in_test = np.arange(len(ratings)) // 20000 == fold - 1
+        frames = [ratings[mask].sort_values(["user", "item"], kind="stable") for mask in (~in_test, in_test)]
+    titles, _ = _ml100k_titles(folder)
+    return tuple(validate(frame.assign(title=frame["item"].map(titles)), source=file.name)[0]
+                 for frame, file in zip(frames, (base, test)))
+
+
+def _movielens(ratings, title_notes, name, url, on_duplicate, y_range, source):
+    """Validate MovieLens ratings and wrap them with the GroupLens licence and citation."""
+    clean, notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=source)
+    return Dataset(clean, name, MOVIELENS_LICENCE, MOVIELENS_CITATION, url, title_notes + notes)
+
+
+def _ml100k_folder(path):
+    """The folder holding MovieLens 100k: `path`, fastai's data folder, or what fastai downloads."""
+    if path is not None:
+        return Path(path).expanduser()
+    cached = Path(os.environ.get("FASTAI_HOME", "~/.fastai")).expanduser() / "data" / "ml-100k"
+    if (cached / "u.data").is_file():
+        return cached  # spares importing fastai (seconds) when the data is already there
+    try:
+        # fastai's own download path: it also finds a copy seeded where its config.ini points.
+        from fastai.data.external import URLs, untar_data
+    except ImportError as error:
+        raise DataError(f"MovieLens 100k is not in {cached} and fastai is not installed to download it; "
+                        "pip install 'hfcf[train]' or pass the ml-100k folder") from error
+    try:
+        return Path(untar_data(URLs.ML_100k))
+    except Exception as error:  # a download fails in many ways; the fix is the same for all
+        raise DataError(f"could not download MovieLens 100k ({error}); pass the ml-100k folder") from error
+
+
+def _read_ml100k_ratings(file):
+    """Read a u.data-format file: tab separated user, item, rating, timestamp."""
+    return _read(file, sep="\t", header=None, names=["user", "item", "rating", "timestamp"])
+
+
+def _ml100k_titles(folder):
+    """(item id -> unique title, notes) from u.item (`|` separated, latin-1, not quoted)."""
+    movies = _read(folder / "u.item", sep="|", header=None, usecols=[0, 1], encoding="latin-1",
+                   quoting=csv.QUOTE_NONE)
+    return _unique_titles(movies[0], movies[1])
+
+
+def _unique_titles(items, titles):
+    """(item id -> one unique title by the module's duplicate-title rule, notes); an id's first title wins."""
+    first = pd.Series(titles.to_numpy(dtype=object), index=items.to_numpy()).groupby(level=0, sort=True).first()
+    unique, taken, untitled, renamed = {}, set(), 0, 0
+    for item, title in first.items():
+        title = "" if pd.isna(title) else str(title).strip()
+        if not title:
+            title, untitled = str(item), untitled + 1
+        if title in taken:
+            title, renamed = f"{title} [item {item}]", renamed + 1
+        taken.add(title)
+        unique[item] = title
+    notes = [f"{untitled} items have no title; their ids stand in as titles"] if untitled else []
+    if renamed:
+        notes.append(f"{renamed} items share a title with a lower item id; they got the suffix ' [item <id>]'")
+    return unique, notes
+
+
+def _require(folder, names, fix):
+    """Raise DataError naming the first of `names` missing from `folder`."""
+    for name in names:
+        if not (folder / name).is_file():
+            raise DataError(f"{folder} has no {name}; {fix}")
+
+
+def _read(file, **kwargs):
+    """pd.read_csv, with pandas' and the file system's errors turned into DataError."""
+    try:
+        return pd.read_csv(file, **kwargs)
+    except FileNotFoundError as error:
+        raise DataError(f"{file} does not exist; check the path") from error
+    except pd.errors.EmptyDataError as error:
+        raise DataError(f"{Path(file).name} is empty; point at a file with ratings in it") from error
+    except UnicodeDecodeError as error:
+        raise DataError(f"{Path(file).name} is not UTF-8 text ({error}); re-save it as UTF-8") from error
+    except (ValueError, OSError) as error:
+        raise DataError(f"{Path(file).name} could not be read ({error}); check its format: .tsv files are "
+                        "read as tab separated, .parquet as Parquet, anything else as comma separated") from error
+
+
+def _read_table(path):
+    """Read a CSV, TSV (.tsv) or Parquet (.parquet) table."""
+    if path.suffix.lower() != ".parquet":
+        return _read(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; check the path")
+    try:
+        return pd.read_parquet(path)
+    except ImportError as error:
+        raise DataError(f"reading {path.name} needs pyarrow; pip install 'hfcf[train]' or save it as CSV") from error
+    except (ValueError, OSError) as error:
+        raise DataError(f"{path.name} could not be read as Parquet ({error}); check the file") from error
+
+
+def _pick_columns(table, wanted, source):
+    """Rename {ours: (theirs, option)} columns of `table`, raising DataError that names a likely fix."""
+    found = [str(column) for column in table.columns]
+    for ours, (theirs, option) in wanted.items():
+        if theirs not in table.columns:
+            unused = [column for column in found if column not in {name for name, _ in wanted.values()}]
+            likely = [column for column in unused if any(word in column.lower() for word in COLUMN_WORDS[ours])]
+            guess = likely[0] if likely else unused[0] if len(unused) == 1 else "NAME"
+            raise DataError(f"{source} has no column {theirs!r} (columns found: {', '.join(found)}); "
+                            f"pass {option} {guess}")
+    return pd.DataFrame({ours: table[theirs] for ours, (theirs, _) in wanted.items()}).reset_index(drop=True)
+
+
+def _check_y_range(y_range):
+    """Return y_range as a (low, high) float pair, or None."""
+    if y_range is None:
+        return None
+    try:
+        low, high = (float(bound) for bound in y_range)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"y_range must be two numbers (got {y_range!r}); pass --y-range 0 5.5") from error
+    if not np.isfinite([low, high]).all() or low >= high:
+        raise DataError(f"y_range must be two finite numbers, low < high (got {y_range!r}); pass --y-range 0 5.5")
+    return low, high
+
+
+def _check_ids(ids, column, source):
+    """Refuse missing or blank ids; return them as int64 when all are whole numbers, else as str."""
+    blank = ids.isna()
+    if not pd.api.types.is_numeric_dtype(ids):
+        blank |= ids.astype(str).str.strip() == ""
+    if blank.any():
+        raise DataError(f"{source} has {blank.sum()} rows with no {column} id ({_rows(blank)}); "
+                        f"drop or fill those rows, or pass --{column}-col with the column that holds {column} ids")
+    return _normalise_ids(ids)
+
+
+def _normalise_ids(ids):
+    """Ids that are all whole numbers become int64, any others str; missing ids are left for validate."""
+    if ids.isna().any():
+        return ids
+    if pd.api.types.is_integer_dtype(ids):
+        return ids.astype("int64")
+    if pd.api.types.is_float_dtype(ids):
+        whole = np.isfinite(ids).all() and (ids == ids.round()).all()
+        return ids.astype("int64") if whole else ids.astype(str)
+    text = ids.astype(str).str.strip()
+    return text.astype("int64") if text.str.fullmatch(r"[+-]?\d{1,18}").all() else text
+
+
+def _check_ratings(values, y_range, source):
+    """Return ratings as float64, refusing non-numbers, non-finite values and values outside y_range."""
+    ratings = pd.to_numeric(values, errors="coerce").astype("float64")
+    bad = ~np.isfinite(ratings)
+    if bad.any():
+        examples = ", ".join(repr(value) for value in values[bad].head(3))
+        raise DataError(f"{source} has {bad.sum()} ratings that are not finite numbers ({_rows(bad)}: {examples}); "
+                        "fix or drop those rows, or pass --rating-col with the column that holds the ratings")
+    if y_range is not None and (ratings.min() < y_range[0] or ratings.max() > y_range[1]):
+        low, high = min(y_range[0], ratings.min()), max(y_range[1], ratings.max())
+        raise DataError(f"{source} has ratings from {ratings.min():g} to {ratings.max():g}, outside y_range "
+                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range {low:g} {high:g} or a wider range")
+    return ratings
+
+
+def _seconds(values, source):
+    """Timestamps as float seconds since 1970 (NaN where absent): numbers pass through, dates convert."""
+    if not pd.api.types.is_datetime64_any_dtype(values):
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        if numbers.notna().sum() == values.notna().sum():
+            return numbers
+        try:
+            values = pd.to_datetime(values, utc=True, format="mixed")
+        except (ValueError, TypeError) as error:
+            raise DataError(f"{source} has timestamps that are neither numbers nor dates ({error}); "
+                            "fix them or leave out --timestamp-col") from error
+    dates = pd.to_datetime(values, utc=True)
+    return (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype("float64")
+
+
+def _merge_duplicates(df, policy, source):
+    """Apply the on_duplicate policy to repeated (user, item) pairs; return (frame, notes)."""
+    repeated = df.duplicated(["user", "item"], keep=False)
+    if not repeated.any():
+        return df, []
+    pairs = df.loc[repeated, ["user", "item"]].drop_duplicates()
+    rows = int(repeated.sum())
+    if policy == "error":
+        user, item = pairs.iloc[0]
+        raise DataError(f"{source} has {len(pairs)} duplicate (user, item) pairs in {rows} rows (first: user {user}, "
+                        f"item {item}); pass --on-duplicate last to keep the latest rating of each, "
+                        "or --on-duplicate mean to average them")
+    if policy == "last":
+        latest = df.sort_values("timestamp", kind="stable", na_position="first")
+        kept = latest.drop_duplicates(["user", "item"], keep="last").index
+        return df[df.index.isin(kept)], [f"merged {len(pairs)} duplicate (user, item) pairs ({rows} rows) "
+                                         "by keeping the latest rating"]
+    groups = df.groupby(["user", "item"], sort=False)
+    df = df.assign(rating=groups["rating"].transform("mean"), timestamp=groups["timestamp"].transform("max"))
+    return df.drop_duplicates(["user", "item"]), [f"merged {len(pairs)} duplicate (user, item) pairs "
+                                                  f"({rows} rows) by mean"]
+
+
+def _balanced_choices(rng, n_users, n_items, per_user):
+    """(user, item) index arrays: each user rates `per_user` distinct items, item counts differ by at most one."""
+    counts = np.zeros(n_items)
+    users, items = [], []
+    for user in range(n_users):
+        # The least-rated items first, random among equals: every item ends up with its share of ratings.
+        chosen = np.sort(np.argsort(counts + rng.random(n_items))[:per_user])
+        counts[chosen] += 1
+        users.append(np.full(per_user, user))
+        items.append(chosen)
+    return np.concatenate(users), np.concatenate(items)
+
+
+def _detect_format(source):
+    """The format of `source`, from its name or the files a folder holds."""
+    if source is None:
+        return "ml-100k"
+    if str(source) == "synthetic":
+        return "synthetic"
+    path = Path(source).expanduser()
+    if path.is_file():
+        return "table"
+    if not path.is_dir():
+        raise DataError(f"{source} does not exist; pass a MovieLens folder, a ratings file or 'synthetic'")
+    if (path / "u.data").is_file():
+        return "ml-100k"
+    if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
+        return "ml-latest-small"
+    if (path / "ratings.dat").is_file():
+        return "ml-1m"
+    raise DataError(f"{path} holds none of u.data (MovieLens 100k), ratings.csv with movies.csv (latest-small) "
+                    "or ratings.dat (1M); pass one of those folders, or a ratings file with --user-col, "
+                    "--item-col and --rating-col")
+
+
+def _rows(mask):
+    """The first few 1-based data-row numbers where `mask` is true, for error messages."""
+    numbers = np.flatnonzero(np.asarray(mask)) + 1
+    more = ", ..." if len(numbers) > 5 else ""
+    return "data rows " + ", ".join(map(str, numbers[:5])) + more

@@ -1,0 +1,433 @@
+"""hfcf.data: readers on tiny files in each real format, validation errors that name the fix, splits, synthetic data."""
+import sys
+import types
+
+import pandas as pd
+import pytest
+
+from hfcf import data
+from hfcf.data import DataError
+
+
+def write(folder, name, text, encoding="utf-8"):
+    """Write `text` to folder/name and return the path."""
+    path = folder / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def table(tmp_path, text, name="ratings.csv", **kwargs):
+    """ratings_table on a file with MovieLens-style column names."""
+    columns = {"user_col": "userId", "item_col": "movieId", "rating_col": "rating"} | kwargs
+    return data.ratings_table(write(tmp_path, name, text), **columns)
+
+
+def frame(rows, columns=("user", "item", "rating", "timestamp")):
+    """A ratings DataFrame from row lists."""
+    return pd.DataFrame(rows, columns=list(columns))
+
+
+def fake_ml100k(folder):
+    """A tiny MovieLens 100k folder: a latin-1 accent, a repeated title, an item missing from u.item."""
+    folder.mkdir(exist_ok=True)
+    write(folder, "u.data", "1\t10\t4\t881250949\n2\t10\t3\t881250950\n1\t20\t5\t881250951\n2\t30\t1\t881250952\n"
+                            "3\t40\t2\t881250953\n")
+    write(folder, "u.item", "10|Misérables, Les (1995)|01-Jan-1995||http://x|0\n"
+                            "20|Chasing Amy (1997)|01-Jan-1997||http://x|0\n"
+                            "30|Chasing Amy (1997) |01-Jan-1997||http://x|0\n", encoding="latin-1")
+    return folder
+
+
+# Validation: each bad input names the problem and the fix.
+
+def test_empty_file_is_refused(tmp_path):
+    with pytest.raises(DataError, match="ratings.csv is empty"):
+        table(tmp_path, "")
+
+
+def test_header_only_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r"ratings.csv has no ratings \(it is empty or holds only a header\)"):
+        table(tmp_path, "userId,movieId,rating\n")
+
+
+def test_missing_column_names_the_columns_found_and_the_option(tmp_path):
+    with pytest.raises(DataError) as error:
+        table(tmp_path, "userId,movieId,score\n1,2,3\n")
+    assert "ratings.csv has no column 'rating' (columns found: userId, movieId, score); pass --rating-col score" \
+        == str(error.value)
+
+
+def test_missing_column_guesses_from_the_name(tmp_path):
+    with pytest.raises(DataError, match="pass --item-col movie_id"):
+        data.ratings_table(write(tmp_path, "r.csv", "user,movie_id,stamp,rating\n1,2,3,4\n"), "user", "item", "rating")
+
+
+def test_validate_names_missing_columns():
+    with pytest.raises(DataError, match=r"no column 'rating' \(columns found: user, item, stars\).*--rating-col"):
+        data.validate(frame([[1, 2, 3]], ["user", "item", "stars"]))
+
+
+@pytest.mark.parametrize("bad, shown", [("abc", "'abc'"), ("", "nan"), ("inf", "inf")])
+def test_non_numeric_nan_or_infinite_ratings_are_refused(tmp_path, bad, shown):
+    with pytest.raises(DataError) as error:
+        table(tmp_path, f"userId,movieId,rating\n1,1,4\n2,2,{bad}\n3,3,{bad}\n")
+    message = str(error.value)
+    assert "2 ratings that are not finite numbers (data rows 2, 3" in message
+    assert shown in message and "--rating-col" in message
+
+
+def test_ratings_outside_y_range_suggest_a_range(tmp_path):
+    with pytest.raises(DataError) as error:
+        table(tmp_path, "userId,movieId,rating\n1,1,0.5\n2,2,5\n", y_range=(1, 5))
+    assert "ratings from 0.5 to 5, outside y_range (1, 5); pass --y-range 0.5 5" in str(error.value)
+
+
+@pytest.mark.parametrize("y_range", [(5, 1), ("a", 2), (0, float("inf"))])
+def test_bad_y_range_is_refused(y_range):
+    with pytest.raises(DataError, match="--y-range 0 5.5"):
+        data.validate(frame([[1, 1, 3, 0], [2, 2, 4, 0]]), y_range=y_range)
+
+
+def test_missing_user_id_is_refused(tmp_path):
+    with pytest.raises(DataError) as error:
+        table(tmp_path, "userId,movieId,rating\n1,1,4\n,2,3\n")
+    assert "1 rows with no user id (data rows 2)" in str(error.value) and "--user-col" in str(error.value)
+
+
+def test_blank_item_id_is_refused():
+    with pytest.raises(DataError, match=r"1 rows with no item id \(data rows 1\).*--item-col"):
+        data.validate(frame([["a", "  ", 3, 0], ["b", "x", 4, 0]]))
+
+
+def test_duplicate_pairs_are_refused_by_default(tmp_path):
+    with pytest.raises(DataError) as error:
+        table(tmp_path, "userId,movieId,rating\n1,1,4\n1,1,3\n2,2,5\n2,2,1\n2,2,2\n3,3,3\n")
+    message = str(error.value)
+    assert "2 duplicate (user, item) pairs in 5 rows (first: user 1, item 1)" in message
+    assert "--on-duplicate last" in message and "--on-duplicate mean" in message
+
+
+def test_duplicates_last_keeps_the_latest_timestamp_in_file_order():
+    ratings = frame([[1, 1, 4.0, 200], [2, 2, 1.0, 5], [1, 1, 2.0, 100], [3, 3, 5.0, 7], [2, 2, 3.0, 6]])
+    clean, notes = data.validate(ratings, on_duplicate="last")
+    assert clean[["user", "item", "rating"]].values.tolist() == [[1, 1, 4.0], [3, 3, 5.0], [2, 2, 3.0]]
+    assert "merged 2 duplicate (user, item) pairs (4 rows) by keeping the latest rating" in notes
+
+
+def test_duplicates_last_without_timestamps_keeps_the_later_row():
+    ratings = frame([[1, 1, 4.0], [2, 2, 1.0], [1, 1, 2.0]], ["user", "item", "rating"])
+    clean, _ = data.validate(ratings, on_duplicate="last")
+    assert clean[["user", "item", "rating"]].values.tolist() == [[2, 2, 1.0], [1, 1, 2.0]]
+
+
+def test_duplicates_mean_averages_in_place_of_the_first():
+    ratings = frame([[1, 1, 4.0, 200], [2, 2, 1.0, 5], [1, 1, 2.0, 300], [1, 1, 3.0, 100]])
+    clean, notes = data.validate(ratings, on_duplicate="mean")
+    assert clean[["user", "item", "rating", "timestamp"]].values.tolist() == [[1, 1, 3.0, 300.0], [2, 2, 1.0, 5.0]]
+    assert "merged 1 duplicate (user, item) pairs (3 rows) by mean" in notes
+
+
+def test_unknown_duplicate_policy_is_refused():
+    with pytest.raises(DataError, match="on_duplicate must be one of error, last, mean"):
+        data.validate(frame([[1, 1, 3, 0]]), on_duplicate="first")
+
+
+@pytest.mark.parametrize("rows, noun", [([[1, 1, 3, 0], [1, 2, 4, 0]], "user"), ([[1, 1, 3, 0], [2, 1, 4, 0]], "item")])
+def test_a_single_user_or_item_is_refused(rows, noun):
+    with pytest.raises(DataError, match=f"has 1 distinct {noun}; collaborative filtering needs at least 2"):
+        data.validate(frame(rows))
+
+
+def test_validate_output_columns_and_types():
+    clean, _ = data.validate(frame([["7", "b", "4", None], ["8", "a", 3, None]], ["user", "item", "rating", "x"]))
+    assert list(clean.columns) == data.COLUMNS
+    assert clean["user"].dtype == "int64" and clean["item"].tolist() == ["b", "a"]
+    assert clean["rating"].dtype == "float64" and clean["timestamp"].isna().all()
+    assert clean["title"].tolist() == ["b", "a"]
+
+
+def test_dates_become_seconds_and_garbage_timestamps_are_refused(tmp_path):
+    dataset = table(tmp_path, "userId,movieId,rating,when\n1,1,4,1970-01-02\n2,2,3,1970-01-01T00:01:00\n",
+                    timestamp_col="when")
+    assert dataset.ratings["timestamp"].tolist() == [86400.0, 60.0]
+    with pytest.raises(DataError, match="timestamps that are neither numbers nor dates.*--timestamp-col"):
+        table(tmp_path, "userId,movieId,rating,when\n1,1,4,soon\n2,2,3,later\n", timestamp_col="when")
+
+
+# The duplicate-title rule.
+
+def test_shared_titles_get_the_item_suffix_after_the_lowest_id():
+    ratings = frame([[1, 9, 4, "X"], [1, 3, 4, "X"], [2, 5, 3, " X "], [2, 7, 3, None], [3, 8, 1, "Y"]],
+                    ["user", "item", "rating", "title"])
+    clean, notes = data.validate(ratings)
+    assert clean["title"].tolist() == ["X [item 9]", "X", "X [item 5]", "7", "Y"]
+    assert notes == ["1 items have no title; their ids stand in as titles",
+                     "2 items share a title with a lower item id; they got the suffix ' [item <id>]'"]
+
+
+def test_titles_are_unique_per_item_even_when_a_title_is_another_items_id():
+    ratings = frame([[1, 1, 4, "2"], [2, 2, 4, None]], ["user", "item", "rating", "title"])
+    assert data.validate(ratings)[0]["title"].tolist() == ["2", "2 [item 2]"]
+
+
+# Readers on tiny files in their real formats.
+
+def test_movielens_100k_reader(tmp_path):
+    dataset = data.movielens_100k(fake_ml100k(tmp_path / "ml-100k"))
+    assert dataset.ratings["title"].tolist() == ["Misérables, Les (1995)", "Misérables, Les (1995)",
+                                                 "Chasing Amy (1997)", "Chasing Amy (1997) [item 30]", "40"]
+    assert dataset.ratings["user"].dtype == "int64" and dataset.ratings["timestamp"].iloc[0] == 881250949.0
+    assert dataset.name == "MovieLens 100k" and "no redistribution" in dataset.licence
+    assert "Harper" in dataset.citation and "2827872" in dataset.citation and "100k" in dataset.url
+    assert "1 items share a title with a lower item id; they got the suffix ' [item <id>]'" in dataset.notes
+
+
+def test_movielens_100k_reader_names_a_missing_file(tmp_path):
+    write(tmp_path, "u.data", "1\t1\t1\t1\n")
+    with pytest.raises(DataError, match=r"has no u.item; pass the ml-100k folder"):
+        data.movielens_100k(tmp_path)
+
+
+def test_movielens_latest_small_reader(tmp_path):
+    write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.5,964982703\n1,3,0.5,964981247\n"
+                                   "2,1,3.5,964982224\n")
+    write(tmp_path, "movies.csv", 'movieId,title,genres\n1,"American President, The (1995)",Comedy|Drama\n'
+                                  "3,Amélie (Fabuleux destin d'Amélie Poulain) (2001),Comedy|Romance\n")
+    dataset = data.movielens_latest_small(tmp_path)
+    assert dataset.ratings["title"].tolist() == ["American President, The (1995)",
+                                                 "Amélie (Fabuleux destin d'Amélie Poulain) (2001)",
+                                                 "American President, The (1995)"]
+    assert dataset.ratings["rating"].tolist() == [4.5, 0.5, 3.5]
+    assert dataset.name == "MovieLens latest-small" and dataset.licence == data.MOVIELENS_LICENCE
+
+
+def test_movielens_1m_reader(tmp_path):
+    write(tmp_path, "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
+    write(tmp_path, "movies.dat", "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+                                  "661::Misérables, Les: Star Wars, A (1995)::Drama|War\n", encoding="latin-1")
+    dataset = data.movielens_1m(tmp_path)
+    assert dataset.ratings["title"].tolist() == ["One Flew Over the Cuckoo's Nest (1975)",
+                                                 "Misérables, Les: Star Wars, A (1995)",
+                                                 "One Flew Over the Cuckoo's Nest (1975)"]
+    assert dataset.ratings["item"].tolist() == [1193, 661, 1193] and dataset.ratings["timestamp"].iloc[2] == 978298413
+    assert dataset.name == "MovieLens 1M"
+
+
+def test_tsv_with_string_ids_and_a_title_column(tmp_path):
+    text = "userId\tmovieId\trating\ttitle\nann\tm1\t4\tAlpha\nbob\tm2\t2\tBeta\nbob\tm1\t5\tAlpha\n"
+    dataset = table(tmp_path, text, name="ratings.tsv")
+    ratings = dataset.ratings
+    assert ratings["user"].tolist() == ["ann", "bob", "bob"] and ratings["item"].tolist() == ["m1", "m2", "m1"]
+    assert ratings["title"].tolist() == ["Alpha", "Beta", "Alpha"] and dataset.name == "ratings.tsv"
+    assert dataset.licence == "" and dataset.url == ""
+
+
+def test_parquet_with_a_titles_table(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "r.parquet"
+    pd.DataFrame({"u": [1, 2, 2], "i": [10, 10, 20], "stars": [1.0, 2.0, 3.0]}).to_parquet(path)
+    write(tmp_path, "titles.csv", 'id,name\n10,"Ten, The"\n20,Twenty\n')
+    dataset = data.ratings_table(path, "u", "i", "stars", titles_path=tmp_path / "titles.csv", title_col="name",
+                                 titles_item_col="id")
+    assert dataset.ratings["title"].tolist() == ["Ten, The", "Ten, The", "Twenty"]
+
+
+def test_titles_table_joins_on_string_ids_and_fills_gaps(tmp_path):
+    write(tmp_path, "titles.csv", "movieId,title\n007,Bond\n")
+    dataset = table(tmp_path, "userId,movieId,rating\n1,007,4\n2,9,3\n", titles_path=tmp_path / "titles.csv")
+    assert dataset.ratings["title"].tolist() == ["Bond", "9"]
+    assert "1 items have no title; their ids stand in as titles" in dataset.notes
+
+
+# load(): the dispatcher.
+
+def test_load_detects_each_format(tmp_path):
+    fake_ml100k(tmp_path / "ml-100k")
+    (tmp_path / "small").mkdir()
+    write(tmp_path / "small", "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4,1\n2,2,3,2\n")
+    write(tmp_path / "small", "movies.csv", "movieId,title,genres\n1,A,x\n2,B,y\n")
+    (tmp_path / "one").mkdir()
+    write(tmp_path / "one", "ratings.dat", "1::1::5::1\n2::2::4::2\n")
+    write(tmp_path / "one", "movies.dat", "1::A::x\n2::B::y\n")
+    write(tmp_path, "plain.csv", "user,item,rating\n1,1,4\n2,2,3\n")
+    assert data.load(tmp_path / "ml-100k").name == "MovieLens 100k"
+    assert data.load(tmp_path / "small").name == "MovieLens latest-small"
+    assert data.load(str(tmp_path / "one")).name == "MovieLens 1M"
+    assert data.load(tmp_path / "plain.csv").name == "plain.csv"
+    assert data.load(tmp_path / "plain.csv", format="table", timestamp_col=None).name == "plain.csv"
+    assert data.load("synthetic").truth is not None
+
+
+def test_load_passes_the_duplicate_policy_and_y_range(tmp_path):
+    (tmp_path / "small").mkdir()
+    write(tmp_path / "small", "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4,1\n1,1,2,2\n2,2,3,2\n")
+    write(tmp_path / "small", "movies.csv", "movieId,title,genres\n1,A,x\n2,B,y\n")
+    assert data.load(tmp_path / "small", on_duplicate="mean").ratings["rating"].tolist() == [3.0, 3.0]
+    with pytest.raises(DataError, match="--y-range"):
+        data.load("synthetic", y_range=(2, 3))
+
+
+def test_load_refusals(tmp_path):
+    with pytest.raises(DataError, match="holds none of u.data"):
+        data.load(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        data.load(tmp_path / "nothing.csv")
+    with pytest.raises(DataError, match="unknown format 'csv'; pass --format"):
+        data.load(tmp_path, format="csv")
+    with pytest.raises(DataError, match="--rating-col can only be used with a ratings file"):
+        data.load("synthetic", rating_col="stars")
+
+
+def test_default_path_falls_back_to_fastai_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "empty-home"))
+    seeded = fake_ml100k(tmp_path / "downloaded")
+    fake = types.SimpleNamespace(URLs=types.SimpleNamespace(ML_100k="ml-100k-url"),
+                                 untar_data=lambda url: seeded if url == "ml-100k-url" else None)
+    monkeypatch.setitem(sys.modules, "fastai.data.external", fake)
+    assert len(data.movielens_100k().ratings) == 5
+
+
+def test_default_path_without_fastai_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "fastai.data.external", None)  # makes the import raise ImportError
+    with pytest.raises(DataError, match=r"fastai is not installed.*pip install 'hfcf\[train\]' or pass"):
+        data.movielens_100k()
+
+
+def test_failed_download_says_to_pass_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path))
+
+    def offline(url):
+        raise OSError("no network")
+
+    monkeypatch.setitem(sys.modules, "fastai.data.external",
+                        types.SimpleNamespace(URLs=types.SimpleNamespace(ML_100k=""), untar_data=offline))
+    with pytest.raises(DataError, match=r"could not download MovieLens 100k \(no network\); pass the ml-100k folder"):
+        data.movielens_100k()
+
+
+# Splits.
+
+def test_random_split_is_deterministic_and_keeps_validation_ids_in_train(synthetic_dataset):
+    ratings = synthetic_dataset.ratings
+    train, valid = data.random_split(ratings, 0.2, seed=1)
+    again, _ = data.random_split(ratings, 0.2, seed=1)
+    other, _ = data.random_split(ratings, 0.2, seed=2)
+    assert train.index.equals(again.index) and not train.index.equals(other.index)
+    assert set(valid["user"]) <= set(train["user"]) and set(valid["item"]) <= set(train["item"])
+    assert len(train) + len(valid) == len(ratings) and abs(len(valid) / len(ratings) - 0.2) < 0.01
+    assert train.index.is_monotonic_increasing and valid.index.is_monotonic_increasing
+
+
+def test_random_split_moves_unseen_ids_to_train():
+    ratings = data.validate(frame([[1, 1, 3, 0], [2, 2, 4, 0], [1, 2, 5, 0]]))[0]
+    train, valid = data.random_split(ratings, 0.5, seed=0)
+    assert set(valid["user"]) <= set(train["user"]) and set(valid["item"]) <= set(train["item"])
+
+
+def test_random_split_refuses_a_bad_fraction(synthetic_dataset):
+    with pytest.raises(DataError, match="--valid-pct 0.2"):
+        data.random_split(synthetic_dataset.ratings, 1.0)
+
+
+@pytest.mark.parametrize("fold", [0, 6, "1"])
+def test_canonical_split_refuses_other_folds(tmp_path, fold):
+    with pytest.raises(DataError, match="folds 1 to 5"):
+        data.canonical_split(tmp_path, fold)
+
+
+def test_canonical_split_prefers_the_fold_files(tmp_path):
+    folder = fake_ml100k(tmp_path / "ml-100k")
+    write(folder, "u1.base", "1\t10\t4\t1\n2\t30\t1\t2\n")
+    write(folder, "u1.test", "3\t20\t2\t3\n1\t30\t5\t4\n")
+    train, test = data.canonical_split(folder, 1)
+    assert train[["user", "item"]].values.tolist() == [[1, 10], [2, 30]]
+    assert test["title"].tolist() == ["Chasing Amy (1997)", "Chasing Amy (1997) [item 30]"]
+
+
+# Synthetic data with planted structure.
+
+def test_synthetic_is_deterministic(synthetic_dataset):
+    assert synthetic_dataset.ratings.equals(data.synthetic(seed=0).ratings)
+    assert not synthetic_dataset.ratings.equals(data.synthetic(seed=1).ratings)
+
+
+def test_synthetic_ratings_are_half_stars_and_everyone_is_rated(synthetic_dataset):
+    ratings = synthetic_dataset.ratings
+    assert ratings["rating"].between(1, 5).all() and (ratings["rating"] * 2 % 1 == 0).all()
+    assert ratings["user"].nunique() == 200 and ratings["item"].nunique() == 120
+    assert ratings.groupby("user").size().min() >= 3 and ratings.groupby("item").size().min() >= 3
+    assert ratings.drop_duplicates("item")["title"].is_unique
+
+
+def test_synthetic_clusters_are_recoverable(synthetic_dataset):
+    ratings, truth = synthetic_dataset.ratings, synthetic_dataset.truth
+    same = ratings["user"].map(truth["user_cluster"]) == ratings["title"].map(truth["item_cluster"])
+    for user, rows in ratings.groupby("user"):
+        own, other = rows.loc[same[rows.index], "rating"], rows.loc[~same[rows.index], "rating"]
+        assert own.empty or other.empty or own.mean() > other.mean() + 1, user
+
+
+def test_synthetic_best_items_have_the_highest_mean(synthetic_dataset):
+    truth = synthetic_dataset.truth
+    means = synthetic_dataset.ratings.groupby("title")["rating"].mean().sort_values(ascending=False)
+    assert len(truth["best_items"]) == 8
+    assert set(means.index[:8]) == set(truth["best_items"])
+    assert set(truth["item_cluster"]) == set(means.index) and len(truth["user_cluster"]) == 200
+
+
+def test_synthetic_refuses_impossible_shapes():
+    with pytest.raises(DataError, match="raise ratings_per_user"):
+        data.synthetic(n_users=10, n_items=120, ratings_per_user=5)
+    with pytest.raises(DataError, match="n_items >= 2 \\* n_clusters"):
+        data.synthetic(n_items=6, n_clusters=4, ratings_per_user=5)
+
+
+# Integration: the real MovieLens 100k copy.
+
+@pytest.fixture(scope="module")
+def real_100k(request):
+    return data.movielens_100k(request.getfixturevalue("ml100k"))
+
+
+@pytest.mark.integration
+def test_real_100k_counts_and_titles(real_100k):
+    ratings = real_100k.ratings
+    assert (len(ratings), ratings["user"].nunique(), ratings["item"].nunique()) == (100_000, 943, 1682)
+    titles = ratings.drop_duplicates("item")["title"]
+    assert titles.is_unique and "Star Wars (1977)" in set(titles)
+    suffixed = sorted(title for title in titles if " [item " in title)
+    assert len(suffixed) == 18
+    assert "Chasing Amy (1997) [item 268]" in suffixed and "Ice Storm, The (1997) [item 865]" in suffixed
+    assert "Chasing Amy (1997)" in set(titles) and "Two Friends (1986)" in set(titles)  # trailing space stripped
+
+
+@pytest.mark.integration
+def test_real_100k_canonical_folds(ml100k, real_100k):
+    train, test = data.canonical_split(ml100k, 1)
+    assert (len(train), len(test)) == (80_000, 20_000)
+    assert set(train["title"]) | set(test["title"]) <= set(real_100k.ratings["title"])
+    tests = [data.canonical_split(ml100k, fold)[1] for fold in range(1, 6)]
+    pairs = [set(zip(test["user"], test["item"])) for test in tests]
+    assert sum(map(len, pairs)) == 100_000
+    assert set().union(*pairs) == set(zip(real_100k.ratings["user"], real_100k.ratings["item"]))
+
+
+@pytest.mark.integration
+def test_real_100k_derived_folds_match_the_grouplens_files(ml100k, tmp_path):
+    for name in ("u.data", "u.item"):
+        (tmp_path / name).symlink_to(ml100k / name)
+    for fold in (1, 5):
+        for derived, shipped in zip(data.canonical_split(tmp_path, fold), data.canonical_split(ml100k, fold)):
+            pd.testing.assert_frame_equal(derived, shipped)
+
+
+@pytest.mark.integration
+def test_real_100k_default_path_uses_fastai_home(ml100k, tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ml-100k").symlink_to(ml100k)
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "fastai.data.external", None)  # proves no download is attempted
+    assert len(data.movielens_100k().ratings) == 100_000
+    assert data.load().name == "MovieLens 100k"
+    assert len(data.canonical_split(None, 2)[1]) == 20_000
