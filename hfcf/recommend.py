@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import artifacts
+from . import artifacts, vocab
 from .errors import DataError, HfcfError, UnknownItemError
 
 MODELS = ("dot", "nn")
@@ -25,12 +25,15 @@ class Recommender:
     """Predictions, top-N, similar titles and new-user fold-in for one model of a verified model folder."""
 
     def __init__(self, folder, model="dot", source=None, revision=None):
+        model = model or next(kind for kind in MODELS if kind in folder.modules)
         if model not in folder.modules:
             raise HfcfError(f"this repo has no {model!r} model; it has {sorted(folder.modules)}")
         self.folder, self.model, self.module = folder, model, folder.modules[model]
         self.users, self.items, self.config = folder.users, folder.items, folder.config
         self.source, self.revision = source or str(folder.path), revision
         self.low, self.high = folder.y_range
+        # Frozen: concurrent fold-ins (app threads) must not race to accumulate gradients into shared weights.
+        self.module.requires_grad_(False)
         self._seen = {}
         self._ratings = None
         with torch.no_grad():
@@ -45,8 +48,11 @@ class Recommender:
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path, revision=None, model="dot"):
-        """Load a local model folder or a Hub repo ("owner/name", "owner/name@rev"), pinned to one commit."""
-        if model not in MODELS:
+        """Load a local model folder or a Hub repo ("owner/name", "owner/name@rev"), pinned to one commit.
+
+        `model=None` picks the first of MODELS the repo has (`sibling` then gives the other).
+        """
+        if model is not None and model not in MODELS:
             raise HfcfError(f"model must be one of {MODELS} (got {model!r})")
         path = Path(str(repo_id_or_path)).expanduser()
         if path.is_dir():
@@ -107,10 +113,15 @@ class Recommender:
         if self.model == "dot":
             raw = self._user_factors @ self._item_factors.T + self._user_bias[:, None] + self._item_bias[None]
             return self._squash(raw)
+        scores = np.empty((len(self.users), len(self.items)), dtype=np.float32)
+        items = torch.arange(len(self.items))
+        step = max(1, 2**17 // len(self.items))  # users per batch: bounds the MLP's activations to ~100 MB
         with torch.no_grad():
-            items = torch.arange(len(self.items))
-            return np.stack([self.module(torch.full_like(items, row), items).numpy()
-                             for row in range(len(self.users))])
+            for start in range(0, len(self.users), step):
+                users = torch.arange(start, min(start + step, len(self.users)))
+                grid_users, grid_items = torch.cartesian_prod(users, items).T
+                scores[start:start + len(users)] = self.module(grid_users, grid_items).reshape(len(users), -1).numpy()
+        return scores
 
     def recommend(self, user, n=10, exclude=None):
         """Top-`n` titles for `user` with predicted ratings, leaving out what they rated (or `exclude`)."""
@@ -122,6 +133,21 @@ class Recommender:
         """The `n` titles nearest to `item` by cosine similarity of this model's item embeddings."""
         row = self.items.index(item)
         return self._top(self._unit_items @ self._unit_items[row], n, [row], "similarity")
+
+    def search_titles(self, query, limit=10):
+        """Titles for a search box: those starting with `query` first, then other matches and close spellings,
+        each group most-rated first; the most-rated titles for an empty query."""
+        try:
+            counts = self._item_counts()
+        except HfcfError:
+            counts = np.zeros(len(self.items))
+        if query is None or not str(query).strip():
+            return [self.items.keys[row] for row in np.argsort(-counts[1:], kind="stable")[:limit] + 1]
+        start = vocab.normalize_title(query)
+        found = self.items.suggest(query, limit=len(self.items))
+        rank = {title: (not vocab.normalize_title(title).startswith(start), -counts[self.items.index(title)])
+                for title in found}
+        return sorted(found, key=rank.__getitem__)[:limit]
 
     def who_would_like(self, item, n=10):
         """The `n` users predicted to rate `item` highest."""
@@ -223,7 +249,6 @@ class Recommender:
         items = torch.as_tensor(rows)
         target = torch.as_tensor(targets, dtype=torch.float32)
         optimizer = torch.optim.Adam([vector], lr=0.05)
-        module = self.module
         for _ in range(steps):
             optimizer.zero_grad()
             predicted = self._nn_forward(vector.expand(len(rows), -1), items)
@@ -233,7 +258,6 @@ class Recommender:
         with torch.no_grad():
             all_items = torch.arange(len(self.items))
             predicted = self._nn_forward(vector.detach().expand(len(self.items), -1), all_items).numpy()
-        module.zero_grad(set_to_none=True)
         return vector.detach().numpy(), predicted
 
     def _nn_forward(self, user_vectors, items):

@@ -1,0 +1,190 @@
+"""Publish a model folder as one Hub commit, and fetch one back pinned to a single commit.
+
+The token is whatever huggingface_hub finds (HF_TOKEN, then the `hf auth login` cache); hfcf never takes one
+as an argument and scrubs it from every error it raises. `endpoint=None` means huggingface_hub's own setting
+(HF_ENDPOINT); pass another for a self-hosted mirror or a test server.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, constants, get_cached_repo_tree, get_token, snapshot_download
+from huggingface_hub.errors import (
+    CachedRepoTreeNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+    RevisionResolutionError,
+)
+
+from huggingface_hub.utils import validate_repo_id
+
+from .artifacts import MODEL_FILES
+from .artifacts import WEIGHT_FILES as WEIGHTS_BY_KIND
+from .errors import ArtifactError, DataError, HfcfError, HubError
+
+WEIGHT_FILES = tuple(WEIGHTS_BY_KIND.values())  # a folder holds one or both
+REQUIRED_FILES = set(MODEL_FILES) - set(WEIGHT_FILES)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    commit_sha: str
+    url: str  # the commit's page
+    repo_url: str
+
+
+def check_can_push(repo_id):
+    """Refuse a push that cannot work (no or malformed repo id, no token) before any training is spent on it."""
+    if not repo_id:
+        raise DataError("--push needs --repo-id owner/name")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        repo_id = None
+    if not repo_id or repo_id.count("/") != 1:
+        raise DataError("--repo-id must look like owner/name (letters, digits, '-', '_', '.')")
+    if get_token() is None:
+        raise DataError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN "
+                        "(hfcf never takes a token on the command line)")
+
+
+def push(folder, repo_id, *, private=False, commit_message=None, endpoint=None) -> PushResult:
+    """Upload the model files of `folder` (nothing else) to `repo_id` in one commit; unchanged files make no commit."""
+    folder = Path(folder)
+    present = {name for name in MODEL_FILES if (folder / name).is_file()}
+    if not (REQUIRED_FILES <= present and present & set(WEIGHT_FILES)):  # checked before a repo gets created
+        raise ArtifactError(
+            f"{folder} is not a model folder: it needs {', '.join(sorted(REQUIRED_FILES))} "
+            f"and {' or '.join(WEIGHT_FILES)}"
+        )
+    api = HfApi(endpoint=endpoint)
+    with _hub_errors(repo_id, None, api.endpoint):
+        repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        # When nothing changed, huggingface_hub skips the empty commit and returns the current head.
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=folder,
+            allow_patterns=list(MODEL_FILES),
+            commit_message=commit_message or "Upload hfcf model",
+        )
+    return PushResult(repo_id=repo_id, commit_sha=commit.oid, url=commit.commit_url, repo_url=str(repo_url))
+
+
+def split_revision(repo_id):
+    """'owner/name@rev' -> ('owner/name', 'rev'); 'owner/name' -> ('owner/name', None)."""
+    name, at, revision = repo_id.partition("@")
+    if at and not (name and revision):
+        raise HubError(f"{repo_id!r} is not 'owner/name' or 'owner/name@revision'")
+    return name, revision or None
+
+
+def download(repo_id, revision=None, *, endpoint=None) -> tuple[Path, str]:
+    """Fetch the model files of `repo_id` ('owner/name[@rev]') at one commit; returns (local folder, commit sha).
+
+    Only MODEL_FILES are fetched, so a pickle in the repo is never downloaded. Offline, or with the Hub out
+    of reach, a copy in the local cache is used: by sha, or by branch/tag name once downloaded by that name.
+    """
+    if revision is None:
+        repo_id, revision = split_revision(repo_id)
+    api = HfApi(endpoint=endpoint)
+    fetch = dict(repo_id=repo_id, allow_patterns=list(MODEL_FILES), endpoint=api.endpoint)
+    with _hub_errors(repo_id, revision, api.endpoint):
+        # One request (no retries) pins a branch or tag to a commit and notes it in the cache (refs/) for offline
+        # use; with the Hub out of reach, refs/ answers instead. A full sha is taken as is.
+        sha = api.resolve_revision(repo_id, revision=revision).resolved
+        try:  # a commit never changes, so a complete cached copy needs no request
+            folder = snapshot_download(revision=sha, local_files_only=True, **fetch)
+        except LocalEntryNotFoundError:
+            if constants.is_offline_mode():
+                raise
+            # Not cached: ask once without retries, so a missing commit or an unreachable Hub fails fast
+            # (snapshot_download's listing call retries for ~20 s).
+            api.model_info(repo_id, revision=sha)
+            folder = snapshot_download(revision=sha, **fetch)
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        try:  # snapshot_download keeps the commit's file list in the cache
+            held = ", ".join(sorted(entry.path for entry in get_cached_repo_tree(repo_id, revision=sha))) or "no files"
+        except CachedRepoTreeNotFoundError:
+            held = "files not listed"
+        raise ArtifactError(
+            f"{repo_id}@{sha} holds no .safetensors weights (it has: {held}); hfcf never loads pickle (.bin/.pkl)"
+        )
+    return folder, sha
+
+
+@contextmanager
+def _hub_errors(repo_id, revision, endpoint):
+    """Turn huggingface_hub's and httpx2's exceptions into a HubError that says what to do, without the token."""
+    try:
+        yield
+    except HfcfError:
+        raise
+    except Exception as err:
+        message = next(filter(None, (_explain(e, repo_id, revision, endpoint) for e in _chain(err))), None)
+        if message is None:
+            raise
+        token = get_token()
+        if token:
+            for e in _chain(err):  # the library does not echo tokens today; make sure a chained cause never does
+                e.args = tuple(a.replace(token, "***") if isinstance(a, str) else a for a in e.args)
+            message = message.replace(token, "***")
+        raise HubError(message) from err
+
+
+def _chain(err):
+    """`err`, then every exception chained to it (causes and contexts), each once."""
+    seen, pending = set(), [err]
+    while pending:
+        err = pending.pop(0)
+        if err is not None and id(err) not in seen:
+            seen.add(id(err))
+            yield err
+            pending += [err.__cause__, err.__context__]
+
+
+def _explain(err, repo_id, revision, endpoint):
+    """A message for the first exception in a chain that hfcf knows how to explain, else None."""
+    target = f"{repo_id}@{revision}" if revision else repo_id
+    if isinstance(err, (RevisionResolutionError, LocalEntryNotFoundError)):
+        offline = constants.is_offline_mode()
+        reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else f"the Hub could not be reached at {endpoint}"
+        return f"{target} is not in the local cache and {reason}: download it once online, or load a local model folder"
+    if isinstance(err, OfflineModeIsEnabled):
+        return f"Offline mode is on (HF_HUB_OFFLINE=1), so {endpoint} was not contacted: unset it to reach the Hub"
+    if isinstance(err, (httpx2.TransportError, ConnectionError)):  # ConnectionError: hf_xet's transfers
+        return (
+            f"The Hub could not be reached at {endpoint} ({type(err).__name__}: {err}): check the connection and "
+            "retry, or load a local model folder"
+        )
+    if isinstance(err, HFValidationError):
+        return f"{repo_id!r} is not a valid repo id: expected 'owner/name' or 'owner/name@revision'"
+    if isinstance(err, RevisionNotFoundError):
+        return f"Revision {revision!r} not found in {repo_id}: check the branch, tag or commit sha"
+    if not isinstance(err, HfHubHTTPError):
+        return None
+    status = err.response.status_code
+    if isinstance(err, RepositoryNotFoundError) or status == 404:
+        return (
+            f"Repository {repo_id} not found at {endpoint}: check the spelling; a private repo also needs a token "
+            "(`hf auth login` or set HF_TOKEN)"
+        )
+    if status == 401:
+        return (
+            f"The Hub at {endpoint} refused the credentials (401): the token is missing, invalid or expired; "
+            "run `hf auth login` or set HF_TOKEN"
+        )
+    if status == 403:
+        return (
+            f"No write access to the namespace {repo_id.split('/')[0]!r} (403): check the repo id and that the "
+            "token has write permission there (fine-grained tokens need it per namespace)"
+        )
+    return f"The Hub at {endpoint} answered {status} for {repo_id}: {err.server_message or err}"

@@ -1,0 +1,296 @@
+"""hfcf.hub against the in-memory Hub of tests/hub_server.py: no request leaves 127.0.0.1."""
+
+import hashlib
+import os
+import socket
+
+import pytest
+from huggingface_hub import constants
+
+from hfcf import hub
+from hfcf.errors import ArtifactError, HubError
+from hub_server import HubServer
+
+TOKEN = "hf_test_token_4f1c9a7e2b"
+REPO = "alice/movielens-cf"
+
+
+def closed_port_endpoint():
+    with socket.socket() as sock:  # bound then released: nothing listens there afterwards
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(autouse=True)
+def hub_env(tmp_path, monkeypatch):
+    """A private HF cache and home, a token in HF_TOKEN, and no way to reach the real Hub.
+
+    huggingface_hub reads these variables at import, so its constants are patched as well. Xet is off because
+    the client would pick it on its own and the test server only speaks git-LFS; telemetry is off because it
+    would otherwise fetch an agent registry from the default endpoint. That default endpoint is a closed
+    port, so a call that ignored the `endpoint=` given to hfcf.hub fails instead of reaching huggingface.co.
+    """
+    home = tmp_path / "hf-home"
+    settings = {  # environment variable -> (huggingface_hub.constants name, value)
+        "HF_HOME": ("HF_HOME", str(home)),
+        "HF_HUB_CACHE": ("HF_HUB_CACHE", str(tmp_path / "hf-cache")),
+        "HF_TOKEN_PATH": ("HF_TOKEN_PATH", str(home / "token")),
+        "HF_STORED_TOKENS_PATH": ("HF_STORED_TOKENS_PATH", str(home / "stored_tokens")),
+        "HF_ENDPOINT": ("ENDPOINT", closed_port_endpoint()),
+        "HF_HUB_DISABLE_TELEMETRY": ("HF_HUB_DISABLE_TELEMETRY", True),
+        "HF_HUB_DISABLE_XET": ("HF_HUB_DISABLE_XET", True),
+        "HF_HUB_OFFLINE": ("HF_HUB_OFFLINE", False),
+    }
+    for variable, (constant, value) in settings.items():
+        monkeypatch.setenv(variable, str(int(value)) if isinstance(value, bool) else value)
+        monkeypatch.setattr(constants, constant, value)
+    # Derived from ENDPOINT at import; hf_hub_url only swaps in `endpoint=` when a URL starts with ENDPOINT.
+    template = constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+
+
+@pytest.fixture
+def server():
+    with HubServer(token=TOKEN, user="alice") as running:
+        yield running
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    files = {
+        "README.md": b"---\nlibrary_name: fastai\ntags: [collaborative-filtering]\n---\n# MovieLens CF\n",
+        "config.json": b'{"format_version": 1, "y_range": [0, 5.5]}',
+        "vocab.json": b'{"users": ["#na#", "1"], "items": ["#na#", "Toy Story (1995)"]}',
+        "dot.safetensors": os.urandom(3000),
+        "nn.safetensors": os.urandom(5000),
+        "notes.txt": b"not part of the model",
+        "weights.bin": b"a pickle that must never be published",
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def model_bytes(folder):
+    return {name: (folder / name).read_bytes() for name in hub.MODEL_FILES}
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def chain(err):
+    """`err` and everything chained to it, causes and contexts alike."""
+    pending, seen = [err], set()
+    while pending:
+        err = pending.pop()
+        if err is not None and id(err) not in seen:
+            seen.add(id(err))
+            yield err
+            pending += [err.__cause__, err.__context__]
+
+
+def test_push_commits_exactly_the_model_files_with_weights_through_lfs(server, model_folder):
+    result = hub.push(model_folder, REPO, endpoint=server.endpoint)
+
+    files = server.files(REPO)
+    assert files.pop(".gitattributes")  # the Hub's initial commit
+    assert files == model_bytes(model_folder)
+    uploaded = {path.rsplit("/", 1)[1] for method, path in server.requests if method == "PUT"}
+    weights = {sha256((model_folder / name).read_bytes()) for name in hub.WEIGHT_FILES}
+    assert uploaded == weights  # the .safetensors and nothing else went through LFS; JSON and README went inline
+    assert ("POST", f"/{REPO}.git/info/lfs/objects/batch") in server.requests
+    assert [path for method, path in server.requests if path.startswith("/api/models/") and "/commit/" in path] == [
+        f"/api/models/{REPO}/commit/main"
+    ]
+    assert result.commit_sha == server.head(REPO) == server.commits(REPO)[0]
+    assert REPO in result.url and result.commit_sha in result.url
+    assert result.repo_url == f"{server.endpoint}/{REPO}"
+
+
+def test_second_push_of_the_same_folder_makes_no_commit(server, model_folder):
+    first = hub.push(model_folder, REPO, endpoint=server.endpoint)
+    commits, seen = server.commits(REPO), len(server.requests)
+
+    second = hub.push(model_folder, REPO, endpoint=server.endpoint)
+
+    assert second.commit_sha == first.commit_sha
+    assert server.commits(REPO) == commits
+    assert not any(method == "PUT" or "/commit/" in path for method, path in server.requests[seen:])
+    assert {k: v for k, v in server.files(REPO).items() if k != ".gitattributes"} == model_bytes(model_folder)
+
+
+def test_push_with_a_wrong_token_says_how_to_log_in_and_never_shows_the_token(server, model_folder, monkeypatch):
+    wrong = "hf_wrong_token_9d8c7b6a5f"
+    monkeypatch.setenv("HF_TOKEN", wrong)
+    server.echo_credentials = True  # the server quotes the token back: hfcf must still not show it
+
+    with pytest.raises(HubError) as caught:
+        hub.push(model_folder, REPO, endpoint=server.endpoint)
+
+    assert "401" in str(caught.value) and "hf auth login" in str(caught.value)
+    for err in chain(caught.value):
+        assert wrong not in str(err) and wrong not in repr(err)
+    assert REPO not in server.repos
+
+
+def test_push_to_someone_elses_namespace_is_a_permission_error(server, model_folder):
+    with pytest.raises(HubError, match="No write access to the namespace 'bob'"):
+        hub.push(model_folder, "bob/movielens-cf", endpoint=server.endpoint)
+
+
+def test_push_refuses_a_folder_without_the_model_files(server, tmp_path):
+    with pytest.raises(ArtifactError, match="not a model folder"):
+        hub.push(tmp_path, REPO, endpoint=server.endpoint)
+    assert server.requests == []
+
+
+def test_private_repo_needs_a_token_to_download(server, model_folder, monkeypatch):
+    hub.push(model_folder, REPO, private=True, endpoint=server.endpoint)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubError, match="private repo also needs a token"):
+        hub.download(REPO, endpoint=server.endpoint)
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert hub.download(REPO, endpoint=server.endpoint)[1] == server.head(REPO)
+
+
+def test_download_of_a_missing_repo_names_it(server):
+    with pytest.raises(HubError, match="alice/no-such-model not found"):
+        hub.download("alice/no-such-model", endpoint=server.endpoint)
+
+
+def test_download_of_a_missing_revision_names_it(server, model_folder):
+    hub.push(model_folder, REPO, endpoint=server.endpoint)
+    with pytest.raises(HubError, match="Revision 'v9' not found"):
+        hub.download(f"{REPO}@v9", endpoint=server.endpoint)
+
+
+@pytest.mark.parametrize("target", [REPO, f"{REPO}@{'a' * 40}"])
+def test_download_from_an_unreachable_hub_fails_at_once(target, caplog):
+    endpoint = closed_port_endpoint()
+    with pytest.raises(HubError, match=f"could not be reached at {endpoint}"):
+        hub.download(target, endpoint=endpoint)
+    assert "Retrying" not in caplog.text  # no backoff: huggingface_hub's listing call would retry for ~20 s
+
+
+def test_download_pins_one_commit_and_never_fetches_pickle(server, model_folder):
+    first = hub.push(model_folder, REPO, endpoint=server.endpoint)
+    old = model_bytes(model_folder)
+    (model_folder / "nn.safetensors").write_bytes(os.urandom(5000))
+    (model_folder / "config.json").write_bytes(b'{"format_version": 1, "y_range": [0.5, 5.5]}')
+    hub.push(model_folder, REPO, endpoint=server.endpoint)
+    latest = server.add_files(REPO, {"pytorch_model.bin": b"pickle"}, message="add a pickle")
+
+    pinned_folder, pinned_sha = hub.download(f"{REPO}@{first.commit_sha}", endpoint=server.endpoint)
+    latest_folder, latest_sha = hub.download(REPO, endpoint=server.endpoint)
+
+    assert pinned_sha == first.commit_sha and model_bytes(pinned_folder) == old
+    assert latest_sha == latest and model_bytes(latest_folder) == model_bytes(model_folder)
+    assert not (latest_folder / "pytorch_model.bin").exists()
+    assert not [path for _, path in server.requests if path.endswith(".bin")]
+
+
+def test_download_refuses_a_repo_with_only_pickle_weights(server):
+    server.add_files("alice/legacy", {"pytorch_model.bin": b"pickle", "model.pkl": b"pickle", "config.json": b"{}"})
+
+    with pytest.raises(ArtifactError, match=r"no \.safetensors weights .*pytorch_model\.bin"):
+        hub.download("alice/legacy", endpoint=server.endpoint)
+    assert not [path for _, path in server.requests if path.endswith((".bin", ".pkl"))]
+
+
+@pytest.mark.parametrize("offline_mode", [True, False], ids=["HF_HUB_OFFLINE", "hub-stopped"])
+def test_download_uses_the_cache_when_the_hub_is_out_of_reach(server, model_folder, monkeypatch, offline_mode):
+    hub.push(model_folder, REPO, endpoint=server.endpoint)
+    folder, sha = hub.download(REPO, endpoint=server.endpoint)
+    server.close()
+    seen = len(server.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", str(int(offline_mode)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline_mode)
+
+    assert hub.download(REPO, endpoint=server.endpoint) == (folder, sha)
+    assert hub.download(f"{REPO}@{sha}", endpoint=server.endpoint) == (folder, sha)
+    assert len(server.requests) == seen
+    assert model_bytes(folder) == model_bytes(model_folder)
+
+
+@pytest.mark.parametrize("target", [REPO, f"{REPO}@{'b' * 40}"])
+def test_download_offline_without_a_cached_copy_says_so(server, monkeypatch, target):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match=r"not in the local cache and offline mode is on \(HF_HUB_OFFLINE=1\)"):
+        hub.download(target, endpoint=server.endpoint)
+    assert server.requests == []
+
+
+def test_split_revision():
+    assert hub.split_revision("alice/cf@v1") == ("alice/cf", "v1")
+    assert hub.split_revision("alice/cf") == ("alice/cf", None)
+    with pytest.raises(HubError):
+        hub.split_revision("alice/cf@")
+
+
+# A real model folder written by train.py, through the Hub and back into a Recommender.
+
+def use_endpoint(monkeypatch, endpoint):
+    """Point huggingface_hub's default endpoint at the test server, as HF_ENDPOINT would before import."""
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def test_trained_folder_round_trips_pinned_to_a_commit(server, synthetic_model, tmp_path, monkeypatch):
+    import shutil
+
+    import numpy as np
+
+    from hfcf import Recommender
+
+    use_endpoint(monkeypatch, server.endpoint)
+    out = synthetic_model[0]
+    first = hub.push(out, REPO)
+    assert server.files(REPO).keys() - {".gitattributes"} == {p.name for p in out.iterdir()}
+    changed = tmp_path / "changed"
+    shutil.copytree(out, changed)
+    (changed / "README.md").write_text((out / "README.md").read_text() + "\nSecond revision.\n")
+    second = hub.push(changed, REPO)
+    assert second.commit_sha != first.commit_sha
+
+    pinned = Recommender.from_pretrained(f"{REPO}@{first.commit_sha}")
+    latest = Recommender.from_pretrained(REPO, model="nn")
+    local = Recommender.from_pretrained(out)
+    assert (pinned.source, pinned.revision) == (REPO, first.commit_sha)
+    assert latest.revision == second.commit_sha
+    assert "Second revision" not in (pinned.folder.path / "README.md").read_text()
+    np.testing.assert_array_equal(pinned.predict_all(), local.predict_all())
+
+    server.close()  # from here on only the cache can answer
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = Recommender.from_pretrained(REPO, revision=first.commit_sha)
+    np.testing.assert_array_equal(offline.predict_all(), local.predict_all())
+    assert Recommender.from_pretrained(REPO, model="nn").revision == second.commit_sha
+
+
+def test_train_py_push_prints_the_commit_and_never_the_token(server, monkeypatch, tmp_path, capsys):
+    pytest.importorskip("fastai")
+    import train
+
+    use_endpoint(monkeypatch, server.endpoint)
+    code = train.main(["--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "model"), "--push",
+                       "--repo-id", "alice/cli-model"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    head = server.head("alice/cli-model")
+    assert f"pushed commit {head}" in printed.out and TOKEN not in printed.out + printed.err
+    assert server.files("alice/cli-model").keys() - {".gitattributes"} == set(hub.MODEL_FILES)
+
+
+def test_train_py_push_without_a_token_stops_before_training(monkeypatch, tmp_path, capsys):
+    import train
+
+    monkeypatch.delenv("HF_TOKEN")
+    code = train.main(["--data", "synthetic", "--out", str(tmp_path / "model"), "--push", "--repo-id", "alice/x"])
+    assert code == 2 and "hf auth login" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()

@@ -1,0 +1,182 @@
+"""Recommender on a synthetic set with planted clusters: each answer checked against the known structure."""
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from hfcf import Recommender
+from hfcf.errors import DataError, UnknownItemError, UnknownUserError
+
+MODELS = ["dot", "nn"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def rec(request, synthetic_model, synthetic_dataset):
+    return Recommender.from_pretrained(synthetic_model[0], model=request.param).attach_history(
+        synthetic_dataset.ratings)
+
+
+@pytest.fixture(scope="module")
+def truth(synthetic_dataset):
+    return synthetic_dataset.truth
+
+
+def cluster_share(titles, cluster, truth):
+    return np.mean([truth["item_cluster"][t] == cluster for t in titles])
+
+
+def test_recommend_prefers_the_users_cluster_and_skips_what_they_rated(rec, truth, synthetic_dataset):
+    ratings = synthetic_dataset.ratings
+    shares = []
+    for user in list(truth["user_cluster"])[:40]:
+        top = rec.recommend(user, n=5)
+        assert not set(top["title"]) & set(ratings.loc[ratings["user"] == user, "title"])
+        assert top["predicted"].is_monotonic_decreasing
+        shares.append(cluster_share(top["title"], truth["user_cluster"][user], truth))
+    assert np.mean(shares) > 0.8
+
+
+def test_exclude_replaces_the_history(rec, truth):
+    user = next(iter(truth["user_cluster"]))
+    first = rec.recommend(user, n=3)["title"].tolist()
+    again = rec.recommend(user, n=3, exclude=first)["title"].tolist()
+    assert not set(first) & set(again)
+
+
+def test_predict_agrees_with_predict_all(rec):
+    titles = rec.items.keys[1:6]
+    user = rec.users.ids()[3]
+    everything = rec.predict_all()
+    np.testing.assert_allclose(rec.predict(user, titles), everything[rec.users.index(user), 1:6], atol=1e-5)
+    assert everything.shape == (len(rec.users), len(rec.items))
+    assert (everything > rec.low).all() and (everything < rec.high).all()
+
+
+def test_similar_titles_share_the_cluster(rec, truth):
+    shares = [cluster_share(rec.similar(title, n=5)["title"], cluster, truth)
+              for title, cluster in list(truth["item_cluster"].items())[:30]]
+    assert np.mean(shares) > 0.7
+    result = rec.similar(rec.items.keys[1], n=5)
+    assert rec.items.keys[1] not in set(result["title"])
+    assert result["similarity"].between(-1, 1).all() and result["similarity"].is_monotonic_decreasing
+
+
+def test_who_would_like_finds_the_items_cluster(rec, truth):
+    title, cluster = next(iter(truth["item_cluster"].items()))
+    fans = rec.who_would_like(title, n=10)
+    assert np.mean([truth["user_cluster"][u] == cluster for u in fans["user"]]) > 0.8
+
+
+def test_item_biases_rank_the_planted_best_items_first(rec, truth):
+    biases = rec.item_biases()
+    assert len(biases) == len(rec.items) - 1
+    top = set(biases["title"].head(len(truth["best_items"])))
+    assert len(top & set(truth["best_items"])) >= len(truth["best_items"]) - 1
+
+
+def test_embedding_map_shows_the_most_rated_titles(rec, synthetic_dataset):
+    frame = rec.embedding_map(n_items=12, components=3)
+    assert list(frame.columns) == ["title", "pc1", "pc2", "pc3", "ratings"]
+    counts = synthetic_dataset.ratings["title"].value_counts()
+    assert frame["ratings"].tolist() == sorted(frame["ratings"], reverse=True)
+    assert frame["ratings"].iloc[0] == counts.max()
+    everything = rec.embedding_map(n_items=len(rec.items) - 1)  # components fitted on these same titles
+    assert everything["pc1"].var() >= everything["pc2"].var() >= everything["pc3"].var()
+
+
+def test_fold_in_of_an_existing_user_lands_near_their_learnt_predictions(rec, synthetic_dataset):
+    ratings = synthetic_dataset.ratings
+    errors, agreement = [], []
+    everything = rec.predict_all()
+    for user in rec.users.ids()[:20]:
+        own = ratings[ratings["user"] == user]
+        folded = rec.fold_in(dict(zip(own["title"], own["rating"])))
+        learnt = everything[rec.users.index(user), 1:]
+        errors.append(np.sqrt(np.mean((folded.predicted[1:] - learnt) ** 2)))
+        agreement.append(np.corrcoef(folded.predicted[1:], learnt)[0, 1])
+    assert np.median(errors) < 0.5
+    assert np.median(agreement) > 0.9
+
+
+def test_fold_in_one_rating_is_enough_and_rated_titles_are_not_recommended(rec, truth):
+    best = truth["best_items"][0]
+    result = rec.fold_in({best: 5}, n=5)
+    assert len(result.recommendations) == 5 and best not in set(result.recommendations["title"])
+
+
+def test_fold_in_follows_the_newcomers_taste(rec, truth):
+    liked = [t for t, c in truth["item_cluster"].items() if c == 1][:6]
+    disliked = [t for t, c in truth["item_cluster"].items() if c == 2][:6]
+    result = rec.fold_in({**{t: 5 for t in liked}, **{t: 1 for t in disliked}}, n=10)
+    clusters = Counter(truth["item_cluster"][t] for t in result.recommendations["title"])
+    assert clusters.most_common(1)[0][0] == 1
+
+
+@pytest.mark.parametrize("ratings, error, message", [
+    ({}, DataError, "rate at least one movie"),
+    ({"No Such Film (1999)": 4}, UnknownItemError, "no title matches"),
+    ({"x" * 1_000_000: 4}, UnknownItemError, "1,000,000 characters"),
+])
+def test_fold_in_refuses_unusable_ratings(rec, ratings, error, message):
+    with pytest.raises(error, match=message):
+        rec.fold_in(ratings)
+
+
+@pytest.mark.parametrize("rating", [0, 5.5, 9, -1, float("nan"), "great"])
+def test_fold_in_refuses_ratings_outside_the_models_range(rec, rating):
+    with pytest.raises(DataError, match="rating of"):
+        rec.fold_in({rec.items.keys[1]: rating})
+
+
+@pytest.mark.parametrize("n", [0, -3, 10**9, 2.5, True, "ten"])
+def test_bad_n_is_refused_with_the_valid_range(rec, n):
+    user, title = rec.users.ids()[0], rec.items.keys[1]
+    for call in (lambda: rec.recommend(user, n=n), lambda: rec.similar(title, n=n),
+                 lambda: rec.who_would_like(title, n=n)):
+        with pytest.raises(DataError, match="n must be"):
+            call()
+
+
+def test_unknown_user_names_the_valid_ids(rec):
+    with pytest.raises(UnknownUserError, match="valid user ids are 1 to 200"):
+        rec.recommend(9999)
+    with pytest.raises(UnknownUserError):
+        rec.recommend("#na#")  # row 0 is fastai's placeholder, never a user
+
+
+def test_unknown_title_gets_suggestions(rec):
+    title = rec.items.keys[5]
+    with pytest.raises(UnknownItemError) as caught:
+        rec.similar(title.replace("Movie", "Movi"))
+    assert title in caught.value.suggestions and title in str(caught.value)
+
+
+def test_titles_match_forgivingly(rec):
+    assert rec.items.index(rec.items.keys[3].upper()) == 3
+
+
+SERVING_ONLY = textwrap.dedent("""
+    import sys, importlib.abc
+    class NoFastai(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("fastai", "fastcore", "fastprogress"):
+                raise ImportError(f"{name} is not installed (serving-only install)")
+    sys.meta_path.insert(0, NoFastai())
+    import hfcf.recommend
+    assert "fastai" not in sys.modules
+    from hfcf import Recommender
+    rec = Recommender.from_pretrained(sys.argv[1], model=sys.argv[2])
+    print(rec.recommend(rec.users.ids()[0], n=3)["title"].tolist())
+    print(rec.fold_in({rec.items.keys[1]: 4}).recommendations.shape)
+""")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_loading_and_answering_need_no_fastai(synthetic_model, model):
+    done = subprocess.run([sys.executable, "-c", SERVING_ONLY, str(synthetic_model[0]), model],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "(10, 2)" in done.stdout
