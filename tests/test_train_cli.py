@@ -1,0 +1,161 @@
+"""train.py: bad input exits 2 with a message naming the problem and the fix, and writes nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import train
+from hfcf import artifacts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def run(tmp_path, capsys, *args):
+    out = tmp_path / "model"
+    code = train.main([*args, "--out", str(out)])
+    return code, capsys.readouterr().err, out
+
+
+HEADER = "user,item,rating\n"
+CASES = {
+    "missing file": (lambda d: str(d / "nope.csv"), "nope.csv"),
+    "empty file": (lambda d: write(d / "r.csv", ""), "empty"),
+    "header only": (lambda d: write(d / "r.csv", HEADER), "holds only a header"),
+    "missing column": (lambda d: write(d / "r.csv", "user,item,score\n1,2,3\n"),
+                       "columns found: user, item, score"),
+    "non-numeric rating": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n1,3,good\n2,2,4\n"), "rating"),
+    "NaN rating": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n1,3,\n2,2,4\n"), "rating"),
+    "infinite rating": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n1,3,inf\n2,2,4\n"), "rating"),
+    "rating outside y-range": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n1,3,7\n2,2,4\n"), "--y-range"),
+    "empty id": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n,3,4\n2,2,4\n"), "user"),
+    "duplicate pairs": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n1,2,4\n2,3,4\n"), "--on-duplicate"),
+    "one user": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n1,3,4\n"), "1 distinct user"),
+    "one item": (lambda d: write(d / "r.csv", HEADER + "1,2,3\n2,2,4\n"), "1 distinct item"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_ratings_exit_2_and_write_nothing(case, tmp_path, capsys):
+    make, expected = CASES[case]
+    code, err, out = run(tmp_path, capsys, "--data", make(tmp_path))
+    assert code == 2, err
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--models", "dot,svd"], "--models takes dot, nn"),
+    (["--y-range", "5,1"], "--y-range needs low,high"),
+    (["--valid-pct", "1.5"], "--valid-pct must be between 0 and 1"),
+    (["--push"], "--push needs --repo-id"),
+    (["--push", "--repo-id", "not a repo"], "--repo-id must look like owner/name"),
+])
+def test_bad_settings_exit_2_before_training(args, expected, tmp_path, capsys):
+    code, err, out = run(tmp_path, capsys, "--data", "synthetic", *args)
+    assert code == 2 and expected in err
+    assert not out.exists()
+
+
+def test_a_foreign_out_folder_is_refused_without_force(tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    code, err, _ = run(tmp_path, capsys, "--data", "synthetic")
+    assert code == 2 and "not an hfcf model folder" in err and "--force" in err
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_an_unwritable_out_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code = train.main(["--data", "synthetic", "--out", str(blocker / "model")])
+    assert code == 2 and "cannot write --out" in capsys.readouterr().err
+
+
+def test_help_documents_every_setting(capsys):
+    with pytest.raises(SystemExit) as done:
+        train.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--data", "--user-col", "--item-col", "--rating-col", "--out", "--models", "--epochs", "--factors",
+                 "--layers", "--bs", "--lr", "--wd", "--y-range", "--seed", "--split", "--push", "--repo-id",
+                 "--on-duplicate", "--force", "--fold", "--private"]:
+        assert flag in text, flag
+
+
+def test_a_crash_mid_way_leaves_the_previous_model(synthetic_model, tmp_path, monkeypatch, capsys):
+    from hfcf import pipeline
+
+    out = tmp_path / "model"
+    import shutil
+    shutil.copytree(synthetic_model[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(pipeline, "evaluate_models", crash)
+    with pytest.raises(RuntimeError):
+        train.main(["--data", "synthetic", "--epochs", "1", "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_ctrl_c_during_training_exits_130_and_keeps_the_previous_model(synthetic_model, tmp_path):
+    import shutil
+
+    out = tmp_path / "model"
+    shutil.copytree(synthetic_model[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    process = subprocess.Popen([sys.executable, "train.py", "--data", "synthetic", "--epochs", "400", "--bs", "64",
+                                "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines = []
+    for line in process.stdout:  # wait until training is under way
+        lines.append(line)
+        if "epoch 2" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, "".join(lines) + rest
+    assert "was left as it was" in rest
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_train_py_end_to_end_on_synthetic_data(tmp_path):
+    out = tmp_path / "model"
+    done = subprocess.run([sys.executable, "train.py", "--data", "synthetic", "--epochs", "2", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "dot epoch 2:" in done.stdout and "nn epoch 2:" in done.stdout  # plain lines, no progress bar
+    assert "\r" not in done.stdout + done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["models"]["dot"]["epochs"] == 2
+    artifacts.load(out)
+
+
+@pytest.mark.integration
+def test_train_py_on_movielens_100k_writes_a_card_with_all_metrics(ml100k, tmp_path):
+    out = tmp_path / "model"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "train.py", "--data", str(ml100k), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    card = (out / "README.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    for name in ("global mean", "user+item bias", "dot", "nn"):
+        assert f"| {name} | {config['metrics'][name]['rmse']:.4f} |" in card
+    assert config["metrics"]["dot"]["rmse"] < 0.93 and config["metrics"]["nn"]["rmse"] < 0.97
+    assert config["metrics"]["dot"]["rmse"] < config["metrics"]["user+item bias"]["rmse"]
+    assert "library_name: hfcf" in card and "model-index" in card and "Harper" in card
+    print(f"train.py on MovieLens 100k: {time.perf_counter() - started:.1f} s")
