@@ -3,11 +3,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Before anything imports gradio or huggingface_hub: no analytics, no telemetry, no real Hub.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# CI has 2 cores shared with the app server and chromium: one thread is faster and steadier for these small models.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
