@@ -60,9 +60,24 @@ class NeuralModel(nn.Module):
 
     def forward(self, users, items):
         x = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)
-        for layer in self.hidden:
+        return self.head(self.hidden[0].linear(x))
+
+    def head(self, first_linear):
+        """The rest of the network, from the first Linear's output to the rating."""
+        x = self.hidden[0].norm(torch.relu(first_linear))
+        for layer in self.hidden[1:]:
             x = layer(x)
         return sigmoid_range(self.output(x).squeeze(-1), *self.y_range)
+
+    def projections(self):
+        """Every user's and every item's share of the first Linear, whose output for a pair is their sum.
+
+        The layer is linear in the concatenated embeddings, so projecting each table once turns scoring a
+        user against all items into one addition plus `head`, instead of a matrix product per pair.
+        """
+        user_weight, item_weight = self.hidden[0].linear.weight.split(
+            [self.user_embedding.embedding_dim, self.item_embedding.embedding_dim], dim=1)
+        return self.user_embedding.weight @ user_weight.T, self.item_embedding.weight @ item_weight.T, user_weight
 
     @property
     def item_embeddings(self):

@@ -45,6 +45,9 @@ class Recommender:
             self._item_bias = self.module.item_bias.weight.detach().numpy()[:, 0]
             self._user_factors = self.module.user_factors.weight.detach().numpy()
             self._user_bias = self.module.user_bias.weight.detach().numpy()[:, 0]
+        else:
+            with torch.no_grad():
+                self._user_part, self._item_part, self._user_weight = self.module.projections()
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path, revision=None, model="dot"):
@@ -100,8 +103,7 @@ class Recommender:
             raw = self._item_factors @ self._user_factors[user_row] + self._item_bias + self._user_bias[user_row]
             return self._squash(raw)
         with torch.no_grad():
-            users = torch.full((len(self.items),), user_row, dtype=torch.long)
-            return self.module(users, torch.arange(len(self.items))).numpy()
+            return self.module.head(self._item_part + self._user_part[user_row]).numpy()
 
     def predict(self, user, items):
         """Predicted ratings of `user` for each title in `items`."""
@@ -114,13 +116,12 @@ class Recommender:
             raw = self._user_factors @ self._item_factors.T + self._user_bias[:, None] + self._item_bias[None]
             return self._squash(raw)
         scores = np.empty((len(self.users), len(self.items)), dtype=np.float32)
-        items = torch.arange(len(self.items))
         step = max(1, 2**17 // len(self.items))  # users per batch: bounds the MLP's activations to ~100 MB
         with torch.no_grad():
             for start in range(0, len(self.users), step):
-                users = torch.arange(start, min(start + step, len(self.users)))
-                grid_users, grid_items = torch.cartesian_prod(users, items).T
-                scores[start:start + len(users)] = self.module(grid_users, grid_items).reshape(len(users), -1).numpy()
+                users = self._user_part[start:start + step]
+                first = (users[:, None, :] + self._item_part[None]).flatten(0, 1)
+                scores[start:start + len(users)] = self.module.head(first).reshape(len(users), -1).numpy()
         return scores
 
     def recommend(self, user, n=10, exclude=None):
@@ -158,8 +159,7 @@ class Recommender:
                                   + self._item_bias[column])
         else:
             with torch.no_grad():
-                users = torch.arange(len(self.users))
-                scores = self.module(users, torch.full_like(users, column)).numpy()
+                scores = self.module.head(self._user_part + self._item_part[column]).numpy()
         scores[0] = -np.inf
         best = np.argsort(-scores, kind="stable")[:n]
         return pd.DataFrame({"user": [self.users.keys[r] for r in best], "predicted": scores[best].round(3)})
@@ -243,30 +243,21 @@ class Recommender:
         return np.linalg.solve(design.T @ design + penalty, design.T @ (logits - self._item_bias[rows]))
 
     def _fit_user_embedding(self, rows, targets, l2, steps=200):
-        user_table = self.module.user_embedding.weight.detach()
-        start = user_table[1:].mean(0)
+        start = self.module.user_embedding.weight.detach()[1:].mean(0)
         vector = start.clone().requires_grad_(True)
-        items = torch.as_tensor(rows)
         target = torch.as_tensor(targets, dtype=torch.float32)
+        item_part = self._item_part[torch.as_tensor(rows)]
         optimizer = torch.optim.Adam([vector], lr=0.05)
         for _ in range(steps):
             optimizer.zero_grad()
-            predicted = self._nn_forward(vector.expand(len(rows), -1), items)
+            predicted = self.module.head(item_part + vector @ self._user_weight.T)
             loss = ((predicted - target) ** 2).mean() + l2 * 1e-2 * ((vector - start) ** 2).sum()
             loss.backward()
             optimizer.step()
+        self.module.zero_grad(set_to_none=True)
         with torch.no_grad():
-            all_items = torch.arange(len(self.items))
-            predicted = self._nn_forward(vector.detach().expand(len(self.items), -1), all_items).numpy()
+            predicted = self.module.head(self._item_part + vector @ self._user_weight.T).numpy()
         return vector.detach().numpy(), predicted
-
-    def _nn_forward(self, user_vectors, items):
-        """NeuralModel forward from user vectors instead of user rows."""
-        module = self.module
-        x = torch.cat([user_vectors, module.item_embedding(items)], dim=-1)
-        for layer in module.hidden:
-            x = layer(x)
-        return torch.sigmoid(module.output(x).squeeze(-1)) * (self.high - self.low) + self.low
 
     # --- shared helpers --------------------------------------------------------------------------------------
     def _item_rows(self, titles):
