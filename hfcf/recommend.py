@@ -34,7 +34,7 @@ class Recommender:
         self.low, self.high = folder.y_range
         # Frozen: concurrent fold-ins (app threads) must not race to accumulate gradients into shared weights.
         self.module.requires_grad_(False)
-        self._seen = {}
+        self._seen, self._rated = {}, {}
         self._ratings = None
         with torch.no_grad():
             embeddings = self.module.item_embeddings.numpy()
@@ -74,23 +74,23 @@ class Recommender:
     def attach_history(self, ratings):
         """Remember who rated what (a ratings frame from `hfcf.data`), to exclude seen items and show history."""
         self._ratings = ratings
-        self._seen = {}
+        self._seen, self._rated = {}, {}  # per user, grouped once: a request must not scan every rating
         if ratings is not None:
             known = ratings[ratings["title"].isin(self.items._exact)]
-            for user, titles in known.groupby(known["user"].astype(str))["title"]:
-                self._seen[user] = self.items.rows(titles)
+            for user, rated in known.groupby(known["user"].astype(str)):
+                self._rated[user] = (rated["title"].to_numpy(), rated["rating"].to_numpy())
+                self._seen[user] = self.items.rows(rated["title"])
         return self
 
     def history(self, user):
         """What `user` rated in the attached dataset, beside this model's prediction, highest rating first."""
         row = self.users.index(user)
-        if self._ratings is None:
+        key = str(self.users.keys[row])
+        if key not in self._rated:
             return pd.DataFrame(columns=["title", "rating", "predicted"])
-        rated = self._ratings[self._ratings["user"].astype(str) == str(self.users.keys[row])]
-        rated = rated[rated["title"].isin(self.items._exact)]
-        predicted = self._scores(row)[self.items.rows(rated["title"])]
-        frame = pd.DataFrame({"title": rated["title"].to_numpy(), "rating": rated["rating"].to_numpy(),
-                              "predicted": predicted.round(2)})
+        titles, ratings = self._rated[key]
+        predicted = self._scores(row)[self._seen[key]]
+        frame = pd.DataFrame({"title": titles, "rating": ratings, "predicted": predicted.round(2)})
         return frame.sort_values(["rating", "predicted"], ascending=False, ignore_index=True)
 
     # --- scores -----------------------------------------------------------------------------------------

@@ -72,3 +72,28 @@ def ml100k_model(tmp_path_factory, ml100k):
     split = pipeline.make_split(dataset, "random", 0.2, 42)
     config = pipeline.train_and_save(dataset, split, out, seed=42, log=lambda *_: None)
     return out, config, split, dataset
+
+
+@pytest.fixture(scope="module")
+def serve_app():
+    """Launch `app.build_demo` apps on 127.0.0.1 (a free port, the production queue); closed after the module."""
+    import socket
+    import sys
+
+    sys.path.insert(0, str(ROOT))  # app.py lives at the repo root, as a Space's app_file does
+    import app
+
+    demos = []
+
+    def serve(recommenders, note=""):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        demo = app.build_demo(recommenders, note)
+        _, url, _ = app.serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        demos.append(demo)
+        return url
+
+    yield serve
+    for demo in demos:
+        demo.close()

@@ -1,0 +1,227 @@
+"""The hfcf Space: rate movies for a user, similar titles, a newcomer's picks and a look inside the model.
+
+    python app.py                                # ./model, or a demo model trained here on first run
+    python app.py --model you/movielens-cf@main  # a published model (or HFCF_MODEL=...)
+    python app.py --model /path/to/folder --host 0.0.0.0 --port 7860
+
+UI wiring only: what each tab shows comes from hfcf.space; hfcf errors become gr.Error in `user_errors`.
+"""
+import argparse
+import functools
+import html
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # off unless the user turned it on
+# One math thread per request unless told otherwise: on a small, busy CPU box, OpenBLAS and torch threads spin
+# against each other (the PCA map's SVD took 0.7 s with 2 OpenBLAS threads here, 4 ms with 1).
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import gradio as gr  # noqa: E402
+
+from hfcf import space  # noqa: E402
+from hfcf.errors import HfcfError  # noqa: E402
+
+CONCURRENCY = 4     # handlers take milliseconds; more threads than this only contend for the CPU
+QUEUE_SIZE = 256    # waiting requests beyond this are refused ("queue is full") instead of piling up
+MAX_N = 50
+MAX_USER_CHOICES = 2000  # more ids can still be typed; the dropdown lists the first ones
+NAVIGATION_KEYS = {"ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Enter", "Escape", "Tab"}
+
+
+def user_errors(fn):
+    """Turn hfcf's errors (a user's mistake, with the fix in the message) into gr.Error: no traceback shown.
+
+    Messages quote what the user typed and Gradio renders them as HTML, so <, > and & are escaped.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HfcfError as err:
+            raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
+    return wrapper
+
+
+def build_demo(recommenders, note=""):
+    """The Blocks app for {"dot": Recommender, "nn": Recommender} (either may be absent)."""
+    first = next(iter(recommenders.values()))
+
+    def bound(fn):
+        """space.fn with the models bound; named and documented as fn for the API page."""
+        call = user_errors(functools.partial(fn, recommenders))
+        call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+        return call
+
+    def model_picker(both=False):
+        choices = space.model_choices(recommenders, both)
+        return gr.Radio(choices, value=choices[-1 if both else 0][1], label="Model")
+
+    def n_slider(label, maximum=MAX_N, value=10, minimum=1):
+        return gr.Slider(minimum, maximum, value=min(value, maximum), step=1, precision=0, label=label)
+
+    def title_picker(label, value=None):
+        box = gr.Dropdown(first.search_titles("", 20), value=value, label=label, allow_custom_value=True,
+                          filterable=True, info="type to search, then pick a title")
+
+        def suggest(data: gr.KeyUpData):
+            if data.key in NAVIGATION_KEYS:
+                return gr.skip()
+            return gr.Dropdown(choices=first.search_titles(data.input_value[:300], 20))
+
+        box.key_up(suggest, None, box, queue=False, show_progress="hidden", api_visibility="private")
+        return box
+
+    def table(label, value, **kwargs):
+        return gr.Dataframe(value, label=label, interactive=False, max_height=420, **kwargs)
+
+    popular = first.search_titles("", 1)[0]
+    with gr.Blocks(title="hfcf: MovieLens recommendations", fill_width=True) as demo:
+        gr.Markdown("# hfcf: collaborative filtering on MovieLens\n" + space.header(recommenders))
+        if note:
+            gr.Markdown(note, elem_id="note")
+
+        with gr.Tab("Rate movies for a user", id="user"):
+            ids = [str(user) for user in first.users.ids()[:MAX_USER_CHOICES]]
+            with gr.Row():
+                user = gr.Dropdown(ids, value=ids[0], label="User", info=first.users.describe(),
+                                   allow_custom_value=True, filterable=True)
+                user_model = model_picker(both=True)
+                user_n = n_slider("Top picks")
+            user_go = gr.Button("Recommend", variant="primary")
+            summary, top, history, figure = space.rate_user(recommenders, ids[0], user_model.value, 10)
+            user_summary = gr.Markdown(summary)
+            user_top = table("Top picks they have not rated", top)
+            with gr.Row(equal_height=True):
+                user_history = table("What they rated, beside the model's prediction", history, scale=3,
+                                     column_widths=["50%"])  # long titles would push the predictions out of view
+                user_plot = gr.Plot(figure, label="Actual vs predicted", scale=2)
+            gr.on([user_go.click, user.input, user_model.input], bound(space.rate_user), [user, user_model, user_n],
+                  [user_summary, user_top, user_history, user_plot], api_name="rate_user")
+
+        with gr.Tab("Similar titles", id="similar"):
+            with gr.Row():
+                similar_title = title_picker("Title", popular)
+                similar_model = model_picker()
+                similar_n = n_slider("How many titles")
+            similar_go = gr.Button("Find similar titles", variant="primary")
+            summary, frame = space.similar(recommenders, popular, similar_model.value, 10)
+            similar_summary = gr.Markdown(summary)
+            similar_table = table("Nearest titles", frame)
+            gr.on([similar_go.click, similar_title.input], bound(space.similar),
+                  [similar_title, similar_model, similar_n], [similar_summary, similar_table], api_name="similar")
+
+        with gr.Tab("New here? Rate a few movies", id="newcomer"):
+            low, high = first.config["dataset"].get("rating_range", first.folder.y_range)
+            with gr.Row():
+                new_title = title_picker("A movie you have seen")
+                new_rating = gr.Slider(low, high, value=min(high, max(low, 4)), step=0.5, label="Your rating")
+            with gr.Row():
+                new_add = gr.Button("Add rating")
+                new_clear = gr.Button("Clear")
+            new_ratings = gr.Dataframe(space.ratings_table(None), label="Your ratings (edit them here too)",
+                                       headers=space.NEWCOMER_COLUMNS, datatype=["str", "number"],
+                                       interactive=True, max_height=300)
+            with gr.Row():
+                new_model = model_picker()
+                new_n = n_slider("Picks for you")
+            new_go = gr.Button("Recommend for me", variant="primary")
+            new_summary = gr.Markdown("Add one or more movies you have seen, then ask for recommendations.")
+            new_table = table("Your top picks", None, headers=["title", "predicted"])
+            new_add.click(bound(space.add_rating), [new_ratings, new_title, new_rating], new_ratings,
+                          api_name="add_rating")
+            new_clear.click(lambda: space.ratings_table(None), None, new_ratings, api_name="clear_ratings")
+            new_go.click(bound(space.newcomer), [new_ratings, new_model, new_n], [new_summary, new_table],
+                         api_name="newcomer")
+
+        with gr.Tab("Inside the model", id="inside"):
+            text, metrics = space.model_info(recommenders)
+            gr.Markdown(text)
+            table("Held-out error (from the model card)", metrics)
+            if "dot" in recommenders:
+                gr.Markdown("### Title biases (dot model)\nA high bias: people rate it well even if it is not "
+                            "their kind of movie. A low bias: disliked even by those who like its kind.")
+                highest, lowest = space.biases(recommenders, 10)
+                with gr.Row():
+                    bias_n = n_slider("Titles per list", value=10)
+                    bias_go = gr.Button("Show biases")
+                with gr.Row():
+                    bias_high = table("Highest bias", highest)
+                    bias_low = table("Lowest bias", lowest)
+                bias_go.click(bound(space.biases), bias_n, [bias_high, bias_low], api_name="biases")
+
+            gr.Markdown("### The map of the most-rated titles\nTheir item embeddings projected on the top "
+                        "principal components (the book's PCA plot); hover for titles.")
+            with gr.Row():
+                map_model = model_picker()
+                map_n = n_slider("Titles on the map", maximum=min(300, len(first.items) - 1), value=50, minimum=2)
+                map_go = gr.Button("Draw the map")
+            figure, frame = space.embedding_map(recommenders, map_model.value, map_n.value)
+            map_plot = gr.Plot(figure, label="Embedding map")
+            with gr.Accordion("Map data", open=False):
+                map_table = table("Coordinates", frame)
+            map_go.click(bound(space.embedding_map), [map_model, map_n], [map_plot, map_table],
+                         api_name="embedding_map")
+
+            gr.Markdown("### Who would like it?")
+            with gr.Row():
+                who_title = title_picker("Movie", popular)
+                who_model = model_picker()
+                who_n = n_slider("How many users")
+            who_go = gr.Button("Find users")
+            summary, frame = space.who_would_like(recommenders, popular, who_model.value, 10)
+            who_summary = gr.Markdown(summary)
+            who_table = table("Users predicted to rate it highest", frame)
+            gr.on([who_go.click, who_title.input], bound(space.who_would_like), [who_title, who_model, who_n],
+                  [who_summary, who_table], api_name="who_would_like")
+
+        @user_errors
+        def suggest_titles(query: str, limit: int = 10) -> list[str]:
+            """Titles matching `query` for a search box, best first (up to 50)."""
+            return space.suggest_titles(recommenders, query, limit)
+
+        def model_info() -> dict:
+            """The served model: source, commit, dataset and the card's held-out metrics."""
+            return {"source": first.source, "revision": first.revision, "models": list(recommenders),
+                    "dataset": first.config["dataset"]["name"], "metrics": first.config["metrics"]}
+
+        gr.api(suggest_titles, api_name="suggest_titles")
+        gr.api(model_info, api_name="model_info")
+    return demo
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="a Hub repo id (owner/name or owner/name@revision) or a local model folder "
+                   "(default: HFCF_MODEL, then ./model, else a demo model trained here)")
+    p.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT or 7860)")
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        source, note = space.resolve_model_source(args.model), ""
+        if source is None:
+            source, note = space.bootstrap()
+        recommenders = space.load_recommenders(source)
+        note = " ".join(filter(None, [note, space.load_history(recommenders)]))
+    except HfcfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    serve(build_demo(recommenders, note), args.host, args.port, args.share)
+    return 0
+
+
+def serve(demo, host=None, port=None, share=False, **launch_kwargs):
+    """Launch with a bounded queue and concurrency, refusing file uploads (the app takes none)."""
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size="1kb", **launch_kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""What the Space shows, as data frames and plotly figures; app.py only wires these to Gradio components.
+
+Where the model comes from: `--model`, else HFCF_MODEL, else ./model, else a demo model trained here (bootstrap).
+A user's history comes from the dataset loader, never from the model repo (the MovieLens licence forbids
+redistributing ratings). No gradio here, and fastai only inside `bootstrap`.
+"""
+import dataclasses
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, HfcfError
+
+LABELS = {"dot": "dot product", "nn": "neural net"}
+BOTH = "both"
+LOCAL_MODEL = Path("model")  # where train.py writes by default
+
+
+# --- where the model comes from ------------------------------------------------------------------------
+def resolve_model_source(cli_value=None, env=os.environ):
+    """`--model`, else HFCF_MODEL, else ./model when it holds a model; None means bootstrap one."""
+    for value in (cli_value, env.get("HFCF_MODEL")):
+        if value and str(value).strip():
+            return str(value).strip()
+    return str(LOCAL_MODEL) if (LOCAL_MODEL / "config.json").is_file() else None
+
+
+def load_recommenders(source):
+    """{"dot": Recommender, "nn": Recommender} for the kinds `source` holds, from one download and one load."""
+    from .recommend import MODELS, Recommender
+
+    first = Recommender.from_pretrained(source, model=None)
+    return {kind: first if kind == first.model else first.sibling(kind)
+            for kind in MODELS if kind in first.folder.modules}
+
+
+def bootstrap(out=LOCAL_MODEL, log=print):
+    """Train a demo model with the project's pipeline when none is configured; returns (its folder, a note
+    naming its data for the page).
+
+    MovieLens 100k when it can be found or downloaded, else the synthetic set, so a fresh machine works offline.
+    The folder is `out`, or a temporary one when `out` cannot be written.
+    """
+    if importlib.util.find_spec("fastai") is None:
+        raise HfcfError("no model is configured (--model, HFCF_MODEL or ./model) and fastai is not installed to "
+                        "train a demo one: pass --model owner/name or a model folder, or pip install 'hfcf[train]'")
+    from . import artifacts, data, pipeline
+
+    try:
+        dataset = data.load(None)
+    except DataError as err:
+        log(f"MovieLens 100k is not available ({err}); training the demo model on synthetic data")
+        dataset = data.synthetic()
+    try:
+        artifacts.check_output(out)
+    except DataError as err:
+        out = Path(tempfile.mkdtemp(prefix="hfcf-demo-")) / "model"
+        log(f"{err}; writing the demo model to {out} instead")
+    log(f"no model configured: training a demo model on {dataset.name} into {out}")
+    settings = None  # training.DEFAULTS, tuned on MovieLens 100k
+    if dataset.name == "synthetic":  # 6,000 ratings: batches of 1,024 leave too few steps to learn the clusters
+        from . import training
+        settings = {kind: dataclasses.replace(s, epochs=8, bs=256, lr=1e-2) for kind, s in training.DEFAULTS.items()}
+    split = pipeline.make_split(dataset)
+    pipeline.train_and_save(dataset, split, out, settings=settings, log=log)
+    return Path(out), (f"No model was configured, so this demo model was trained here on **{dataset.name}** "
+                       f"({len(dataset.ratings):,} ratings). Pass `--model owner/name` or set `HFCF_MODEL` "
+                       "to serve a published one.")
+
+
+def load_history(recommenders, log=print):
+    """Attach the dataset's ratings (for users' histories) when the model's dataset is available; returns a note."""
+    from . import data
+
+    config = next(iter(recommenders.values())).config["dataset"]
+    name = config.get("name", "unknown data")
+    try:
+        if name == "MovieLens 100k":
+            dataset = data.movielens_100k()
+        elif name == "synthetic":  # deterministic: regenerated, then checked against the config's record of it
+            dataset = data.synthetic()
+            if dataset.notes[:1] != config.get("notes", [])[:1] or len(dataset.ratings) != config.get("n_ratings"):
+                raise DataError("the synthetic set was generated with other settings")
+        else:
+            raise DataError(f"this app loads only MovieLens 100k or synthetic ratings, not {name}")
+    except DataError as err:
+        log(f"users' ratings unavailable: {err}")
+        return (f"Users' own ratings are not available here ({err}), so the first tab shows predictions only "
+                "and top picks may include movies they have already rated.")
+    for recommender in recommenders.values():
+        recommender.attach_history(dataset.ratings)
+    return ""
+
+
+# --- the tabs ---------------------------------------------------------------------------------------------
+def model_choices(recommenders, both=False):
+    """(label, value) pairs for a model picker: the kinds present, and "both" when asked for and possible."""
+    choices = [(LABELS[kind], kind) for kind in recommenders]
+    return choices + [("both, side by side", BOTH)] if both and len(recommenders) > 1 else choices
+
+
+def _kinds(recommenders, model, both=False):
+    if model == BOTH and both:
+        return list(recommenders)
+    if model not in recommenders:
+        valid = [value for _, value in model_choices(recommenders, both)]
+        raise HfcfError(f"model must be one of {', '.join(valid)} (got {str(model)[:40]!r})")
+    return [model]
+
+
+def _tidy(frame):
+    """Scores as plain 3-decimal floats: float32 shows as 4.099999904632568 in a table or JSON."""
+    floats = frame.select_dtypes("floating").columns
+    return frame.astype({column: "float64" for column in floats}).round(3)
+
+
+def _column(name, kind, kinds):
+    return name if len(kinds) == 1 else f"{name} ({LABELS[kind]})"
+
+
+def _predicted(kind, kinds):
+    """The history's prediction column: "predicted", or the model's name beside the other's."""
+    return "predicted" if len(kinds) == 1 else LABELS[kind]
+
+
+def rate_user(recommenders, user, model="dot", n=10):
+    """(summary, top picks, history with predictions, actual-vs-predicted figure) for one user of the model."""
+    kinds = _kinds(recommenders, model, both=True)
+    first = recommenders[kinds[0]]
+    user = first.users.keys[first.users.index(user)]
+    top = pd.concat([recommenders[kind].recommend(user, n).rename(
+        columns=lambda name: _column(name, kind, kinds)) for kind in kinds], axis=1)
+    histories = {kind: recommenders[kind].history(user) for kind in kinds}
+    history = histories[kinds[0]][["title", "rating"]]
+    for kind in kinds:
+        history[_predicted(kind, kinds)] = history["title"].map(histories[kind].set_index("title")["predicted"])
+    history = history.sort_values(["rating", "title"], ascending=[False, True], ignore_index=True)
+    top, history = _tidy(top), _tidy(history)
+    if history.empty:
+        return (f"User **{user}**: their own ratings are not available here, so these are predictions only and may "
+                "include movies they have already rated.", top, history, None)
+    errors = ", ".join(f"{_rmse(history, _predicted(kind, kinds)):.2f} ({LABELS[kind]})" for kind in kinds)
+    summary = (f"User **{user}** rated **{len(history)}** movies; the top picks leave those out. RMSE of the "
+               f"predictions on their ratings: {errors} (most of these ratings were trained on, so the fit "
+               "flatters the model).")
+    return summary, top, history, _actual_vs_predicted(history, user, kinds, first.low, first.high)
+
+
+def _rmse(history, column):
+    return float(np.sqrt(np.mean((history[column] - history["rating"]) ** 2)))
+
+
+def _actual_vs_predicted(history, user, kinds, low, high):
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(history))  # fixed: the same user draws the same plot
+    for kind in kinds:  # lists, not arrays: plotly would send arrays as typed-array blobs
+        figure.add_scatter(x=(history["rating"] + jitter).tolist(), y=history[_predicted(kind, kinds)].tolist(),
+                           mode="markers", name=LABELS[kind], text=history["title"].tolist(),
+                           customdata=history["rating"].tolist(), opacity=0.7,
+                           hovertemplate="%{text}<br>rated %{customdata}, predicted %{y:.2f}<extra></extra>")
+    least, most = float(history["rating"].min()), float(history["rating"].max())
+    figure.add_scatter(x=[least, most], y=[least, most], mode="lines", name="perfect",
+                       line={"dash": "dot", "color": "grey"})
+    figure.update_layout(title=f"User {user}: actual vs predicted", xaxis_title="their rating",
+                         yaxis_title="predicted rating", height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40},
+                         legend={"orientation": "h", "y": -0.2})
+    figure.update_yaxes(range=[low, high])
+    return figure
+
+
+def similar(recommenders, title, model="dot", n=10):
+    """(summary, nearest titles with cosine similarity and the dot model's bias of each)."""
+    recommender = recommenders[_kinds(recommenders, model)[0]]
+    frame = recommender.similar(title, n)
+    if "dot" in recommenders:
+        frame["bias"] = frame["title"].map(recommenders["dot"].item_biases().set_index("title")["bias"])
+    name = recommender.items.keys[recommender.items.index(title)]
+    return (f"Nearest to **{name}** by cosine similarity of the {LABELS[recommender.model]} model's item "
+            "embeddings; bias is the dot model's per-title bias.", _tidy(frame))
+
+
+def who_would_like(recommenders, title, model="dot", n=10):
+    """(summary, the users predicted to rate `title` highest)."""
+    recommender = recommenders[_kinds(recommenders, model)[0]]
+    frame = recommender.who_would_like(title, n)
+    name = recommender.items.keys[recommender.items.index(title)]
+    return f"Users the {LABELS[recommender.model]} model predicts to rate **{name}** highest.", _tidy(frame)
+
+
+NEWCOMER_COLUMNS = ["title", "rating"]
+
+
+def ratings_table(table):
+    """A newcomer's ratings table (as a Gradio Dataframe sends it) as a clean frame; blank rows dropped."""
+    if table is None:
+        return pd.DataFrame(columns=NEWCOMER_COLUMNS)
+    frame = pd.DataFrame(table).reindex(columns=NEWCOMER_COLUMNS)
+    titles = frame["title"].astype("string").str.strip()
+    return frame[titles.notna() & (titles != "")].reset_index(drop=True)
+
+
+def add_rating(recommenders, table, title, rating):
+    """The table with `title` (resolved to its catalogue name) rated `rating`, replacing an earlier rating of it."""
+    items = next(iter(recommenders.values())).items
+    name = items.keys[items.index(title)]
+    frame = ratings_table(table)
+    frame = frame[frame["title"] != name]
+    return pd.concat([frame, pd.DataFrame({"title": [name], "rating": [rating]})], ignore_index=True)
+
+
+def newcomer(recommenders, table, model="dot", n=10):
+    """(summary, top picks) for someone not in the model, from a few rated titles (`fold_in`)."""
+    recommender = recommenders[_kinds(recommenders, model)[0]]
+    ratings = ratings_table(table)
+    result = recommender.fold_in(list(zip(ratings["title"], ratings["rating"])), n)
+    count = f"{len(ratings)} rating{'s' if len(ratings) > 1 else ''}"
+    return (f"From your {count}, the {LABELS[recommender.model]} model folded you in without retraining; "
+            "your top picks (the movies you rated are left out):", _tidy(result.recommendations))
+
+
+def biases(recommenders, n=15):
+    """(highest-bias titles, lowest-bias titles) of the dot model: liked or disliked whoever watches them."""
+    if "dot" not in recommenders:
+        raise HfcfError("item biases come from the dot model, which this repo does not have")
+    frame = recommenders["dot"].item_biases()
+    n = recommenders["dot"]._check_n(n, len(frame))
+    return _tidy(frame.head(n)), _tidy(frame.tail(n).iloc[::-1].reset_index(drop=True))
+
+
+def embedding_map(recommenders, model="dot", n_items=50):
+    """(plotly map of the most-rated titles on the top principal components, its data) for one model."""
+    import plotly.graph_objects as go
+
+    recommender = recommenders[_kinds(recommenders, model)[0]]
+    frame = recommender.embedding_map(n_items, components=min(3, recommender.module.item_embeddings.shape[1]))
+    frame = _tidy(frame)
+    color = frame["pc3"].tolist() if "pc3" in frame else None
+    y = frame["pc2"] if "pc2" in frame else pd.Series(0.0, index=frame.index)
+    figure = go.Figure(go.Scatter(
+        x=frame["pc1"].tolist(), y=y.tolist(), mode="markers+text", text=frame["title"].tolist(),
+        textposition="top center", textfont={"size": 9}, customdata=frame["ratings"].tolist(),
+        marker={"size": 7, "color": color, "colorscale": "Viridis", "showscale": color is not None,
+                "colorbar": {"title": {"text": "pc3"}}},
+        hovertemplate="%{text}<br>%{customdata} ratings<br>pc1 %{x:.2f}, pc2 %{y:.2f}<extra></extra>"))
+    figure.update_layout(title=f"The {len(frame)} most-rated titles on the {LABELS[recommender.model]} model's top "
+                         "principal components", xaxis_title="pc1", yaxis_title="pc2", height=560,
+                         margin={"l": 50, "r": 20, "t": 50, "b": 40})
+    return figure, frame
+
+
+def model_info(recommenders):
+    """(markdown naming the repo, commit and data, the card's metrics as a table)."""
+    first = next(iter(recommenders.values()))
+    config, dataset = first.config, first.config["dataset"]
+    commit = f"commit `{first.revision}`" if first.revision else "a local folder (no Hub commit)"
+    models = "; ".join(f"**{LABELS[kind]}**: {_settings(config['models'][kind])}" for kind in recommenders)
+    text = (f"**Model** `{first.source}`, {commit}.  \n"
+            f"**Data** {dataset['name']}: {dataset['n_ratings']:,} ratings by {dataset['n_users']:,} users of "
+            f"{dataset['n_items']:,} titles. {config['split']['description']}  \n"
+            f"**Models** {models}. Trained with fastai {config.get('fastai_version', '?')}; predictions lie in "
+            f"{tuple(config['y_range'])}.")
+    metrics = pd.DataFrame([{"model": name, "RMSE": values["rmse"], "MAE": values["mae"]}
+                            for name, values in config["metrics"].items()])
+    return text, metrics
+
+
+def _settings(settings):
+    shape = (f"{settings['n_factors']} factors" if settings.get("n_factors") else
+             f"embeddings {settings.get('user_size')}/{settings.get('item_size')}, layers {settings.get('layers')}")
+    return f"{shape}, {settings.get('epochs')} epochs"
+
+
+def suggest_titles(recommenders, query, limit=10):
+    """Titles for a search box (see `Recommender.search_titles`)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 50:
+        raise DataError(f"limit must be a whole number between 1 and 50 (got {limit!r})")
+    return next(iter(recommenders.values())).search_titles(query, limit)
+
+
+def header(recommenders):
+    """One line naming what is served."""
+    first = next(iter(recommenders.values()))
+    commit = f" at commit `{first.revision[:12]}`" if first.revision else ""
+    kinds = " and ".join(LABELS[kind] for kind in recommenders)
+    return (f"Serving `{first.source}`{commit}: {kinds} model{'s' if len(recommenders) > 1 else ''} trained on "
+            f"{first.config['dataset']['name']}; {first.users.describe()}.")

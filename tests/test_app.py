@@ -1,0 +1,354 @@
+"""The Space: every tab through `build_demo` on the synthetic model (answers known from its planted clusters),
+a gradio_client session against the launched app, and where the served model comes from."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from hfcf import data, space  # noqa: E402
+from hfcf.errors import DataError, HfcfError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import app  # noqa: E402
+
+API_NAMES = {"rate_user", "similar", "add_rating", "clear_ratings", "newcomer", "biases", "embedding_map",
+             "who_would_like", "suggest_titles", "model_info"}
+
+NO_RATINGS = {"headers": ["title", "rating"], "data": [], "metadata": None}
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def recommenders(synthetic_model):
+    recommenders = space.load_recommenders(str(synthetic_model[0]))
+    assert space.load_history(recommenders, log=quiet) == ""  # the synthetic set is regenerated and matches
+    return recommenders
+
+
+@pytest.fixture(scope="module")
+def demo(recommenders):
+    return app.build_demo(recommenders)
+
+
+@pytest.fixture(scope="module")
+def truth(synthetic_dataset):
+    return synthetic_dataset.truth
+
+
+def frame(output):
+    """A Dataframe component's value (headers + rows) as a DataFrame."""
+    return pd.DataFrame(output["data"], columns=output["headers"])
+
+
+def cluster_share(titles, cluster, truth):
+    return np.mean([truth["item_cluster"][title] == cluster for title in titles])
+
+
+def rated_by(user, synthetic_dataset):
+    ratings = synthetic_dataset.ratings
+    return ratings[ratings["user"] == user].set_index("title")["rating"]
+
+
+# --- the tabs, through build_demo -------------------------------------------------------------------------
+def test_rate_user_shows_their_ratings_and_picks_from_their_cluster(demo, truth, synthetic_dataset):
+    shares = []
+    for user in list(truth["user_cluster"])[:8]:
+        summary, top, history, plot = demo(str(user), "dot", 5, api_name="rate_user")
+        top, history, rated = frame(top), frame(history), rated_by(user, synthetic_dataset)
+        assert f"User **{user}** rated **{len(rated)}** movies" in summary
+        assert list(top.columns) == ["title", "predicted"] and len(top) == 5
+        assert not set(top["title"]) & set(rated.index)
+        assert top["predicted"].is_monotonic_decreasing
+        shares.append(cluster_share(top["title"], truth["user_cluster"][user], truth))
+        assert list(history.columns) == ["title", "rating", "predicted"]
+        assert history.set_index("title")["rating"].sort_index().equals(rated.sort_index())
+        assert np.corrcoef(history["rating"], history["predicted"])[0, 1] > 0.8
+        assert plot["type"] == "plotly" and "actual vs predicted" in plot["plot"]
+    assert np.mean(shares) > 0.8
+
+
+def test_both_models_side_by_side(demo, recommenders):
+    user = recommenders["dot"].users.ids()[4]
+    _, top, history, _ = demo(str(user), "both", 4, api_name="rate_user")
+    top, history = frame(top), frame(history)
+    assert list(top.columns) == ["title (dot product)", "predicted (dot product)", "title (neural net)",
+                                 "predicted (neural net)"]
+    for kind, label in space.LABELS.items():
+        expected = recommenders[kind].recommend(user, 4)
+        assert top[f"title ({label})"].tolist() == expected["title"].tolist()
+        np.testing.assert_allclose(top[f"predicted ({label})"], expected["predicted"], atol=1e-3)
+    assert list(history.columns) == ["title", "rating", "dot product", "neural net"]
+
+
+def test_similar_titles_share_the_cluster_and_show_each_bias(demo, recommenders, truth):
+    biases = recommenders["dot"].item_biases().set_index("title")["bias"]
+    for model in ("dot", "nn"):
+        shares = []
+        for title, cluster in list(truth["item_cluster"].items())[:30]:
+            summary, nearest = demo(title.lower(), model, 5, api_name="similar")  # a forgiving search
+            nearest = frame(nearest)
+            assert f"Nearest to **{title}**" in summary and title not in set(nearest["title"])
+            assert nearest["similarity"].is_monotonic_decreasing
+            np.testing.assert_allclose(nearest["bias"], biases[nearest["title"]], atol=1e-3)
+            shares.append(cluster_share(nearest["title"], cluster, truth))
+        assert np.mean(shares) > 0.7, model
+
+
+def test_a_newcomer_gets_picks_from_the_cluster_they_like(demo, truth):
+    liked = [t for t, c in truth["item_cluster"].items() if c == 1][:3]
+    disliked = [t for t, c in truth["item_cluster"].items() if c == 2][:3]
+    ratings = demo(NO_RATINGS, liked[0].upper(), 2, api_name="add_rating")  # resolved to the catalogue title
+    assert frame(ratings).values.tolist() == [[liked[0], 2]]
+    ratings = demo(ratings, liked[0], 5, api_name="add_rating")  # a second rating replaces the first
+    assert frame(ratings).values.tolist() == [[liked[0], 5]]
+    for title, rating in [*((t, 5) for t in liked[1:]), *((t, 1) for t in disliked)]:
+        ratings = demo(ratings, title, rating, api_name="add_rating")
+    assert len(frame(ratings)) == 6
+    for model in ("dot", "nn"):
+        summary, picks = demo(ratings, model, 10, api_name="newcomer")
+        picks = frame(picks)
+        assert "From your 6 ratings" in summary and not set(picks["title"]) & set(liked + disliked)
+        assert cluster_share(picks["title"], 1, truth) >= 0.7, model
+    summary, picks = demo({"headers": ["title", "rating"], "data": [[truth["best_items"][0], 5]]}, "dot", 3,
+                          api_name="newcomer")
+    assert "From your 1 rating," in summary and len(frame(picks)) == 3
+    assert frame(demo(api_name="clear_ratings")).empty
+
+
+def test_inside_the_model(demo, recommenders, truth, synthetic_dataset):
+    highest, lowest = demo(8, api_name="biases")
+    assert len(set(frame(highest)["title"]) & set(truth["best_items"])) >= 7
+    assert frame(highest)["bias"].is_monotonic_decreasing and frame(lowest)["bias"].is_monotonic_increasing
+    assert frame(lowest)["bias"].max() < frame(highest)["bias"].min()
+
+    plot, coordinates = demo("nn", 12, api_name="embedding_map")
+    coordinates = frame(coordinates)
+    assert list(coordinates.columns) == ["title", "pc1", "pc2", "pc3", "ratings"] and len(coordinates) == 12
+    assert coordinates["ratings"].iloc[0] == synthetic_dataset.ratings["title"].value_counts().max()
+    assert coordinates["title"].iloc[0] in plot["plot"]
+
+    title, cluster = next(iter(truth["item_cluster"].items()))
+    summary, fans = demo(title, "dot", 10, api_name="who_would_like")
+    assert title in summary
+    assert np.mean([truth["user_cluster"][user] for user in frame(fans)["user"]] == np.int64(cluster)) > 0.8
+
+    info = demo(api_name="model_info")
+    assert info["models"] == ["dot", "nn"] and info["dataset"] == "synthetic" and info["revision"] is None
+    assert info["metrics"]["dot"]["rmse"] < info["metrics"]["global mean"]["rmse"]
+
+
+def test_title_suggestions_for_a_search_box(demo, recommenders):
+    assert demo("cluster 1 movie 00", 5, api_name="suggest_titles")[0].startswith("Cluster 1 Movie 00")
+    assert demo("clustre 1 movie 004", 3, api_name="suggest_titles")  # a misspelling still suggests
+    assert demo("", 4, api_name="suggest_titles") == recommenders["dot"].search_titles("", 4)
+    assert demo("x" * 1_000_000, 4, api_name="suggest_titles") == []
+
+
+def bad_requests(truth):
+    """(api_name, inputs, what the gr.Error must say): the user mistakes a person or a script makes."""
+    title = truth["best_items"][0]
+    return [
+        ("rate_user", ["99999", "dot", 5], "valid user ids are 1 to 200"),
+        ("rate_user", ["", "both", 5], "empty user"),
+        ("rate_user", ["3", "dot", 0], "less than minimum value 1"),
+        ("rate_user", ["3", "dot", 10**9], "greater than maximum value 50"),
+        ("similar", ["", "dot", 5], "empty title"),
+        ("similar", ["x" * 1_000_000, "dot", 5], "1,000,000 characters"),
+        ("similar", ["Clustr 1 Movi 004", "nn", 5], "Did you mean"),
+        ("similar", [title, "svd", 5], "not in the list of choices"),
+        ("similar", ["<img src=x>", "dot", 5], "no title matches '&lt;img src=x&gt;'"),  # shown as text, not HTML
+        ("who_would_like", ["No Such Film", "dot", 5], "no title matches"),
+        ("add_rating", [NO_RATINGS, "No Such Film", 4], "no title matches"),
+        ("newcomer", [NO_RATINGS, "dot", 5], "rate at least one movie"),
+        ("newcomer", [{"headers": ["title", "rating"], "data": [[title, 7]]}, "dot", 5], "strictly between 0 and 5.5"),
+        ("newcomer", [{"headers": ["title", "rating"], "data": [[title, -1]]}, "nn", 5], "strictly between 0 and 5.5"),
+        ("newcomer", [{"headers": ["title", "rating"], "data": [[title, "great"]]}, "dot", 5], "not a number"),
+        ("suggest_titles", ["star", 10**9], "between 1 and 50"),
+    ]
+
+
+def test_user_mistakes_raise_gr_error_with_the_fix(demo, truth):
+    for api_name, inputs, message in bad_requests(truth):
+        with pytest.raises(gr.Error, match=message):
+            demo(*inputs, api_name=api_name)
+
+
+def test_ratings_missing_from_this_machine_leave_predictions_only(synthetic_model, tmp_path):
+    folder = shutil.copytree(synthetic_model[0], tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["dataset"]["notes"][0] = "synthetic: generated with other settings"
+    (folder / "config.json").write_text(json.dumps(config))
+    recommenders = space.load_recommenders(str(folder))
+    note = space.load_history(recommenders, log=quiet)
+    assert "not available" in note
+    demo = app.build_demo(recommenders, note)
+    summary, top, history, plot = demo("7", "dot", 3, api_name="rate_user")
+    assert "not available here" in summary and len(frame(top)) == 3 and frame(history).empty and plot is None
+
+
+@pytest.mark.integration
+def test_movielens_spot_checks(ml100k_model, ml100k):
+    """The real model through the app: the book's bias lists, thrillers near a thriller, users' true histories."""
+    recommenders = space.load_recommenders(str(ml100k_model[0]))
+    assert space.load_history(recommenders, log=quiet) == ""  # found through FASTAI_HOME, offline
+    demo = app.build_demo(recommenders)
+    highest, lowest = (frame(table)["title"].tolist() for table in demo(20, api_name="biases"))
+    book_highest = ["L.A. Confidential (1997)", "Titanic (1997)", "Silence of the Lambs, The (1991)",
+                    "Shawshank Redemption, The (1994)", "Star Wars (1977)"]
+    assert len(set(book_highest) & set(highest)) >= 4, highest
+    assert "Children of the Corn: The Gathering (1996)" in lowest[:10], lowest
+
+    genres = pd.read_csv(ml100k / "u.item", sep="|", header=None, encoding="latin-1")
+    thrillers = set(genres.loc[genres[21] == 1, 1].str.strip())  # column 21: the Thriller flag
+    _, nearest = demo("the silence of the lambs", "nn", 10, api_name="similar")
+    assert len(thrillers & set(frame(nearest)["title"])) >= 2  # the catalogue is 15% thrillers
+
+    summary, _, history, _ = demo("1", "dot", 10, api_name="rate_user")
+    assert "rated **272** movies" in summary and len(frame(history)) == 272  # user 1's ratings in u.data
+
+
+# --- where the model comes from -----------------------------------------------------------------------------
+def test_the_model_source_is_the_flag_then_the_variable_then_model_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert space.resolve_model_source(None, {}) is None
+    (tmp_path / "model").mkdir()
+    assert space.resolve_model_source(None, {}) is None  # an empty ./model is not a model
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert space.resolve_model_source(None, {}) == "model"
+    assert space.resolve_model_source(None, {"HFCF_MODEL": "me/cf@v1"}) == "me/cf@v1"
+    assert space.resolve_model_source(" /srv/cf ", {"HFCF_MODEL": "me/cf"}) == "/srv/cf"
+
+
+def test_only_the_models_a_repo_holds_are_offered(synthetic_model, tmp_path):
+    folder = shutil.copytree(synthetic_model[0], tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    del config["models"]["dot"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "dot.safetensors").unlink()
+    recommenders = space.load_recommenders(str(folder))
+    assert list(recommenders) == ["nn"] and space.model_choices(recommenders, both=True) == [("neural net", "nn")]
+    with pytest.raises(HfcfError, match="dot model"):
+        space.biases(recommenders)
+    demo = app.build_demo(recommenders)
+    assert "biases" not in {fn.api_name for fn in demo.fns.values()}
+    assert len(frame(demo("3", "nn", 4, api_name="rate_user")[1])) == 4
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_app_with_the_reason(capsys):
+    assert app.main(["--model", "alice/not-downloaded"]) == 1  # HF_HUB_OFFLINE=1 (conftest): only the cache
+    assert "alice/not-downloaded is not in the local cache" in capsys.readouterr().err
+
+
+def test_a_hub_model_is_downloaded_once_and_named_with_its_commit(synthetic_model, monkeypatch):
+    from hfcf import hub
+
+    sha, downloads = "0123456789abcdef" * 2 + "01234567", []
+
+    def download(repo_id, revision=None, **kwargs):  # the Hub itself is tested in test_hub.py
+        downloads.append((repo_id, revision))
+        return synthetic_model[0], sha
+
+    monkeypatch.setattr(hub, "download", download)
+    recommenders = space.load_recommenders("alice/movielens-cf@v1")
+    assert downloads == [("alice/movielens-cf@v1", None)] and set(recommenders) == {"dot", "nn"}
+    assert {(r.source, r.revision) for r in recommenders.values()} == {("alice/movielens-cf", sha)}
+    info = app.build_demo(recommenders)(api_name="model_info")
+    assert (info["source"], info["revision"]) == ("alice/movielens-cf", sha)
+    assert f"`alice/movielens-cf`, commit `{sha}`" in space.model_info(recommenders)[0]
+    assert f"at commit `{sha[:12]}`" in space.header(recommenders)
+
+
+def test_a_fresh_machine_bootstraps_a_demo_model_offline(tmp_path, monkeypatch):
+    pytest.importorskip("fastai")
+
+    def offline(*args, **kwargs):
+        raise DataError("could not download MovieLens 100k (no network)")
+
+    monkeypatch.setattr(data, "load", offline)
+    folder, note = space.bootstrap(tmp_path / "model", log=quiet)
+    assert folder == tmp_path / "model" and "**synthetic**" in note
+    recommenders = space.load_recommenders(str(folder))
+    assert set(recommenders) == {"dot", "nn"}
+    assert recommenders["dot"].config["metrics"]["dot"]["rmse"] < 0.6  # it learnt the planted clusters
+    assert space.load_history(recommenders, log=quiet) == ""
+
+
+def test_without_fastai_bootstrap_says_how_to_configure_a_model(monkeypatch, tmp_path):
+    monkeypatch.setattr(space.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(HfcfError, match="HFCF_MODEL"):
+        space.bootstrap(tmp_path / "model", log=quiet)
+
+
+def test_the_app_imports_no_fastai_and_keeps_analytics_off(synthetic_model):
+    script = textwrap.dedent(f"""
+        import os, sys
+        import app
+        from hfcf import space
+        app.build_demo(space.load_recommenders({str(synthetic_model[0])!r}))
+        assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+        assert not [name for name in sys.modules if name.startswith("fastai")]
+    """)
+    env = {key: value for key, value in os.environ.items() if key != "GRADIO_ANALYTICS_ENABLED"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- the launched app, through gradio_client ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(serve_app, recommenders):
+    from gradio_client import Client
+
+    return Client(serve_app(recommenders), verbose=False, analytics_enabled=False, download_files=False)
+
+
+def test_every_event_has_a_stable_api_name(client):
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        f"/{name}" for name in API_NAMES}
+
+
+def test_a_client_session(client, recommenders, truth):
+    user = recommenders["dot"].users.ids()[10]
+    summary, top, _, _ = client.predict(str(user), "dot", 3, api_name="/rate_user")
+    assert frame(top)["title"].tolist() == recommenders["dot"].recommend(user, 3)["title"].tolist()
+    title = truth["best_items"][0]
+    _, nearest = client.predict(title, "nn", 4, api_name="/similar")
+    assert frame(nearest)["title"].tolist() == recommenders["nn"].similar(title, 4)["title"].tolist()
+    ratings = {"headers": ["title", "rating"], "data": [[title, 5]], "metadata": None}
+    _, picks = client.predict(ratings, "dot", 5, api_name="/newcomer")
+    assert frame(picks)["title"].tolist() == recommenders["dot"].fold_in({title: 5}, 5).recommendations[
+        "title"].tolist()
+    assert client.predict("cluster 3 movie", 2, api_name="/suggest_titles")[0].startswith("Cluster 3 Movie")
+    assert client.predict(api_name="/model_info")["dataset"] == "synthetic"
+
+
+def test_bad_requests_answer_with_the_message_and_the_app_keeps_serving(client, truth):
+    from gradio_client.exceptions import AppError
+
+    for api_name, inputs, message in bad_requests(truth):
+        with pytest.raises(AppError, match=message):
+            client.predict(*inputs, api_name=f"/{api_name}")
+    assert len(frame(client.predict("5", "dot", 2, api_name="/rate_user")[1])) == 2
+
+
+def test_100_concurrent_requests_all_answer(client, recommenders):
+    users = recommenders["dot"].users.ids()[:100]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda user: client.predict(str(user), "dot", 3, api_name="/rate_user"), users))
+    assert [frame(top)["title"].tolist() for _, top, _, _ in answers] == [
+        recommenders["dot"].recommend(user, 3)["title"].tolist() for user in users]
