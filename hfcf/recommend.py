@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from . import artifacts, vocab
-from .errors import DataError, HfcfError, UnknownItemError
+from .errors import ArtifactError, DataError, HfcfError, UnknownItemError
 
 MODELS = ("dot", "nn")
 
@@ -19,6 +19,15 @@ class FoldIn:
     user_vector: np.ndarray
     predicted: np.ndarray      # one score per item row
     recommendations: pd.DataFrame
+
+
+def check_n(n, most):
+    """`n` as an int in 1..most, else a DataError giving the valid range."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (isinstance(n, float) and n.is_integer()):
+        raise DataError(f"n must be a whole number between 1 and {most:,} (got {n!r})")
+    if not 1 <= n <= most:
+        raise DataError(f"n must be between 1 and {most:,} (got {int(n):,})")
+    return int(n)
 
 
 class Recommender:
@@ -57,9 +66,12 @@ class Recommender:
         """
         if model is not None and model not in MODELS:
             raise HfcfError(f"model must be one of {MODELS} (got {model!r})")
-        path = Path(str(repo_id_or_path)).expanduser()
+        text = str(repo_id_or_path)
+        path = Path(text).expanduser()
         if path.is_dir():
             return cls(artifacts.load(path), model, source=str(path))
+        if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+            raise ArtifactError(f"{text} is neither a model folder nor a Hub repo id (owner/name[@revision])")
         from . import hub
 
         folder, commit = hub.download(str(repo_id_or_path), revision)
@@ -152,7 +164,7 @@ class Recommender:
 
     def who_would_like(self, item, n=10):
         """The `n` users predicted to rate `item` highest."""
-        n = self._check_n(n, len(self.users) - 1)
+        n = check_n(n, len(self.users) - 1)
         column = self.items.index(item)
         if self.model == "dot":
             scores = self._squash(self._user_factors @ self._item_factors[column] + self._user_bias
@@ -179,7 +191,7 @@ class Recommender:
         else from `item_counts` in vocab.json.
         """
         counts = self._item_counts()
-        n_items = self._check_n(n_items, len(self.items) - 1)
+        n_items = check_n(n_items, len(self.items) - 1)
         if not 1 <= components <= self._unit_items.shape[1]:
             raise DataError(f"components must be between 1 and {self._unit_items.shape[1]} (got {components})")
         order = np.argsort(-counts[1:], kind="stable")[:max(pool, n_items)] + 1
@@ -254,7 +266,6 @@ class Recommender:
             loss = ((predicted - target) ** 2).mean() + l2 * 1e-2 * ((vector - start) ** 2).sum()
             loss.backward()
             optimizer.step()
-        self.module.zero_grad(set_to_none=True)
         with torch.no_grad():
             predicted = self.module.head(self._item_part + vector @ self._user_weight.T).numpy()
         return vector.detach().numpy(), predicted
@@ -265,16 +276,9 @@ class Recommender:
             titles = [titles]
         return np.array([self.items.index(title) for title in titles], dtype=np.int64)
 
-    def _check_n(self, n, most):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (isinstance(n, float) and n.is_integer()):
-            raise DataError(f"n must be a whole number between 1 and {most:,} (got {n!r})")
-        if not 1 <= n <= most:
-            raise DataError(f"n must be between 1 and {most:,} (got {int(n):,})")
-        return int(n)
-
     def _top(self, scores, n, exclude_rows, column):
         """The `n` best item rows by score, leaving out `#na#` and `exclude_rows`."""
-        n = self._check_n(n, len(self.items) - 1)
+        n = check_n(n, len(self.items) - 1)
         scores = np.array(scores, dtype=float, copy=True)
         scores[0] = -np.inf
         scores[np.asarray(exclude_rows, dtype=np.int64)] = -np.inf

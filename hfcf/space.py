@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, HfcfError
+from .recommend import MODELS, Recommender, check_n
 
 LABELS = {"dot": "dot product", "nn": "neural net"}
 BOTH = "both"
@@ -31,7 +32,6 @@ def resolve_model_source(cli_value=None, env=os.environ):
 
 def load_recommenders(source):
     """{"dot": Recommender, "nn": Recommender} for the kinds `source` holds, from one download and one load."""
-    from .recommend import MODELS, Recommender
 
     first = Recommender.from_pretrained(source, model=None)
     return {kind: first if kind == first.model else first.sibling(kind)
@@ -229,7 +229,7 @@ def biases(recommenders, n=15):
     if "dot" not in recommenders:
         raise HfcfError("item biases come from the dot model, which this repo does not have")
     frame = recommenders["dot"].item_biases()
-    n = recommenders["dot"]._check_n(n, len(frame))
+    n = check_n(n, len(frame))
     return _tidy(frame.head(n)), _tidy(frame.tail(n).iloc[::-1].reset_index(drop=True))
 
 

@@ -180,3 +180,11 @@ def test_loading_and_answering_need_no_fastai(synthetic_model, model):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "(10, 2)" in done.stdout
+
+
+@pytest.mark.parametrize("where", ["/no/such/folder", "./model-typo", "~/nowhere", "a/b/c"])
+def test_a_missing_folder_is_not_mistaken_for_a_repo_id(where):
+    from hfcf.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="neither a model folder nor a Hub repo id"):
+        Recommender.from_pretrained(where)
