@@ -2,21 +2,25 @@
 
 fastai's tabular DataLoader collates every batch from a DataFrame, which makes an epoch several times slower
 than the model itself. `TensorBatches` slices pre-encoded tensors instead; everything else is fastai's own:
-`collab_learner`, `fit_one_cycle`, its callbacks, `EmbeddingDotBias` and `EmbeddingNN`.
+`collab_learner`, `fit_one_cycle`, its Adam, Recorder and metrics, `EmbeddingDotBias` and `EmbeddingNN`.
+With a model this small, fastai's per-batch costs are what is left to cut (see `fit_one`).
 """
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import fastai
 import numpy as np
 import torch
+import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.collab import collab_learner
 from fastai.data.core import DataLoaders
+from fastai.learner import CastToTensor
 from fastai.metrics import rmse
+from fastai.optimizer import Adam
 from fastai.tabular.model import emb_sz_rule, tabular_config
 from fastai.torch_core import set_seed
 
@@ -36,11 +40,15 @@ class ModelSettings:
     layers: tuple = ()        # EmbeddingNN hidden layers
     user_size: int = 0        # EmbeddingNN embedding sizes; 0 means fastai's `emb_sz_rule`
     item_size: int = 0
+    embed_p: float = 0.0      # EmbeddingNN dropout on the embeddings (training only)
+    sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
 
 
+# Tuned on MovieLens 100k (a random 15% of u1.base held out; BENCHMARKS.md has the search and the five-fold check).
+# Weight decay is decoupled (p *= 1 - lr * wd each step), so its strength goes with lr, epochs and the batch count.
 DEFAULTS = {
-    "dot": ModelSettings(epochs=5, lr=5e-3, wd=0.1, bs=1024, n_factors=50),
-    "nn": ModelSettings(epochs=5, lr=5e-3, wd=0.1, bs=1024, layers=(100, 50)),
+    "dot": ModelSettings(epochs=6, lr=1e-2, wd=1.0, bs=1024, n_factors=100, sqr_mom=0.9),
+    "nn": ModelSettings(epochs=16, lr=2e-2, wd=1.0, bs=4096, layers=(50,), user_size=32, item_size=32, embed_p=0.5),
 }
 
 
@@ -96,7 +104,7 @@ def resolved_settings(kind, settings, users, items):
     """Settings with fastai's embedding-size rule applied, as saved in config.json."""
     chosen = asdict(settings)
     if kind == "dot":
-        for key in ("layers", "user_size", "item_size"):
+        for key in ("layers", "user_size", "item_size", "embed_p"):
             chosen.pop(key)
     else:
         chosen.pop("n_factors")
@@ -110,13 +118,17 @@ def check_settings(kind, settings):
     """Refuse settings that cannot train, before any work is done."""
     if settings.epochs < 1:
         raise DataError(f"{kind}: --epochs must be at least 1 (got {settings.epochs})")
-    if settings.bs < 1 or not settings.lr > 0 or settings.wd < 0:
+    if settings.bs < 1 or not 0 < settings.lr < math.inf or not 0 <= settings.wd < math.inf:
         raise DataError(f"{kind}: --bs and --lr must be positive and --wd not negative "
                         f"(got bs={settings.bs}, lr={settings.lr}, wd={settings.wd})")
     if kind == "dot" and settings.n_factors < 1:
         raise DataError(f"dot: --factors must be at least 1 (got {settings.n_factors})")
     if kind == "nn" and (not settings.layers or min(settings.layers) < 1):
         raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {settings.layers})")
+    if kind == "nn" and not 0 <= settings.embed_p < 1:
+        raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {settings.embed_p})")
+    if not 0 < settings.sqr_mom < 1:
+        raise DataError(f"{kind}: sqr_mom must lie between 0 and 1 (got {settings.sqr_mom})")
 
 
 def _epoch_logger(kind, learn, log):
@@ -129,19 +141,67 @@ def _epoch_logger(kind, learn, log):
     return write
 
 
+def mse(predicted, target):
+    """Mean squared error of the flattened tensors.
+
+    fastai's `MSELossFlat` returns a `TensorBase`, whose `__torch_function__` then runs on every use of the loss
+    (backward, Recorder, callbacks): that cost more per batch than this whole model's forward pass.
+    """
+    return F.mse_loss(predicted.view(-1), target.view(-1))
+
+
+class Dropout(torch.nn.Dropout):
+    """`nn.Dropout` with its mask drawn by `rand_like`.
+
+    On CPU, the `bernoulli_` that torch's dropout draws its mask with is a large share of an EmbeddingNN
+    epoch; a uniform draw and a comparison give the same distribution in about half the time (BENCHMARKS.md).
+    """
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1 / (1 - self.p))
+
+
+def fast_dropout(module):
+    """Swap every `nn.Dropout` in `module` for `Dropout` (no parameters: the state dict is unchanged)."""
+    for name, child in module.named_children():
+        if type(child) is torch.nn.Dropout:
+            setattr(module, name, Dropout(child.p))
+        else:
+            fast_dropout(child)
+
+
+def _learner(kind, settings, chosen, dls, y_range):
+    """fastai's `collab_learner` for `kind`, with only the callbacks that fitting needs.
+
+    Every callback is called for every event of every batch, so each one costs time whether or not it acts:
+    `CastToTensor` has nothing to cast from plain tensors, and a NaN loss is caught after fitting (the final
+    metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch.
+    """
+    common = dict(y_range=y_range, loss_func=mse, metrics=rmse, opt_func=partial(Adam, sqr_mom=settings.sqr_mom))
+    if kind == "dot":
+        learn = collab_learner(dls, n_factors=settings.n_factors, **common)
+    else:
+        emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
+        config = tabular_config(bn_cont=False, embed_p=settings.embed_p)
+        learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), config=config, **common)
+        fast_dropout(learn.model)
+    learn.remove_cb(CastToTensor)
+    learn.create_opt()
+    if kind == "dot":  # biases are not decayed, as fastai's `wd_bn_bias=False` spares linear and BatchNorm biases
+        for bias in (learn.model.u_bias.weight, learn.model.i_bias.weight):
+            learn.opt.state[bias]["do_wd"] = False
+    return learn
+
+
 def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print):
     """Fit one model with fastai's `collab_learner` and `fit_one_cycle`; refuses a diverged (NaN) loss."""
     set_seed(seed, reproducible=True)
     dls = CollabTensorLoaders(TensorBatches(*train, settings.bs, shuffle=True, seed=seed),
                               TensorBatches(*valid, 8192, shuffle=False), users, items)
     chosen = resolved_settings(kind, settings, users, items)
-    if kind == "dot":
-        learn = collab_learner(dls, n_factors=settings.n_factors, y_range=y_range, metrics=rmse)
-    else:
-        emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
-        learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), y_range=y_range,
-                               config=tabular_config(bn_cont=False), metrics=rmse)
-    learn.add_cb(TerminateOnNaNCallback())
+    learn = _learner(kind, settings, chosen, dls, y_range)
     if not sys.stderr.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = _epoch_logger(kind, learn, log)

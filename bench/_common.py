@@ -1,0 +1,112 @@
+"""What the bench scripts share: one thread, the data, fitting and scoring through hfcf, and a markdown table.
+
+Each script runs from the repository root (`.venv/bin/python bench/<name>.py`) and prints one table.
+"""
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout, without installing hfcf
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+# One thread: on a small shared machine it is faster and far steadier than two (see BENCHMARKS.md).
+torch.set_num_threads(1)
+
+from hfcf import data, pipeline, vocab  # noqa: E402
+
+Y_RANGE = (0.0, 5.5)
+SEED = 42
+
+
+def parser(doc):
+    """An argparse parser with the options every bench script takes."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1] if "\n\n" in doc
+                                else None, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", metavar="PATH", help="the ml-100k folder (default: hfcf's loader, i.e. fastai's "
+                   "data folder under FASTAI_HOME, downloading it if absent)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: one repetition or fold, fewer epochs")
+    return p
+
+
+def movielens(path):
+    """MovieLens 100k through hfcf's loader."""
+    return data.load(path, format="ml-100k")
+
+
+def canonical(path, fold):
+    """MovieLens 100k u{fold}.base / u{fold}.test as a pipeline Split."""
+    return pipeline.make_split(None, "canonical", fold=fold, folder=path)
+
+
+def vocabularies(split):
+    """User and item vocabularies over both sides of a split, as train.py builds them."""
+    import pandas as pd
+
+    return vocab.from_ratings(pd.concat([split.train, split.valid]))
+
+
+def fit_and_score(split, settings, kinds=("dot", "nn"), seed=SEED):
+    """Fit `kinds` with hfcf's fastai training and score them on the held-out side.
+
+    Returns ({name: {"rmse", "mae"}} for the baselines, each model and the ensemble, {kind: Fitted}).
+    """
+    from hfcf import training
+
+    users, items = vocabularies(split)
+    fitted = training.fit(kinds, settings, split.train, split.valid, users, items, Y_RANGE, seed, log=quiet)
+    return pipeline.evaluate_models(fitted, split, users, items, Y_RANGE), fitted
+
+
+def quiet(*_):
+    """A log function that drops fastai's per-epoch lines."""
+
+
+def timed(function, *args, **kwargs):
+    """(result, wall seconds) of one call."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def markdown_table(headers, rows):
+    """A markdown table; floats are expected to be formatted already."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine():
+    """One line naming the machine and library versions, printed under each table."""
+    import os
+    import platform
+
+    import fastai
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} thread), fastai {fastai.__version__}, Python {platform.python_version()}")
+
+
+def settings_line(settings):
+    """One model's training settings in a line, e.g. for a table's footnote."""
+    shown = {key: value for key, value in dataclasses.asdict(settings).items() if value not in (0, 0.0, ())}
+    return ", ".join(f"{key}={value}" for key, value in shown.items())
+
+
+def run(main):
+    """Run a script's `main`, turning hfcf's errors (no data, bad settings) into one line and exit status 1."""
+    from hfcf.errors import HfcfError
+
+    try:
+        main()
+    except HfcfError as error:
+        raise SystemExit(f"error: {error}") from None
