@@ -44,7 +44,9 @@ def parser():
                        help="random: hold out --valid-pct of ratings; canonical: MovieLens 100k u{fold}.base/.test")
     split.add_argument("--valid-pct", type=float, default=0.2, help="held-out fraction for --split random (0.2)")
     split.add_argument("--fold", type=int, default=1, help="canonical fold 1-5 (default 1)")
-    model = p.add_argument_group("models (defaults: hfcf.training.DEFAULTS, tuned on MovieLens 100k; see BENCHMARKS.md)")
+    model = p.add_argument_group(
+        "models (defaults differ per model: hfcf.training.DEFAULTS, tuned on MovieLens 100k, see BENCHMARKS.md; "
+        "a flag given here applies to both models)")
     model.add_argument("--models", type=comma_list(str), default=("dot", "nn"), help="dot, nn or dot,nn (default)")
     model.add_argument("--epochs", type=int, help="epochs of fit_one_cycle")
     model.add_argument("--factors", type=int, help="dot model: latent factors")
@@ -64,14 +66,15 @@ def parser():
     return p
 
 
-def model_settings(args):
-    """training.DEFAULTS with the flags the user gave applied to every model."""
+def model_settings(args, n_train):
+    """Each model's defaults for `n_train` ratings, with the flags the user gave applied to every model."""
     from hfcf import training
 
     given = {"epochs": args.epochs, "n_factors": args.factors, "layers": args.layers, "bs": args.bs,
              "lr": args.lr, "wd": args.wd}
     overrides = {key: value for key, value in given.items() if value is not None}
-    return {kind: dataclasses.replace(settings, **overrides) for kind, settings in training.DEFAULTS.items()}
+    return {kind: dataclasses.replace(settings, **overrides)
+            for kind, settings in training.defaults_for(n_train).items()}
 
 
 def table_columns(args):
@@ -104,7 +107,7 @@ def main(argv=None):
         dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate, y_range=args.y_range,
                             **table_columns(args))
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
-        settings = model_settings(args)
+        settings = model_settings(args, len(split.train))
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
                                 args.force, args.repo_id)
         if args.push:

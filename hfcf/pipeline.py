@@ -66,10 +66,11 @@ def evaluate_models(fitted, split, users, items, y_range):
 
 
 def _settings_text(kind, settings):
-    shape = (f"{settings['n_factors']} factors" if kind == "dot" else
-             f"embeddings {settings['user_size']}/{settings['item_size']}, layers {settings['layers']}")
-    return (f"{shape}, `fit_one_cycle({settings['epochs']}, {settings['lr']}, wd={settings['wd']})`, "
-            f"batch size {settings['bs']}")
+    shape = (f"{settings['n_factors']} factors, biases not weight-decayed" if kind == "dot" else
+             f"embeddings {settings['user_size']}/{settings['item_size']} with dropout {settings['embed_p']}, "
+             f"layers {settings['layers']}")
+    return (f"{shape}, `fit_one_cycle({settings['epochs']}, {settings['lr']}, wd={settings['wd']})` with Adam "
+            f"beta2 {settings['sqr_mom']}, batch size {settings['bs']}")
 
 
 def render_card(config, repo_id=None):
@@ -102,7 +103,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     from . import training  # fastai is imported only when a model is actually trained
 
     artifacts.check_output(out, force)
-    settings = {kind: (settings or training.DEFAULTS)[kind] for kind in kinds}
+    settings = {kind: (settings or training.defaults_for(len(split.train)))[kind] for kind in kinds}
     for kind in kinds:
         training.check_settings(kind, settings[kind])
     users, items = vocab.from_ratings(pd.concat([split.train, split.valid]))

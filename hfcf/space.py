@@ -4,7 +4,6 @@ Where the model comes from: `--model`, else HFCF_MODEL, else ./model, else a dem
 A user's history comes from the dataset loader, never from the model repo (the MovieLens licence forbids
 redistributing ratings). No gradio here, and fastai only inside `bootstrap`.
 """
-import dataclasses
 import importlib.util
 import os
 import tempfile
@@ -61,12 +60,8 @@ def bootstrap(out=LOCAL_MODEL, log=print):
         out = Path(tempfile.mkdtemp(prefix="hfcf-demo-")) / "model"
         log(f"{err}; writing the demo model to {out} instead")
     log(f"no model configured: training a demo model on {dataset.name} into {out}")
-    settings = None  # training.DEFAULTS, tuned on MovieLens 100k
-    if dataset.name == "synthetic":  # 6,000 ratings: batches of 1,024 leave too few steps to learn the clusters
-        from . import training
-        settings = {kind: dataclasses.replace(s, epochs=8, bs=256, lr=1e-2) for kind, s in training.DEFAULTS.items()}
     split = pipeline.make_split(dataset)
-    pipeline.train_and_save(dataset, split, out, settings=settings, log=log)
+    pipeline.train_and_save(dataset, split, out, log=log)
     return Path(out), (f"No model was configured, so this demo model was trained here on **{dataset.name}** "
                        f"({len(dataset.ratings):,} ratings). Pass `--model owner/name` or set `HFCF_MODEL` "
                        "to serve a published one.")
