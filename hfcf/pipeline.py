@@ -65,7 +65,8 @@ def evaluate_models(fitted, split, users, items, y_range):
     return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}
 
 
-def _settings_text(kind, settings):
+def settings_text(kind, settings):
+    """One line describing how a model was built and trained, from its config.json entry."""
     shape = (f"{settings['n_factors']} factors, biases not weight-decayed" if kind == "dot" else
              f"embeddings {settings['user_size']}/{settings['item_size']} with dropout {settings['embed_p']}, "
              f"layers {settings['layers']}")
@@ -93,7 +94,7 @@ def render_card(config, repo_id=None):
         project_url=PROJECT_URL, fastai_version=config["fastai_version"], dataset=dataset,
         split_description=config["split"]["description"], metric_rows=rows, kinds=list(config["models"]),
         architectures=ARCHITECTURES, models=config["models"], y_range=config["y_range"], seed=config["seed"],
-        settings_text={kind: _settings_text(kind, s) for kind, s in config["models"].items()})
+        settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, HfcfError
+from .pipeline import settings_text
 from .recommend import MODELS, Recommender, check_n
 
 LABELS = {"dot": "dot product", "nn": "neural net"}
@@ -254,7 +255,7 @@ def model_info(recommenders):
     first = next(iter(recommenders.values()))
     config, dataset = first.config, first.config["dataset"]
     commit = f"commit `{first.revision}`" if first.revision else "a local folder (no Hub commit)"
-    models = "; ".join(f"**{LABELS[kind]}**: {_settings(config['models'][kind])}" for kind in recommenders)
+    models = "; ".join(f"**{LABELS[kind]}**: {settings_text(kind, config['models'][kind])}" for kind in recommenders)
     text = (f"**Model** `{first.source}`, {commit}.  \n"
             f"**Data** {dataset['name']}: {dataset['n_ratings']:,} ratings by {dataset['n_users']:,} users of "
             f"{dataset['n_items']:,} titles. {config['split']['description']}  \n"
@@ -265,17 +266,9 @@ def model_info(recommenders):
     return text, metrics
 
 
-def _settings(settings):
-    shape = (f"{settings['n_factors']} factors" if settings.get("n_factors") else
-             f"embeddings {settings.get('user_size')}/{settings.get('item_size')}, layers {settings.get('layers')}")
-    return f"{shape}, {settings.get('epochs')} epochs"
-
-
 def suggest_titles(recommenders, query, limit=10):
     """Titles for a search box (see `Recommender.search_titles`)."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 50:
-        raise DataError(f"limit must be a whole number between 1 and 50 (got {limit!r})")
-    return next(iter(recommenders.values())).search_titles(query, limit)
+    return next(iter(recommenders.values())).search_titles(query, check_n(limit, 50))
 
 
 def header(recommenders):
