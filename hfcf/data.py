@@ -17,8 +17,12 @@ the latest timestamp. Either way the count goes into `Dataset.notes`.
 
 import csv
 import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -42,6 +46,8 @@ MOVIELENS_CITATION = """@article{harper2015movielens,
   year = {2015}, doi = {10.1145/2827872}
 }"""
 ML_100K_URL = "https://grouplens.org/datasets/movielens/100k/"
+ML_100K_ZIP_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"  # fastai's URLs.ML_100k
+DOWNLOAD_TIMEOUT = 30  # seconds without data before a download gives up
 # ml-25m, ml-32m and ml-latest use the same two CSV files as ml-latest-small.
 MOVIELENS_CSV_NAMES = {"ml-25m": "MovieLens 25M", "ml-32m": "MovieLens 32M", "ml-latest": "MovieLens latest"}
 # Words that hint which column a user meant, for the fix in a missing-column error.
@@ -65,7 +71,12 @@ class Dataset:
 
 
 def movielens_100k(path=None, on_duplicate="error", y_range=None):
-    """MovieLens 100k from `path`, fastai's data folder, or a fastai download."""
+    """MovieLens 100k from `path`, $FASTAI_HOME/data/ml-100k (FASTAI_HOME defaults to ~/.fastai), or a download.
+
+    The download goes through fastai's `untar_data` when fastai is installed, else through the standard
+    library into $FASTAI_HOME/data/ml-100k. Set HFCF_ML100K_URL to fetch the zip from another address (a
+    mirror); it is always fetched with the standard library.
+    """
     folder = _ml100k_folder(path)
     _require(folder, ["u.data", "u.item"], ML_100K_FIX)
     titles, notes = _ml100k_titles(folder)
@@ -250,22 +261,61 @@ def _movielens(ratings, title_notes, name, url, on_duplicate, y_range, source):
 
 
 def _ml100k_folder(path):
-    """The folder holding MovieLens 100k: `path`, fastai's data folder, or what fastai downloads."""
+    """The folder holding MovieLens 100k: `path`, fastai's data folder, or a fresh download."""
     if path is not None:
         return Path(path).expanduser()
     cached = Path(os.environ.get("FASTAI_HOME", "~/.fastai")).expanduser() / "data" / "ml-100k"
     if (cached / "u.data").is_file():
         return cached  # spares importing fastai (seconds) when the data is already there
+    url = os.environ.get("HFCF_ML100K_URL")
+    if url is None:
+        try:
+            # fastai's own download path: it also finds a copy seeded where its config.ini points.
+            from fastai.data.external import URLs, untar_data
+        except ImportError:
+            url = ML_100K_ZIP_URL  # the Space serves without fastai
+        else:
+            try:
+                return Path(untar_data(URLs.ML_100k))
+            except Exception as error:  # a download fails in many ways; the fix is the same for all
+                raise DataError(f"could not download MovieLens 100k with fastai ({error}); "
+                                f"pass the ml-100k folder, or put it in {cached}") from error
+    return _download_ml100k(url, cached)
+
+
+def _download_ml100k(url, folder):
+    """Fetch the MovieLens 100k zip from `url` with the standard library and unpack it as `folder`."""
     try:
-        # fastai's own download path: it also finds a copy seeded where its config.ini points.
-        from fastai.data.external import URLs, untar_data
-    except ImportError as error:
-        raise DataError(f"MovieLens 100k is not in {cached} and fastai is not installed to download it; "
-                        "pip install 'hfcf[train]' or pass the ml-100k folder") from error
-    try:
-        return Path(untar_data(URLs.ML_100k))
-    except Exception as error:  # a download fails in many ways; the fix is the same for all
-        raise DataError(f"could not download MovieLens 100k ({error}); pass the ml-100k folder") from error
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Unpack beside `folder` and rename into place last, so a failed or interrupted download never
+        # leaves a folder that a later call would take for a complete copy.
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".ml-100k-") as scratch:
+            scratch = Path(scratch)
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, \
+                    open(scratch / "ml-100k.zip", "wb") as file:
+                shutil.copyfileobj(response, file)
+            with zipfile.ZipFile(scratch / "ml-100k.zip") as archive:
+                _unpack_ml100k(archive, scratch)
+            os.replace(scratch / "ml-100k", folder)
+    except Exception as error:  # network, HTTP, disk and zip failures all have the same fix
+        if (folder / "u.data").is_file():
+            return folder  # another process unpacked it first, so the rename found the folder taken
+        raise DataError(f"could not download MovieLens 100k from {url} ({error}); "
+                        f"pass the ml-100k folder, or put it in {folder}") from error
+    return folder
+
+
+def _unpack_ml100k(archive, scratch):
+    """Extract `archive` to scratch/ml-100k; refuse entries outside ml-100k/ and a copy without u.data or u.item."""
+    for name in archive.namelist():
+        parts = PurePosixPath(name).parts
+        # zipfile would quietly rewrite "../x" or "/x" to land inside; refusing says the file is not ml-100k.zip.
+        if not parts or parts[0] != "ml-100k" or ".." in parts:
+            raise ValueError(f"zip entry {name!r} is outside ml-100k/")
+    archive.extractall(scratch)
+    for name in ("u.data", "u.item"):
+        if not (scratch / "ml-100k" / name).is_file():
+            raise ValueError(f"the zip holds no ml-100k/{name}")
 
 
 def _read_ml100k_ratings(file):

@@ -1,6 +1,11 @@
 """hfcf.data: readers on tiny files in each real format, validation errors that name the fix, splits, synthetic data."""
+import http.server
+import io
+import socket
 import sys
+import threading
 import types
+import zipfile
 
 import pandas as pd
 import pytest
@@ -280,6 +285,7 @@ def test_load_refusals(tmp_path):
 
 def test_default_path_falls_back_to_fastai_download(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.delenv("HFCF_ML100K_URL", raising=False)
     seeded = fake_ml100k(tmp_path / "downloaded")
     fake = types.SimpleNamespace(URLs=types.SimpleNamespace(ML_100k="ml-100k-url"),
                                  untar_data=lambda url: seeded if url == "ml-100k-url" else None)
@@ -287,23 +293,143 @@ def test_default_path_falls_back_to_fastai_download(tmp_path, monkeypatch):
     assert len(data.movielens_100k().ratings) == 5
 
 
-def test_default_path_without_fastai_says_what_to_install(tmp_path, monkeypatch):
+def test_failed_fastai_download_says_to_pass_a_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTAI_HOME", str(tmp_path))
-    monkeypatch.setitem(sys.modules, "fastai.data.external", None)  # makes the import raise ImportError
-    with pytest.raises(DataError, match=r"fastai is not installed.*pip install 'hfcf\[train\]' or pass"):
-        data.movielens_100k()
-
-
-def test_failed_download_says_to_pass_a_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTAI_HOME", str(tmp_path))
+    monkeypatch.delenv("HFCF_ML100K_URL", raising=False)
 
     def offline(url):
         raise OSError("no network")
 
     monkeypatch.setitem(sys.modules, "fastai.data.external",
                         types.SimpleNamespace(URLs=types.SimpleNamespace(ML_100k=""), untar_data=offline))
-    with pytest.raises(DataError, match=r"could not download MovieLens 100k \(no network\); pass the ml-100k folder"):
+    with pytest.raises(DataError, match=r"could not download MovieLens 100k with fastai \(no network\); "
+                                        r"pass the ml-100k folder, or put it in .*ml-100k"):
         data.movielens_100k()
+
+
+def zipped(files):
+    """Zip bytes holding `files` (archive name -> bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def fake_ml100k_zip(tmp_path, leave_out=(), extra=None):
+    """ml-100k.zip of the fake_ml100k folder, without the files in `leave_out`, plus `extra` entries."""
+    folder = fake_ml100k(tmp_path / "zip-source")
+    files = {f"ml-100k/{path.name}": path.read_bytes() for path in folder.iterdir() if path.name not in leave_out}
+    return zipped(files | (extra or {}))
+
+
+@pytest.fixture
+def no_fastai(tmp_path, monkeypatch):
+    """fastai looks uninstalled and FASTAI_HOME is an empty folder; returns that folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("FASTAI_HOME", str(home))
+    monkeypatch.setitem(sys.modules, "fastai.data.external", None)  # makes the import raise ImportError
+    monkeypatch.setenv("no_proxy", "*")  # a proxy set in the environment must not see 127.0.0.1
+    return home
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A local HTTP server on 127.0.0.1 that HFCF_ML100K_URL points at; set .body (None: 404), read .requests."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            state.requests += 1
+            if state.body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(state.body)))
+            self.end_headers()
+            self.wfile.write(state.body)
+
+        def log_message(self, *args):  # keep test output quiet
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state = types.SimpleNamespace(body=None, requests=0, url=f"http://127.0.0.1:{httpd.server_port}/ml-100k.zip")
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)  # short poll: fast shutdown
+    thread.start()
+    monkeypatch.setenv("HFCF_ML100K_URL", state.url)
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_default_path_without_fastai_downloads_once(tmp_path, no_fastai, server):
+    server.body = fake_ml100k_zip(tmp_path)
+    dataset = data.movielens_100k()
+    assert dataset.ratings["title"].tolist() == data.movielens_100k(tmp_path / "zip-source").ratings["title"].tolist()
+    assert len(dataset.ratings) == 5 and server.requests == 1
+    assert sorted(path.name for path in (no_fastai / "data").iterdir()) == ["ml-100k"]  # no scratch left
+    assert len(data.movielens_100k().ratings) == 5 and server.requests == 1  # the second call reads the copy
+
+
+def test_without_fastai_or_an_override_the_fastai_zip_is_fetched(no_fastai, monkeypatch):
+    monkeypatch.delenv("HFCF_ML100K_URL", raising=False)
+    asked = []
+
+    def offline(url, timeout):
+        asked.append((url, timeout))
+        raise OSError("offline")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match=r"movielens/ml-100k.zip \(offline\)"):
+        data.movielens_100k()
+    assert asked == [("https://files.grouplens.org/datasets/movielens/ml-100k.zip", 30)]
+
+
+def test_url_override_downloads_even_with_fastai_installed(tmp_path, no_fastai, server, monkeypatch):
+    def untar_data(url):
+        raise AssertionError("fastai must not download when HFCF_ML100K_URL is set")
+
+    monkeypatch.setitem(sys.modules, "fastai.data.external",
+                        types.SimpleNamespace(URLs=types.SimpleNamespace(ML_100k=""), untar_data=untar_data))
+    server.body = fake_ml100k_zip(tmp_path)
+    assert len(data.movielens_100k().ratings) == 5 and server.requests == 1
+
+
+def closed_port_url():
+    """An http URL on 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/ml-100k.zip"
+
+
+@pytest.mark.parametrize("how", ["404", "closed port"])
+def test_failed_download_names_the_url_and_the_fix_and_leaves_no_folder(no_fastai, server, monkeypatch, how):
+    url = server.url if how == "404" else closed_port_url()
+    monkeypatch.setenv("HFCF_ML100K_URL", url)
+    with pytest.raises(DataError) as error:
+        data.movielens_100k()
+    message = str(error.value)
+    assert f"could not download MovieLens 100k from {url} (" in message
+    assert ("404" if how == "404" else "refused") in message
+    assert message.endswith(f"pass the ml-100k folder, or put it in {no_fastai / 'data' / 'ml-100k'}")
+    assert list((no_fastai / "data").iterdir()) == []
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("traversal", "zip entry '../evil.txt' is outside ml-100k/"),
+    ("absolute", "zip entry '/evil.txt' is outside ml-100k/"),
+    ("no u.data", "the zip holds no ml-100k/u.data"),
+    ("not a zip", "File is not a zip file"),
+])
+def test_bad_zip_is_refused_and_nothing_is_extracted(tmp_path, no_fastai, server, body, reason):
+    server.body = {"traversal": lambda: fake_ml100k_zip(tmp_path, extra={"../evil.txt": b"x"}),
+                   "absolute": lambda: fake_ml100k_zip(tmp_path, extra={"/evil.txt": b"x"}),
+                   "no u.data": lambda: fake_ml100k_zip(tmp_path, leave_out={"u.data"}),
+                   "not a zip": lambda: b"<html>not found</html>"}[body]()
+    with pytest.raises(DataError, match=rf"from {server.url} \({reason}\); pass the ml-100k folder, or put it in"):
+        data.movielens_100k()
+    assert list((no_fastai / "data").iterdir()) == []
+    assert not list(tmp_path.rglob("evil.txt"))  # nothing extracted anywhere
 
 
 # Splits.
