@@ -28,13 +28,17 @@ def fit_biases(users, items, ratings, n_users, n_items, reg_user=15.0, reg_item=
     `users`/`items` are row indices. Returns (mean, user_bias, item_bias); rows never seen stay 0.
     """
     mean = float(np.mean(ratings))
-    user_bias, item_bias = np.zeros(n_users), np.zeros(n_items)
+    user_bias = np.zeros(n_users)
     for _ in range(iterations):
-        residual = ratings - mean - user_bias[users]
-        item_bias = np.bincount(items, residual, n_items) / (reg_item + np.bincount(items, minlength=n_items))
-        residual = ratings - mean - item_bias[items]
-        user_bias = np.bincount(users, residual, n_users) / (reg_user + np.bincount(users, minlength=n_users))
+        item_bias = _shrunk_means(items, ratings - mean - user_bias[users], n_items, reg_item)
+        user_bias = _shrunk_means(users, ratings - mean - item_bias[items], n_users, reg_user)
     return mean, user_bias, item_bias
+
+
+def _shrunk_means(rows, values, size, reg):
+    """Per-row sum of `values` over (reg + count); 0 for rows with no values."""
+    denominator = reg + np.bincount(rows, minlength=size)
+    return np.divide(np.bincount(rows, values, size), denominator, out=np.zeros(size), where=denominator > 0)
 
 
 def bias_only(train_users, train_items, train_ratings, users, items, n_users, n_items, clip=None):
