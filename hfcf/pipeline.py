@@ -105,8 +105,6 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
 
     artifacts.check_output(out, force)
     settings = {kind: (settings or training.defaults_for(len(split.train)))[kind] for kind in kinds}
-    for kind in kinds:
-        training.check_settings(kind, settings[kind])
     users, items = vocab.from_ratings(pd.concat([split.train, split.valid]))
     log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}")
     started = time.perf_counter()
