@@ -1,4 +1,5 @@
-"""Fit fastai's two chapter-8 collaborative-filtering models, evaluate them, write a model folder, optionally push it.
+"""Fit hfcf's models with fastai (top-N and the two chapter-8 rating models), evaluate them, write a model folder,
+optionally push it.
 
     python train.py                                  # MovieLens 100k (downloaded via fastai) -> ./model
     python train.py --data ~/ml-latest-small --out models/small
@@ -11,6 +12,8 @@ import dataclasses
 import sys
 
 from hfcf.errors import DataError, HfcfError
+
+KINDS = ("dot", "nn", "topn")  # hfcf.artifacts.KINDS, without importing torch before --help
 
 
 def comma_list(cast):
@@ -42,14 +45,18 @@ def parser():
     split = p.add_argument_group("evaluation split")
     split.add_argument("--split", default="random", choices=["random", "canonical"],
                        help="random: hold out --valid-pct of ratings; canonical: MovieLens 100k u{fold}.base/.test")
-    split.add_argument("--valid-pct", type=float, default=0.2, help="held-out fraction for --split random (0.2)")
+    split.add_argument("--valid-pct", type=float, default=0.2,
+                       help="held-out fraction for --split random (0.2); 0 trains on every rating (the model to "
+                       "publish) and reports no held-out metrics")
     split.add_argument("--fold", type=int, default=1, help="canonical fold 1-5 (default 1)")
     model = p.add_argument_group(
         "models (defaults differ per model: hfcf.training.DEFAULTS, tuned on MovieLens 100k, see BENCHMARKS.md; "
-        "a flag given here applies to both models)")
-    model.add_argument("--models", type=comma_list(str), default=("dot", "nn"), help="dot, nn or dot,nn (default)")
+        "a flag given here applies to every model)")
+    model.add_argument("--models", type=comma_list(str), default=KINDS,
+                       help=f"comma-separated, from {', '.join(KINDS)} (default: all): topn ranks what to watch "
+                       "next, dot and nn predict ratings")
     model.add_argument("--epochs", type=int, help="epochs of fit_one_cycle")
-    model.add_argument("--factors", type=int, help="dot model: latent factors")
+    model.add_argument("--factors", type=int, help="dot and topn models: latent factors")
     model.add_argument("--layers", type=comma_list(int), help="nn model: hidden layer sizes, e.g. 100,50")
     model.add_argument("--bs", type=int, help="batch size")
     model.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
@@ -87,9 +94,9 @@ def table_columns(args):
 
 def check_args(args):
     """Refuse bad flag combinations before loading data or training."""
-    unknown = set(args.models) - {"dot", "nn"}
-    if unknown or not args.models:
-        raise DataError(f"--models takes dot, nn or dot,nn (got {','.join(args.models)})")
+    unknown = set(args.models) - set(KINDS)
+    if unknown or not args.models or len(set(args.models)) != len(args.models):
+        raise DataError(f"--models takes one or more of {','.join(KINDS)}, each once (got {','.join(args.models)})")
     if len(args.y_range) != 2 or not args.y_range[0] < args.y_range[1]:
         raise DataError(f"--y-range needs low,high with low < high (got {args.y_range})")
     if args.push:

@@ -60,7 +60,7 @@ def fit_and_score(split, settings, kinds=("dot", "nn"), seed=SEED):
 
     users, items = vocabularies(split)
     fitted = training.fit(kinds, settings, split.train, split.valid, users, items, Y_RANGE, seed, log=quiet)
-    return pipeline.evaluate_models(fitted, split, users, items, Y_RANGE), fitted
+    return pipeline.evaluate_models(fitted, split, users, items, Y_RANGE)[0], fitted
 
 
 def quiet(*_):

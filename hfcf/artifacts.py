@@ -6,6 +6,7 @@
                      item_counts (ratings per item in the training data, a popularity aggregate, never the ratings)
     dot.safetensors  DotModel weights (hfcf.nn key names)
     nn.safetensors   NeuralModel weights, BatchNorm running statistics included
+    topn.safetensors TopNModel weights: item input/output vectors and biases, each user's encoded history
 
 Nothing here unpickles: a folder is trusted only after every file's hash, key, shape, dtype and value checks out.
 """
@@ -28,7 +29,7 @@ from .errors import ArtifactError, DataError
 from .vocab import NA, ItemVocab, UserVocab
 
 FORMAT_VERSION = 1
-KINDS = ("dot", "nn")
+KINDS = ("dot", "nn", "topn")
 WEIGHT_FILES = {kind: f"{kind}.safetensors" for kind in KINDS}
 MODEL_FILES = ("README.md", "config.json", "vocab.json", *WEIGHT_FILES.values())
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")

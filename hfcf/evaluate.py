@@ -49,13 +49,56 @@ def bias_only(train_users, train_items, train_ratings, users, items, n_users, n_
     return np.clip(predicted, *clip) if clip else predicted
 
 
-def precision_ndcg_at_k(ranked, relevant, k=10):
-    """Mean precision@k and NDCG@k over users: `ranked[u]` a list of items, `relevant[u]` a set."""
-    precisions, ndcgs = [], []
+def ranking(scores_for, train_users, train_items, test_users, test_items, n_items, k=10):
+    """Top-`k` quality (`top_k_quality`) of the ranking `scores_for(user_rows)` -> (len(user_rows), n_items) over
+    the titles each user did not rate in training, for the users with held-out titles. Row 0 is never ranked."""
+    users = np.unique(test_users)
+    seen = group_by_user(train_users, train_items, users)
+    tops = {}
+    step = max(1, 2**22 // n_items)  # users scored at once: bounds the score matrix to 32 MB
+    for start in range(0, len(users), step):
+        rows = users[start:start + step]
+        scores = np.array(scores_for(rows), dtype=np.float64)
+        scores[:, 0] = -np.inf
+        for i, user in enumerate(rows):
+            scores[i, seen.get(user, [])] = -np.inf
+        top = np.argpartition(-scores, k, axis=1)[:, :k] if k < n_items else np.tile(np.arange(n_items), (len(rows), 1))
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
+        tops.update(zip(rows.tolist(), top))
+    return top_k_quality(tops, group_by_user(test_users, test_items, users), n_items, k)
+
+
+def top_k_quality(tops, relevant, n_items, k=10):
+    """Microsoft Recommenders' top-k metrics, means over the users in `relevant` ({user: held-out item rows}, any
+    rating counting as relevant); `tops` gives each user's ranked item rows.
+
+    precision@k (hits / k), recall@k (hits / held-out titles), NDCG@k (binary gains, ideal DCG over
+    min(k, held-out)), coverage (share of the `n_items - 1` real titles in some user's top k) and overlap (the mean
+    share of two users' top k that they have in common: near 1 when everyone is shown the same list).
+    """
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    for user, items in ranked.items():
-        hits = np.array([item in relevant[user] for item in items[:k]], float)
-        ideal = discounts[: min(k, len(relevant[user]))].sum()
-        precisions.append(hits.sum() / k)
-        ndcgs.append((hits * discounts[: len(hits)]).sum() / ideal if ideal else 0.0)
-    return float(np.mean(precisions)), float(np.mean(ndcgs))
+    precision, recall, ndcg = [], [], []
+    shown = np.zeros(n_items)
+    for user, wanted in relevant.items():
+        top = np.asarray(tops.get(user, []), dtype=np.int64)[:k]
+        np.add.at(shown, top, 1)
+        hits = np.zeros(k)
+        hits[:len(top)] = np.isin(top, wanted)
+        precision.append(hits.sum() / k)
+        recall.append(hits.sum() / len(wanted))
+        ndcg.append((hits * discounts).sum() / discounts[:min(k, len(wanted))].sum())
+    pairs = len(relevant) * (len(relevant) - 1) / 2
+    overlap = float((shown * (shown - 1) / 2).sum() / pairs / k) if pairs else 0.0
+    return {f"precision@{k}": round(float(np.mean(precision)), 4), f"recall@{k}": round(float(np.mean(recall)), 4),
+            f"ndcg@{k}": round(float(np.mean(ndcg)), 4),
+            "coverage": round(float((shown[1:] > 0).mean()), 4), "overlap": round(overlap, 4)}
+
+
+def group_by_user(users, items, wanted):
+    """{user row: array of its item rows} for the users in `wanted`."""
+    users, items = np.asarray(users), np.asarray(items)
+    keep = np.isin(users, wanted)
+    users, items = users[keep], items[keep]
+    order = np.argsort(users, kind="stable")
+    groups, starts = np.unique(users[order], return_index=True)
+    return dict(zip(groups.tolist(), np.split(items[order], starts[1:])))

@@ -1,10 +1,12 @@
-"""The two chapter-8 architectures in plain torch, rebuilt from a model config; no fastai.
+"""hfcf's three architectures in plain torch, rebuilt from a model config; no fastai.
 
-Their state dicts use explicit names (`user_factors`, `hidden.0.linear`, ...) that say what each tensor is.
-`to_fastai_keys`/`from_fastai_keys` rename them to and from fastai's `EmbeddingDotBias` and `EmbeddingNN`
-(a `TabularModel` built with `bn_cont=False`), so the same tensors load into either implementation.
+The two chapter-8 rating models, `DotModel` and `NeuralModel`, use explicit names (`user_factors`,
+`hidden.0.linear`, ...) that say what each tensor is; `to_fastai_keys`/`from_fastai_keys` rename them to and
+from fastai's `EmbeddingDotBias` and `EmbeddingNN` (a `TabularModel` built with `bn_cont=False`), so the same
+tensors load into either implementation. `TopNModel` ranks what a user will choose next; fastai trains it as is.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -84,13 +86,61 @@ class NeuralModel(nn.Module):
         return self.item_embedding.weight
 
 
+class TopNModel(nn.Module):
+    """What a user will choose next, from what they chose before: a low-rank item-to-item autoencoder.
+
+    A user is the rating-weighted, L2-normalised sum of the input vectors of the titles they rated; a title's
+    score is that vector's dot product with the title's output vector plus the title's bias. It is trained on
+    "did this user rate this title" over the whole catalogue (a squared loss, as EASE and the dropout linear
+    autoencoders of Steck 2019/2020), so it learns what people choose, not only how they rate what they chose.
+    Being a sum over the history, a score splits exactly into one share per rated title: the reasons for a pick.
+    """
+
+    def __init__(self, n_users, n_items, n_factors):
+        super().__init__()
+        self.item_inputs = nn.Embedding(n_items, n_factors)    # what rating a title says about a user
+        self.item_outputs = nn.Embedding(n_items, n_factors)   # who chooses a title
+        self.item_bias = nn.Embedding(n_items, 1)
+        # Each user's encoded history, filled in after training so known users are scored without their ratings.
+        self.register_buffer("user_vectors", torch.zeros(n_users, n_factors))
+        self.history_dropout = 0.0  # training only: each rated title is left out of a user's input with this chance
+
+    def encode(self, items, weights, offsets):
+        """One vector per user from their rated titles, in `F.embedding_bag`'s flat layout with rating weights."""
+        if self.training and self.history_dropout > 0:
+            weights = weights * (torch.rand_like(weights) >= self.history_dropout)
+        lengths = torch.diff(offsets, append=offsets.new_tensor([len(items)]))
+        owners = torch.repeat_interleave(torch.arange(len(offsets), device=items.device), lengths)
+        norms = torch.zeros(len(offsets), device=weights.device).index_add_(0, owners, weights * weights).sqrt()
+        scaled = weights / norms.clamp_min(1e-12)[owners]
+        return F.embedding_bag(items, self.item_inputs.weight, offsets, mode="sum", per_sample_weights=scaled)
+
+    def forward(self, items, weights, offsets):
+        return self.encode(items, weights, offsets)  # the loss scores what it needs (see training.ChoiceLoss)
+
+    def scores(self, vectors):
+        """Every title's score for each user vector: (users, items)."""
+        return vectors @ self.item_outputs.weight.T + self.item_bias.weight[:, 0]
+
+    @property
+    def item_embeddings(self):
+        return torch.cat([self.item_inputs.weight, self.item_outputs.weight], dim=1)
+
+
+# kind -> how to rebuild its module from a config entry (`settings`), the vocab sizes and the rating range.
+ARCHITECTURES = {
+    "dot": lambda s, n_users, n_items, y_range: DotModel(n_users, n_items, s["n_factors"], y_range),
+    "nn": lambda s, n_users, n_items, y_range: NeuralModel(n_users, n_items, s["user_size"], s["item_size"],
+                                                           s["layers"], y_range),
+    "topn": lambda s, n_users, n_items, y_range: TopNModel(n_users, n_items, s["n_factors"]),
+}
+
+
 def build(kind, settings, n_users, n_items, y_range):
     """Rebuild an untrained module from its config entry (`settings`) and the vocab sizes."""
-    if kind == "dot":
-        return DotModel(n_users, n_items, settings["n_factors"], y_range)
-    if kind == "nn":
-        return NeuralModel(n_users, n_items, settings["user_size"], settings["item_size"], settings["layers"], y_range)
-    raise ValueError(f"unknown model kind {kind!r}; expected 'dot' or 'nn'")
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[kind](settings, n_users, n_items, y_range)
 
 
 _DOT_NAMES = {"u_weight.weight": "user_factors.weight", "i_weight.weight": "item_factors.weight",

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, artifacts, data, evaluate, vocab
+from . import __version__, artifacts, data, evaluate, scoring, vocab
 from . import nn as hfnn
 
 PROJECT_URL = "https://github.com/hfcf/hfcf"
 ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
-                 "nn": "fastai `EmbeddingNN` (embeddings + MLP)"}
+                 "nn": "fastai `EmbeddingNN` (embeddings + MLP)",
+                 "topn": "hfcf `TopNModel` (item-to-item autoencoder of what users chose, fitted by a fastai Learner)"}
+RANKING_K = 10
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
@@ -27,6 +29,13 @@ class Split:
 
     @property
     def description(self):
+        if self.info["method"] == "all":
+            return (f"Trained on all {len(self.train):,} ratings; nothing was held out, so this card reports no "
+                    "held-out metrics (see BENCHMARKS.md for the same recipe measured on held-out data).")
+        if self.info["method"] == "per-user":
+            return (f"Each user's ratings shuffled (seed {self.info['seed']}), the first "
+                    f"{self.info['train_share']:.0%} trained on ({len(self.train):,}), the rest held out "
+                    f"({len(self.valid):,}).")
         if self.info["method"] == "canonical":
             return (f"MovieLens 100k canonical split u{self.info['fold']}: trained on u{self.info['fold']}.base "
                     f"({len(self.train):,} ratings), scored on u{self.info['fold']}.test ({len(self.valid):,}).")
@@ -41,14 +50,19 @@ def make_split(dataset, method="random", valid_pct=0.2, seed=42, fold=1, folder=
         return Split(train, valid, {"method": "canonical", "fold": fold})
     if method != "random":
         raise data.DataError(f"unknown --split {method!r}; use 'random' or 'canonical'")
+    if valid_pct == 0:  # the model to publish: every rating trains it
+        return Split(dataset.ratings, dataset.ratings.iloc[:0], {"method": "all", "valid_pct": 0.0, "seed": seed})
     if not 0 < valid_pct < 1:
-        raise data.DataError(f"--valid-pct must be between 0 and 1 (got {valid_pct})")
+        raise data.DataError(f"--valid-pct must be 0 (train on everything) or between 0 and 1 (got {valid_pct})")
     train, valid = data.random_split(dataset.ratings, valid_pct, seed)
     return Split(train, valid, {"method": "random", "valid_pct": valid_pct, "seed": seed})
 
 
 def evaluate_models(fitted, split, users, items, y_range):
-    """RMSE/MAE on the held-out ratings for the baselines, each model and (with both) their average."""
+    """Held-out quality: ({name: RMSE/MAE} of the baselines, each rating model and (with both) their average,
+    {name: top-k metrics} of popularity and every model); both empty when nothing was held out."""
+    if split.valid.empty:
+        return {}, {}
     train_users, train_items = users.rows(split.train["user"]), items.rows(split.train["title"])
     valid_users, valid_items = users.rows(split.valid["user"]), items.rows(split.valid["title"])
     actual = split.valid["rating"].to_numpy()
@@ -56,17 +70,35 @@ def evaluate_models(fitted, split, users, items, y_range):
                    "user+item bias": evaluate.bias_only(train_users, train_items, split.train["rating"].to_numpy(),
                                                         valid_users, valid_items, len(users), len(items),
                                                         clip=y_range)}
-    for kind, model in fitted.items():
-        module = hfnn.build(kind, model.settings, len(users), len(items), y_range)
-        module.load_state_dict(model.state_dict)
-        predictions[kind] = hfnn.predict(module.eval(), valid_users, valid_items)
+    scorers = {kind: scoring.scorer(kind, rebuild(kind, model, users, items, y_range), y_range)
+               for kind, model in fitted.items()}
+    for kind, scorer in scorers.items():
+        if scorer.predicts_ratings:
+            predictions[kind] = hfnn.predict(scorer.module, valid_users, valid_items)
     if {"dot", "nn"} <= set(fitted):
         predictions["ensemble"] = (predictions["dot"] + predictions["nn"]) / 2
-    return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}
+    popularity = np.bincount(train_items, minlength=len(items)).astype(float)
+    rankers = {"popularity": lambda rows: np.broadcast_to(popularity, (len(rows), len(items))),
+               **{kind: scorer.scores_for for kind, scorer in scorers.items()}}
+    ranking = {name: evaluate.ranking(scores_for, train_users, train_items, valid_users, valid_items, len(items),
+                                      RANKING_K) for name, scores_for in rankers.items()}
+    return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}, ranking
+
+
+def rebuild(kind, model, users, items, y_range):
+    """The plain-torch module of a `training.Fitted` model, in eval mode."""
+    module = hfnn.build(kind, model.settings, len(users), len(items), y_range)
+    module.load_state_dict(model.state_dict)
+    return module.eval()
 
 
 def settings_text(kind, settings):
     """One line describing how a model was built and trained, from its config.json entry."""
+    if kind == "topn":
+        return (f"{settings['n_factors']} factors, each rated title hidden from a user's input with chance "
+                f"{settings['embed_p']}, L2 penalty {settings['wd']} (EASE's lambda); `fit_one_cycle("
+                f"{settings['epochs']}, {settings['lr']})` with Adam beta2 {settings['sqr_mom']}, "
+                f"{settings['bs']} users a batch")
     shape = (f"{settings['n_factors']} factors, biases not weight-decayed" if kind == "dot" else
              f"embeddings {settings['user_size']}/{settings['item_size']} with dropout {settings['embed_p']}, "
              f"layers {settings['layers']}")
@@ -78,22 +110,28 @@ def render_card(config, repo_id=None):
     """The model card: YAML front matter (library, tags, datasets, model-index) and text, from model_card.md."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    dataset, metrics = config["dataset"], config["metrics"]
+    dataset, metrics, ranking = config["dataset"], config["metrics"], config.get("ranking", {})
     name = repo_id or "hfcf collaborative-filtering models"
-    results = [EvalResult(task_type="tabular-regression", task_name="Rating prediction",
-                          dataset_type=dataset["id"], dataset_name=dataset["name"], dataset_split="held-out",
-                          metric_type=metric, metric_name=f"{metric.upper()} ({kind})", metric_value=metrics[kind][metric])
-               for kind in config["models"] for metric in ("rmse", "mae")]
-    card_data = ModelCardData(library_name="hfcf", license="other", model_name=name, eval_results=results,
+    common = dict(dataset_type=dataset["id"], dataset_name=dataset["name"], dataset_split="held-out")
+    results = [EvalResult(task_type="tabular-regression", task_name="Rating prediction", metric_type=metric,
+                          metric_name=f"{metric.upper()} ({kind})", metric_value=metrics[kind][metric], **common)
+               for kind in config["models"] if kind in metrics for metric in ("rmse", "mae")]
+    results += [EvalResult(task_type="tabular-classification", task_name="Top-N recommendation", metric_type=metric,
+                           metric_name=f"{metric} ({kind})", metric_value=ranking[kind][metric], **common)
+                for kind in config["models"] if kind in ranking
+                for metric in (f"precision@{RANKING_K}", f"ndcg@{RANKING_K}")]
+    card_data = ModelCardData(library_name="hfcf", license="other", model_name=name, eval_results=results or None,
                               tags=["fastai", "collaborative-filtering", "recommender-system", "movielens",
                                     "safetensors", "tabular-regression"],
                               datasets=[dataset["id"]], pipeline_tag="tabular-regression")
-    rows = [{"name": key, **value} for key, value in metrics.items()]
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id or "you/name",
         project_url=PROJECT_URL, fastai_version=config["fastai_version"], dataset=dataset,
-        split_description=config["split"]["description"], metric_rows=rows, kinds=list(config["models"]),
-        architectures=ARCHITECTURES, models=config["models"], y_range=config["y_range"], seed=config["seed"],
+        split_description=config["split"]["description"],
+        metric_rows=[{"name": key, **value} for key, value in metrics.items()],
+        ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
+        k=RANKING_K, kinds=list(config["models"]), architectures=ARCHITECTURES, models=config["models"],
+        y_range=config["y_range"], seed=config["seed"],
         settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)
 
@@ -109,16 +147,20 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}")
     started = time.perf_counter()
     fitted = training.fit(kinds, settings, split.train, split.valid, users, items, y_range, seed, log)
-    metrics = evaluate_models(fitted, split, users, items, y_range)
+    metrics, ranking = evaluate_models(fitted, split, users, items, y_range)
     for name, value in metrics.items():
         log(f"{name:>15}: RMSE {value['rmse']:.4f}  MAE {value['mae']:.4f}")
+    for name, value in ranking.items():
+        log(f"{name:>15}: " + "  ".join(f"{metric} {number:.4f}" for metric, number in value.items()))
     ratings = dataset.ratings
     config = {
         "library": "hfcf", "format_version": artifacts.FORMAT_VERSION, "hfcf_version": __version__,
         "fastai_version": training.fastai_version(), "python_version": platform.python_version(),
         "y_range": [float(y_range[0]), float(y_range[1])], "seed": seed,
         "models": {kind: {"architecture": ARCHITECTURES[kind].split("`")[1], **model.settings,
-                          "fit_seconds": model.fit_seconds, "metrics": metrics[kind]}
+                          "fit_seconds": model.fit_seconds,
+                          **({"metrics": metrics[kind]} if kind in metrics else {}),
+                          **({"ranking": ranking[kind]} if kind in ranking else {})}
                    for kind, model in fitted.items()},
         "dataset": {"id": re.sub(r"[^a-z0-9]+", "-", dataset.name.lower()).strip("-"), "name": dataset.name, "url": dataset.url, "licence": dataset.licence,
                     "citation": dataset.citation, "notes": list(dataset.notes), "n_ratings": len(ratings),
@@ -127,6 +169,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
         "split": {**split.info, "description": split.description, "n_train": len(split.train),
                   "n_valid": len(split.valid)},
         "metrics": metrics,
+        "ranking": ranking,
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     counts = pd.concat([split.train, split.valid])["title"].value_counts()

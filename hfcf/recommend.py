@@ -4,12 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from . import artifacts, vocab
+from . import artifacts, scoring, vocab
 from .errors import ArtifactError, DataError, HfcfError, UnknownItemError
 
-MODELS = ("dot", "nn")
+# The kinds a Recommender can rank with, in the order `model=None` prefers them: the top-N model answers
+# "what to watch next" best (BENCHMARKS.md), the rating models say how much a user would like a title.
+MODELS = ("topn", "dot", "nn")
+REASONS = 2  # titles of the user's own history named as the reason for a pick
 
 
 @dataclass
@@ -17,7 +19,7 @@ class FoldIn:
     """A newcomer folded into a trained model: their vector, their predicted ratings and top picks."""
 
     user_vector: np.ndarray
-    predicted: np.ndarray      # one score per item row
+    predicted: np.ndarray      # one score per item row (the ranking model's scores)
     recommendations: pd.DataFrame
 
 
@@ -31,9 +33,11 @@ def check_n(n, most):
 
 
 class Recommender:
-    """Predictions, top-N, similar titles and new-user fold-in for one model of a verified model folder."""
+    """Top-N picks with reasons, predicted ratings, similar titles and new-user fold-in for one model of a
+    verified model folder. `model` names the kind that ranks; a top-N model borrows the folder's rating model
+    (dot, else nn) for the predicted ratings shown beside its picks."""
 
-    def __init__(self, folder, model="dot", source=None, revision=None):
+    def __init__(self, folder, model=None, source=None, revision=None):
         model = model or next(kind for kind in MODELS if kind in folder.modules)
         if model not in folder.modules:
             raise HfcfError(f"this repo has no {model!r} model; it has {sorted(folder.modules)}")
@@ -42,27 +46,27 @@ class Recommender:
         self.source, self.revision = source or str(folder.path), revision
         self.low, self.high = folder.y_range
         # Frozen: concurrent fold-ins (app threads) must not race to accumulate gradients into shared weights.
-        self.module.requires_grad_(False)
+        for module in folder.modules.values():
+            module.requires_grad_(False)
+        self.scorer = scoring.scorer(model, self.module, folder.y_range)
+        rating_kind = model if self.scorer.predicts_ratings else next(
+            (kind for kind in ("dot", "nn") if kind in folder.modules), None)
+        self.rating_model = rating_kind  # the kind behind the "predicted" column, or None
+        self.rating = (self.scorer if rating_kind == model else
+                       scoring.scorer(rating_kind, folder.modules[rating_kind], folder.y_range) if rating_kind else None)
         self._seen, self._rated = {}, {}
         self._ratings = None
-        with torch.no_grad():
-            embeddings = self.module.item_embeddings.numpy()
+        self._counts = None
+        embeddings = self.scorer.item_vectors()
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         self._unit_items = embeddings / np.where(norms == 0, 1, norms)
-        if model == "dot":  # the dot model is a matrix-vector product: numpy beats torch's per-call overhead
-            self._item_factors = self.module.item_factors.weight.detach().numpy()
-            self._item_bias = self.module.item_bias.weight.detach().numpy()[:, 0]
-            self._user_factors = self.module.user_factors.weight.detach().numpy()
-            self._user_bias = self.module.user_bias.weight.detach().numpy()[:, 0]
-        else:
-            with torch.no_grad():
-                self._user_part, self._item_part, self._user_weight = self.module.projections()
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path, revision=None, model="dot"):
+    def from_pretrained(cls, repo_id_or_path, revision=None, model=None):
         """Load a local model folder or a Hub repo ("owner/name", "owner/name@rev"), pinned to one commit.
 
-        `model=None` picks the first of MODELS the repo has (`sibling` then gives the other).
+        `model=None` picks the first of MODELS the repo has (the top-N model when there is one); `sibling`
+        gives another kind of the same folder.
         """
         if model is not None and model not in MODELS:
             raise HfcfError(f"model must be one of {MODELS} (got {model!r})")
@@ -79,13 +83,14 @@ class Recommender:
         return cls(artifacts.load(folder), model, source=repo_id, revision=commit)
 
     def sibling(self, model):
-        """The other model of the same folder, sharing the loaded weights."""
+        """Another model of the same folder, sharing the loaded weights and the attached history."""
         return Recommender(self.folder, model, self.source, self.revision).attach_history(self._ratings)
 
     # --- history: the dataset's ratings, which never travel with the model -------------------------------
     def attach_history(self, ratings):
-        """Remember who rated what (a ratings frame from `hfcf.data`), to exclude seen items and show history."""
-        self._ratings = ratings
+        """Remember who rated what (a ratings frame from `hfcf.data`): seen titles are left out of picks, the
+        history is shown, and the top-N model names the rated titles behind each pick."""
+        self._ratings, self._counts = ratings, None
         self._seen, self._rated = {}, {}  # per user, grouped once: a request must not scan every rating
         if ratings is not None:
             known = ratings[ratings["title"].isin(self.items._exact)]
@@ -95,57 +100,102 @@ class Recommender:
         return self
 
     def history(self, user):
-        """What `user` rated in the attached dataset, beside this model's prediction, highest rating first."""
+        """What `user` rated in the attached dataset, beside the rating model's prediction (when the folder has a
+        rating model), highest rating first."""
         row = self.users.index(user)
         key = str(self.users.keys[row])
         if key not in self._rated:
             return pd.DataFrame(columns=["title", "rating", "predicted"])
         titles, ratings = self._rated[key]
-        predicted = self._scores(row)[self._seen[key]]
-        frame = pd.DataFrame({"title": titles, "rating": ratings, "predicted": predicted.round(2)})
+        frame = pd.DataFrame({"title": titles, "rating": ratings})
+        if self.rating is None:  # a folder with a top-N model only: nothing predicts ratings
+            return frame.sort_values("rating", ascending=False, ignore_index=True)
+        frame["predicted"] = self.rating.user_scores(row)[self._seen[key]].round(2)
         return frame.sort_values(["rating", "predicted"], ascending=False, ignore_index=True)
 
     # --- scores -----------------------------------------------------------------------------------------
-    def _squash(self, raw):
-        return self.low + (self.high - self.low) / (1 + np.exp(-raw))
+    def _rating_scorer(self):
+        if self.rating is None:
+            raise HfcfError(f"predicted ratings come from a dot or nn model, and this repo has only "
+                            f"{', '.join(sorted(self.folder.modules))}")
+        return self.rating
 
     def _scores(self, user_row):
-        """Predicted rating of every item row for one user row."""
-        if self.model == "dot":
-            raw = self._item_factors @ self._user_factors[user_row] + self._item_bias + self._user_bias[user_row]
-            return self._squash(raw)
-        with torch.no_grad():
-            return self.module.head(self._item_part + self._user_part[user_row]).numpy()
+        """The ranking model's score of every item row for one user row."""
+        return self.scorer.user_scores(user_row)
 
     def predict(self, user, items):
-        """Predicted ratings of `user` for each title in `items`."""
+        """Predicted ratings of `user` for each title in `items` (from the rating model)."""
         rows = self._item_rows(items)
-        return self._scores(self.users.index(user))[rows]
+        return self._rating_scorer().user_scores(self.users.index(user))[rows]
 
     def predict_all(self):
         """Every user's predicted rating of every item: array (users, items), row/column 0 being `#na#`."""
-        if self.model == "dot":
-            raw = self._user_factors @ self._item_factors.T + self._user_bias[:, None] + self._item_bias[None]
-            return self._squash(raw)
-        scores = np.empty((len(self.users), len(self.items)), dtype=np.float32)
-        step = max(1, 2**17 // len(self.items))  # users per batch: bounds the MLP's activations to ~100 MB
-        with torch.no_grad():
-            for start in range(0, len(self.users), step):
-                users = self._user_part[start:start + step]
-                first = (users[:, None, :] + self._item_part[None]).flatten(0, 1)
-                scores[start:start + len(users)] = self.module.head(first).reshape(len(users), -1).numpy()
-        return scores
+        return self._rating_scorer().scores_for(np.arange(len(self.users)))
 
     def recommend(self, user, n=10, exclude=None):
-        """Top-`n` titles for `user` with predicted ratings, leaving out what they rated (or `exclude`)."""
-        row = self.users.index(user)
-        seen = self._item_rows(exclude) if exclude is not None else self._seen.get(str(self.users.keys[row]), [])
-        return self._top(self._scores(row), n, seen, "predicted")
+        """Top-`n` titles for `user`, leaving out what they rated (or `exclude`).
 
-    def similar(self, item, n=10):
-        """The `n` titles nearest to `item` by cosine similarity of this model's item embeddings."""
+        Columns: title; the ranking model's score ("predicted" for a rating model, else "score"); "predicted"
+        ratings from the rating model beside a top-N model's picks; "ratings", how many ratings each title had
+        in training; and, for the top-N model with the user's history attached, "because": the one or two titles
+        they rated whose absence would lower the pick's score most.
+        """
+        row = self.users.index(user)
+        key = str(self.users.keys[row])
+        seen = self._item_rows(exclude) if exclude is not None else self._seen.get(key, [])
+        picks, scores = self._top(self._scores(row), n, seen)
+        history = self._rated.get(key)
+        return self._table(picks, scores, lambda rows: self._rating_scorer().user_scores(row)[rows],
+                           history and (self.items.rows(history[0]), history[1], history[0]))
+
+    def _table(self, picks, scores, rating_of, history=None):
+        """The frame for `picks`: see `recommend` for the columns."""
+        frame = pd.DataFrame({"title": [self.items.keys[r] for r in picks],
+                              self.scorer.score_name: np.round(scores, 3)})
+        if not self.scorer.predicts_ratings and self.rating is not None:
+            frame["predicted"] = np.round(rating_of(picks), 3)
+        counts = self._item_counts(required=False)
+        if counts is not None:
+            frame["ratings"] = counts[picks].astype(int)
+        if history is not None and hasattr(self.scorer, "reason_strengths"):
+            frame["because"] = self._reasons(picks, *history)
+        return frame
+
+    def _reasons(self, picks, history_rows, ratings, titles):
+        """For each pick, the rated titles whose absence would lower its score most (when it would), largest first."""
+        if len(picks) == 0:
+            return []
+        shares = self.scorer.reason_strengths(history_rows, ratings, picks)
+        best = np.argsort(-shares, axis=1, kind="stable")[:, :REASONS]
+        return ["; ".join(str(titles[j]) for j in order if shares[i, j] > 0) for i, order in enumerate(best)]
+
+    def similar(self, item, n=10, min_ratings=None):
+        """The `n` titles nearest to `item` by cosine similarity of this model's item embeddings.
+
+        A title rated by a handful of people has an embedding that is mostly noise, so titles with fewer than
+        `min_ratings` ratings in training are left out (default: the catalogue's median count, at most 20; 1
+        keeps every title); "ratings" gives each neighbour's count.
+        """
         row = self.items.index(item)
-        return self._top(self._unit_items @ self._unit_items[row], n, [row], "similarity")
+        counts = self._item_counts(required=False)
+        scores = self._unit_items @ self._unit_items[row]
+        excluded = [row]
+        if counts is not None:
+            floor = self._min_ratings(counts, min_ratings)
+            excluded = np.union1d(excluded, np.flatnonzero(counts < floor))
+        picks, similarity = self._top(scores, n, excluded)
+        frame = pd.DataFrame({"title": [self.items.keys[r] for r in picks], "similarity": np.round(similarity, 3)})
+        if counts is not None:
+            frame["ratings"] = counts[picks].astype(int)
+        return frame
+
+    def _min_ratings(self, counts, min_ratings):
+        if min_ratings is None:
+            return min(20.0, float(np.median(counts[1:])))
+        if isinstance(min_ratings, bool) or not isinstance(min_ratings, (int, np.integer)) or min_ratings < 1:
+            raise DataError(f"min_ratings must be a whole number of at least 1 (got {min_ratings!r})")
+        return float(min_ratings)
 
     def search_titles(self, query, limit=10):
         """Titles for a search box: those starting with `query` first, then other matches and close spellings,
@@ -163,18 +213,13 @@ class Recommender:
         return sorted(found, key=rank.__getitem__)[:limit]
 
     def who_would_like(self, item, n=10):
-        """The `n` users predicted to rate `item` highest."""
+        """The `n` users with the highest score for `item` (a predicted rating, or the top-N model's score)."""
         n = check_n(n, len(self.users) - 1)
-        column = self.items.index(item)
-        if self.model == "dot":
-            scores = self._squash(self._user_factors @ self._item_factors[column] + self._user_bias
-                                  + self._item_bias[column])
-        else:
-            with torch.no_grad():
-                scores = self.module.head(self._user_part + self._item_part[column]).numpy()
+        scores = np.array(self.scorer.users_for_item(self.items.index(item)), dtype=float)
         scores[0] = -np.inf
         best = np.argsort(-scores, kind="stable")[:n]
-        return pd.DataFrame({"user": [self.users.keys[r] for r in best], "predicted": scores[best].round(3)})
+        return pd.DataFrame({"user": [self.users.keys[r] for r in best],
+                             self.scorer.score_name: scores[best].round(3)})
 
     def item_biases(self):
         """Every title's learnt bias from the dot model, highest first (the book's "not your kind of movie" list)."""
@@ -195,8 +240,7 @@ class Recommender:
         if not 1 <= components <= self._unit_items.shape[1]:
             raise DataError(f"components must be between 1 and {self._unit_items.shape[1]} (got {components})")
         order = np.argsort(-counts[1:], kind="stable")[:max(pool, n_items)] + 1
-        with torch.no_grad():
-            embeddings = self.module.item_embeddings.numpy()[order]
+        embeddings = self.scorer.item_vectors()[order]
         centered = embeddings - embeddings.mean(axis=0)
         _, _, axes = np.linalg.svd(centered, full_matrices=False)
         coordinates = centered[:n_items] @ axes[:components].T
@@ -209,18 +253,23 @@ class Recommender:
     def fold_in(self, ratings, n=10, l2=1.0):
         """Recommend for someone not in the model from a few `{title: rating}`, without retraining.
 
+        topn: the newcomer's vector is their rated titles' input vectors weighted by rating, exactly as a known
+        user's was built; the picks name the rated titles behind them ("because").
         dot: closed-form ridge for a user vector and bias on the fixed item factors and biases, fitted in the
         logit space of the model's sigmoid (the book's "bootstrapping a collaborative filtering model").
         nn: 200 Adam steps on a fresh user embedding (started at the mean user) with the network frozen.
+        `l2` is the rating models' shrinkage towards the average user.
         """
         rows, targets = self._check_fold_in(ratings)
-        if self.model == "dot":
-            vector = self._ridge_user(rows, targets, l2)
-            raw = self._item_factors @ vector[:-1] + vector[-1] + self._item_bias
-            predicted = self._squash(raw)
+        vector, scores = self.scorer.fold_in(rows, targets, l2)
+        picks, best = self._top(scores, n, rows)
+        if self.scorer is self.rating or self.rating is None:
+            rating_of = None
         else:
-            vector, predicted = self._fit_user_embedding(rows, targets, l2)
-        return FoldIn(vector, predicted, self._top(predicted.copy(), n, rows, "predicted"))
+            predicted = self.rating.fold_in(rows, targets, l2)[1]
+            rating_of = predicted.__getitem__
+        titles = np.array([self.items.keys[r] for r in rows], dtype=object)
+        return FoldIn(vector, scores, self._table(picks, best, rating_of, (rows, targets, titles)))
 
     def _check_fold_in(self, ratings):
         if not ratings:
@@ -246,52 +295,32 @@ class Recommender:
             raise DataError("the same movie is rated twice; rate each movie once")
         return np.array(rows), np.array(targets)
 
-    def _ridge_user(self, rows, targets, l2):
-        scaled = (targets - self.low) / (self.high - self.low)
-        logits = np.log(scaled / (1 - scaled))
-        design = np.hstack([self._item_factors[rows], np.ones((len(rows), 1))])
-        penalty = l2 * np.eye(design.shape[1])
-        penalty[-1, -1] = 1e-3  # the user bias is barely shrunk: one rating should still move it
-        return np.linalg.solve(design.T @ design + penalty, design.T @ (logits - self._item_bias[rows]))
-
-    def _fit_user_embedding(self, rows, targets, l2, steps=200):
-        start = self.module.user_embedding.weight.detach()[1:].mean(0)
-        vector = start.clone().requires_grad_(True)
-        target = torch.as_tensor(targets, dtype=torch.float32)
-        item_part = self._item_part[torch.as_tensor(rows)]
-        optimizer = torch.optim.Adam([vector], lr=0.05)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            predicted = self.module.head(item_part + vector @ self._user_weight.T)
-            loss = ((predicted - target) ** 2).mean() + l2 * 1e-2 * ((vector - start) ** 2).sum()
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            predicted = self.module.head(self._item_part + vector @ self._user_weight.T).numpy()
-        return vector.detach().numpy(), predicted
-
     # --- shared helpers --------------------------------------------------------------------------------------
     def _item_rows(self, titles):
         if isinstance(titles, str):
             titles = [titles]
         return np.array([self.items.index(title) for title in titles], dtype=np.int64)
 
-    def _top(self, scores, n, exclude_rows, column):
-        """The `n` best item rows by score, leaving out `#na#` and `exclude_rows`."""
+    def _top(self, scores, n, exclude_rows):
+        """(rows, scores) of the `n` best item rows by score, leaving out `#na#` and `exclude_rows`."""
         n = check_n(n, len(self.items) - 1)
         scores = np.array(scores, dtype=float, copy=True)
         scores[0] = -np.inf
         scores[np.asarray(exclude_rows, dtype=np.int64)] = -np.inf
         n = min(n, int(np.isfinite(scores).sum()))
-        best = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+        best = np.argpartition(-scores, n - 1)[:n] if 0 < n < len(scores) else np.flatnonzero(np.isfinite(scores))
         best = best[np.argsort(-scores[best], kind="stable")]
-        return pd.DataFrame({"title": [self.items.keys[r] for r in best], column: scores[best].round(3)})
+        return best, scores[best]
 
-    def _item_counts(self):
-        if self._ratings is not None:
-            counts = self._ratings["title"].value_counts()
-            return np.array([0] + [counts.get(title, 0) for title in self.items.keys[1:]], dtype=float)
-        if self.folder.item_counts is not None:
-            return np.asarray(self.folder.item_counts, dtype=float)
-        raise HfcfError("the PCA map needs popularity: attach the dataset's ratings (attach_history) "
-                        "or use a model folder whose vocab.json has item_counts")
+    def _item_counts(self, required=True):
+        """Ratings per item row in training (vocab.json), else in the attached ratings."""
+        if self._counts is None:
+            if self.folder.item_counts is not None:
+                self._counts = np.asarray(self.folder.item_counts, dtype=float)
+            elif self._ratings is not None:
+                counts = self._ratings["title"].value_counts()
+                self._counts = np.array([0] + [counts.get(title, 0) for title in self.items.keys[1:]], dtype=float)
+            elif required:
+                raise HfcfError("the PCA map needs popularity: attach the dataset's ratings (attach_history) "
+                                "or use a model folder whose vocab.json has item_counts")
+        return self._counts

@@ -1,9 +1,11 @@
-"""Fit the chapter-8 models with fastai. The only module that imports fastai.
+"""Fit hfcf's models with fastai. The only module that imports fastai.
 
 fastai's tabular DataLoader collates every batch from a DataFrame, which makes an epoch several times slower
-than the model itself. `TensorBatches` slices pre-encoded tensors instead; everything else is fastai's own:
-`collab_learner`, `fit_one_cycle`, its Adam, Recorder and metrics, `EmbeddingDotBias` and `EmbeddingNN`.
-With a model this small, fastai's per-batch costs are what is left to cut (see `fit_one`).
+than the model itself. `TensorBatches` (rating pairs) and `HistoryBatches` (users' rated titles) slice
+pre-encoded tensors instead; everything else is fastai's own: `collab_learner` and `Learner`, `fit_one_cycle`,
+its Adam, Recorder and metrics, `EmbeddingDotBias` and `EmbeddingNN`. One `Recipe` per model kind says how
+its data, Learner and weights are made; adding a kind adds a recipe and a line in `RECIPES`.
+With models this small, fastai's per-batch costs are what is left to cut (see `fit_one`).
 """
 import math
 import sys
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback
 from fastai.collab import collab_learner
 from fastai.data.core import DataLoaders
-from fastai.learner import CastToTensor
+from fastai.learner import CastToTensor, Learner, Metric
 from fastai.metrics import rmse
 from fastai.optimizer import Adam
 from fastai.tabular.model import emb_sz_rule, tabular_config
@@ -36,11 +38,11 @@ class ModelSettings:
     lr: float
     wd: float
     bs: int
-    n_factors: int = 0        # dot model
+    n_factors: int = 0        # dot and topn models
     layers: tuple = ()        # EmbeddingNN hidden layers
     user_size: int = 0        # EmbeddingNN embedding sizes; 0 means fastai's `emb_sz_rule`
     item_size: int = 0
-    embed_p: float = 0.0      # EmbeddingNN dropout on the embeddings (training only)
+    embed_p: float = 0.0      # EmbeddingNN dropout on the embeddings; topn: on a user's rated titles (training only)
     sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
 
 
@@ -49,6 +51,8 @@ class ModelSettings:
 DEFAULTS = {
     "dot": ModelSettings(epochs=6, lr=1e-2, wd=1.0, bs=1024, n_factors=100, sqr_mom=0.9),
     "nn": ModelSettings(epochs=16, lr=2e-2, wd=1.0, bs=4096, layers=(50,), user_size=32, item_size=32, embed_p=0.5),
+    # bs counts users, not ratings; wd is an L2 penalty in EASE's units (see TopNRecipe).
+    "topn": ModelSettings(epochs=50, lr=3e-3, wd=10.0, bs=128, n_factors=256, embed_p=0.5),
 }
 
 
@@ -98,33 +102,295 @@ class TensorBatches:
         return self
 
 
-class CollabTensorLoaders(DataLoaders):
-    """DataLoaders that also answer `collab_learner`'s questions (`classes`, `cat_names`) about the vocab."""
-
-    def __init__(self, train, valid, users, items):
-        super().__init__(train, valid)
-        self.classes = {"user": list(users.keys), "title": list(items.keys)}
-        self.cat_names, self.n_inp = ["user", "title"], 1
-
-
 def encode(frame, users, items):
     """(x, y) tensors: x holds (user row, item row) pairs, y the ratings."""
     x = np.stack([users.rows(frame["user"]), items.rows(frame["title"])], axis=1)
     return torch.as_tensor(x, dtype=torch.long), torch.tensor(frame["rating"].to_numpy(), dtype=torch.float32)
 
 
-def resolved_settings(kind, settings, users, items):
-    """Settings with fastai's embedding-size rule applied, as saved in config.json."""
-    chosen = asdict(settings)
-    if kind == "dot":
+@dataclass
+class Histories:
+    """Every user's rated titles, grouped by user row (CSR): row r owns `items[starts[r]:starts[r + 1]]`."""
+
+    starts: torch.Tensor   # int64, one more than the user rows
+    items: torch.Tensor    # int64 item rows
+    weights: torch.Tensor  # float32: the rating on the model's scale, (rating - low) / (high - low)
+
+    @classmethod
+    def from_frame(cls, frame, users, items, y_range):
+        user_rows, item_rows = users.rows(frame["user"]), items.rows(frame["title"])
+        order = np.argsort(user_rows, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(user_rows, minlength=len(users)))])
+        low, high = y_range
+        weights = (frame["rating"].to_numpy(dtype=np.float32)[order] - low) / (high - low)
+        return cls(torch.as_tensor(starts, dtype=torch.long), torch.as_tensor(item_rows[order], dtype=torch.long),
+                   torch.as_tensor(weights, dtype=torch.float32))
+
+    def lengths(self):
+        return torch.diff(self.starts)
+
+    def batch(self, rows):
+        """(items, weights, offsets) of the users `rows` in `F.embedding_bag`'s flat layout."""
+        starts, lengths = self.starts[rows], self.starts[rows + 1] - self.starts[rows]
+        offsets = torch.cumsum(lengths, 0) - lengths
+        positions = torch.arange(int(lengths.sum())) - torch.repeat_interleave(offsets, lengths)
+        flat = torch.repeat_interleave(starts, lengths) + positions
+        return self.items[flat], self.weights[flat], offsets
+
+    def to(self, device):
+        return Histories(self.starts.to(device), self.items.to(device), self.weights.to(device))
+
+
+class HistoryBatches:
+    """Batches of users for `TopNModel`: (input items, weights, offsets, target items, target owners).
+
+    Inputs are what each user rated in training; targets are the titles to score as chosen: the same titles when
+    fitting (an autoencoder; dropout hides part of the input), their held-out titles when validating.
+    """
+
+    def __init__(self, inputs, targets, rows, bs, shuffle, seed=0):
+        self.inputs, self.targets, self.rows, self.bs, self.shuffle = inputs, targets, rows, bs, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return math.ceil(len(self.rows) / self.bs)
+
+    def __iter__(self):
+        rows = self.rows[torch.randperm(len(self.rows), generator=self.generator)] if self.shuffle else self.rows
+        for start in range(0, len(rows), self.bs):
+            batch = rows[start:start + self.bs]
+            items, weights, offsets = self.inputs.batch(batch)
+            targets, _, target_offsets = self.targets.batch(batch)
+            lengths = torch.diff(target_offsets, append=target_offsets.new_tensor([len(targets)]))
+            yield items, weights, offsets, targets, torch.repeat_interleave(torch.arange(len(batch)), lengths)
+
+    def to(self, device):
+        self.inputs, self.targets, self.rows = self.inputs.to(device), self.targets.to(device), self.rows.to(device)
+        return self
+
+
+class ChoiceLoss:
+    """Squared error of every title's score against "rated" (1) or "not rated" (0), summed per user, mean per batch.
+
+    The sum over the whole catalogue is taken the cheaper of two exact ways: scoring every title for every user
+    in the batch (users x titles x factors), or through the output vectors' Gram matrix as implicit ALS does
+    (titles x factors^2, whatever the batch size), which wins once a batch has more users than factors.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, vectors, targets, owners):
+        # F.embedding rather than tensor[index]: the backward of advanced indexing (an accumulating index_put)
+        # cost twice the rest of a step on CPU.
+        outputs, bias = self.model.item_outputs.weight, self.model.item_bias.weight[:, 0]
+        if len(vectors) < outputs.shape[1]:
+            scores = self.model.scores(vectors)
+            every, chosen = (scores ** 2).sum(), scores.flatten()[owners * scores.shape[1] + targets]
+        else:
+            every = (((vectors @ (outputs.T @ outputs)) * vectors).sum() + 2 * (vectors @ (outputs.T @ bias)).sum()
+                     + len(vectors) * (bias @ bias))
+            chosen = ((F.embedding(owners, vectors) * F.embedding(targets, outputs)).sum(-1)
+                      + F.embedding(targets, bias[:, None])[:, 0])
+        return (every + (1 - 2 * chosen).sum()) / max(len(vectors), 1)
+
+
+class PrecisionAtK(Metric):
+    """Held-out precision@k: of each user's top k titles not rated in training, the share they rated later."""
+
+    def __init__(self, k=10):
+        self.k = k
+
+    @property
+    def name(self):
+        return f"precision@{self.k}"
+
+    def reset(self):
+        self.hits, self.users = 0.0, 0
+
+    def accumulate(self, learn):
+        items, _, offsets = learn.xb
+        targets, owners = learn.yb
+        scores = learn.model.scores(learn.pred)
+        lengths = torch.diff(offsets, append=offsets.new_tensor([len(items)]))
+        scores[torch.repeat_interleave(torch.arange(len(offsets)), lengths), items] = -math.inf
+        relevant = torch.zeros_like(scores, dtype=torch.bool)
+        relevant[owners, targets] = True
+        self.hits += float(relevant.gather(1, scores.topk(self.k, dim=1).indices).sum())
+        self.users += len(offsets)
+
+    @property
+    def value(self):
+        return self.hits / (self.k * self.users) if self.users else None
+
+
+class CollabTensorLoaders(DataLoaders):
+    """DataLoaders that also answer `collab_learner`'s questions (`classes`, `cat_names`) about the vocab."""
+
+    def __init__(self, train, valid, users, items, n_inp=1):
+        super().__init__(train, valid)
+        self.classes = {"user": list(users.keys), "title": list(items.keys)}
+        self.cat_names, self.n_inp = ["user", "title"], n_inp
+
+
+class Recipe:
+    """How fastai fits one kind of model: its data, its Learner, its saved settings and weights."""
+
+    def encode(self, frame, users, items, y_range):
+        """The training or held-out ratings in the form this kind's batches are cut from."""
+        raise NotImplementedError
+
+    def loaders(self, train, valid, settings, users, items, seed):
+        raise NotImplementedError
+
+    def learner(self, dls, settings, chosen, y_range):
+        raise NotImplementedError
+
+    def resolved(self, settings, users, items):
+        """Settings as saved in config.json: only those this kind uses."""
+        raise NotImplementedError
+
+    def check(self, kind, settings):
+        """Refuse settings of this kind that cannot train (the shared checks are in `check_settings`)."""
+
+    def export(self, learn, train, chosen, n_users):
+        """The trained weights under hfcf.nn's key names."""
+        raise NotImplementedError
+
+
+class RatingRecipe(Recipe):
+    """The chapter-8 rating models: (user, title) -> rating pairs through fastai's `collab_learner`."""
+
+    def encode(self, frame, users, items, y_range):
+        return encode(frame, users, items)
+
+    def loaders(self, train, valid, settings, users, items, seed):
+        return CollabTensorLoaders(TensorBatches(*train, settings.bs, shuffle=True, seed=seed),
+                                   TensorBatches(*valid, 8192, shuffle=False), users, items)
+
+    def common(self, settings, y_range):
+        return dict(y_range=y_range, loss_func=mse, metrics=rmse,
+                    opt_func=partial(Adam, sqr_mom=settings.sqr_mom))
+
+    def export(self, learn, train, chosen, n_users):
+        return hfnn.from_fastai_keys(self.kind, learn.model.state_dict(), len(chosen.get("layers", ())))
+
+
+class DotRecipe(RatingRecipe):
+    """fastai `EmbeddingDotBias`; the biases are not weight-decayed (as `wd_bn_bias=False` spares biases)."""
+
+    kind = "dot"
+
+    def resolved(self, settings, users, items):
+        chosen = asdict(settings)
         for key in ("layers", "user_size", "item_size", "embed_p"):
             chosen.pop(key)
-    else:
+        return chosen
+
+    def check(self, kind, settings):
+        if settings.n_factors < 1:
+            raise DataError(f"dot: --factors must be at least 1 (got {settings.n_factors})")
+
+    def learner(self, dls, settings, chosen, y_range):
+        learn = collab_learner(dls, n_factors=settings.n_factors, **self.common(settings, y_range))
+        learn.create_opt()
+        for bias in (learn.model.u_bias.weight, learn.model.i_bias.weight):
+            learn.opt.state[bias]["do_wd"] = False
+        return learn
+
+
+class NeuralRecipe(RatingRecipe):
+    """fastai `EmbeddingNN`, its embedding sizes from fastai's `emb_sz_rule` unless given."""
+
+    kind = "nn"
+
+    def resolved(self, settings, users, items):
+        chosen = asdict(settings)
         chosen.pop("n_factors")
         chosen["layers"] = list(settings.layers)
         chosen["user_size"] = settings.user_size or emb_sz_rule(len(users))
         chosen["item_size"] = settings.item_size or emb_sz_rule(len(items))
-    return chosen
+        return chosen
+
+    def check(self, kind, settings):
+        if not settings.layers or min(settings.layers) < 1:
+            raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {settings.layers})")
+        if not 0 <= settings.embed_p < 1:
+            raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {settings.embed_p})")
+
+    def learner(self, dls, settings, chosen, y_range):
+        emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
+        config = tabular_config(bn_cont=False, embed_p=settings.embed_p)
+        learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), config=config,
+                               **self.common(settings, y_range))
+        fast_dropout(learn.model)
+        learn.create_opt()
+        return learn
+
+
+class TopNRecipe(Recipe):
+    """`TopNModel` in a plain fastai `Learner`: batches of users, `ChoiceLoss`, Adam with L2 on the item vectors.
+
+    `wd` is the L2 penalty as EASE's lambda: the loss is summed over users, so the penalty is divided by the
+    number of users and added to the gradients (Adam with `decouple_wd=False`), not decayed from the weights.
+    `embed_p` is the chance that a rated title is hidden from a user's input in a training step.
+    """
+
+    kind = "topn"
+    VALID_USERS = 2000  # held-out precision is a progress signal: a sample of users is enough and stays cheap
+
+    def encode(self, frame, users, items, y_range):
+        return Histories.from_frame(frame, users, items, y_range)
+
+    def loaders(self, train, valid, settings, users, items, seed):
+        rows = torch.nonzero(train.lengths() > 0).flatten()
+        held_out = torch.nonzero((valid.lengths() > 0) & (train.lengths() > 0)).flatten()
+        if len(held_out) > self.VALID_USERS:
+            held_out = held_out[torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))]
+            held_out = held_out[:self.VALID_USERS].sort().values
+        return CollabTensorLoaders(HistoryBatches(train, train, rows, settings.bs, shuffle=True, seed=seed),
+                                   HistoryBatches(train, valid, held_out, 256, shuffle=False), users, items, n_inp=3)
+
+    def resolved(self, settings, users, items):
+        return {key: value for key, value in asdict(settings).items()
+                if key in ("epochs", "lr", "wd", "bs", "n_factors", "embed_p", "sqr_mom")}
+
+    def check(self, kind, settings):
+        if settings.n_factors < 1:
+            raise DataError(f"topn: --factors must be at least 1 (got {settings.n_factors})")
+        if not 0 <= settings.embed_p < 1:
+            raise DataError(f"topn: history dropout must be at least 0 and below 1 (got {settings.embed_p})")
+
+    def learner(self, dls, settings, chosen, y_range):
+        model = hfnn.TopNModel(len(dls.classes["user"]), len(dls.classes["title"]), settings.n_factors)
+        for table in (model.item_inputs, model.item_outputs):
+            torch.nn.init.normal_(table.weight, std=0.01)
+        torch.nn.init.zeros_(model.item_bias.weight)
+        model.history_dropout = settings.embed_p
+        opt_func = partial(Adam, sqr_mom=settings.sqr_mom, decouple_wd=False)
+        learn = Learner(dls, model, loss_func=ChoiceLoss(model), opt_func=opt_func, metrics=PrecisionAtK(10))
+        learn.create_opt()
+        learn.opt.state[model.item_bias.weight]["do_wd"] = False
+        return learn
+
+    def fit_wd(self, settings, dls):
+        return 2 * settings.wd / max(len(dls.train.rows), 1)  # d/dθ of wd·|θ|²/n_users, as `grad += wd * θ` wants
+
+    def export(self, learn, train, chosen, n_users):
+        model = learn.model.eval()
+        with torch.no_grad():
+            rows = torch.arange(n_users)
+            for start in range(0, n_users, 4096):
+                model.user_vectors[start:start + 4096] = model.encode(*train.batch(rows[start:start + 4096]))
+        return dict(model.state_dict())
+
+
+RECIPES = {"dot": DotRecipe(), "nn": NeuralRecipe(), "topn": TopNRecipe()}
+
+
+def resolved_settings(kind, settings, users, items):
+    """Settings as saved in config.json (fastai's embedding-size rule applied)."""
+    return RECIPES[kind].resolved(settings, users, items)
 
 
 def check_settings(kind, settings):
@@ -134,15 +400,9 @@ def check_settings(kind, settings):
     if settings.bs < 1 or not 0 < settings.lr < math.inf or not 0 <= settings.wd < math.inf:
         raise DataError(f"{kind}: --bs and --lr must be positive and --wd not negative "
                         f"(got bs={settings.bs}, lr={settings.lr}, wd={settings.wd})")
-    if kind == "dot" and settings.n_factors < 1:
-        raise DataError(f"dot: --factors must be at least 1 (got {settings.n_factors})")
-    if kind == "nn" and (not settings.layers or min(settings.layers) < 1):
-        raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {settings.layers})")
-    if kind == "nn" and not 0 <= settings.embed_p < 1:
-        raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {settings.embed_p})")
     if not 0 < settings.sqr_mom < 1:
         raise DataError(f"{kind}: sqr_mom must lie between 0 and 1 (got {settings.sqr_mom})")
-
+    RECIPES[kind].check(kind, settings)
 
 def _epoch_logger(kind, learn, log):
     """Plain one-line-per-epoch log for non-terminals, where fastprogress's bar floods the output."""
@@ -185,58 +445,51 @@ def fast_dropout(module):
             fast_dropout(child)
 
 
-def _learner(kind, settings, chosen, dls, y_range):
-    """fastai's `collab_learner` for `kind`, with only the callbacks that fitting needs.
+def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print):
+    """Fit one model with fastai's `fit_one_cycle` on data from its recipe's `encode`; refuses a diverged loss.
 
-    Every callback is called for every event of every batch, so each one costs time whether or not it acts:
+    Only the callbacks that fitting needs are kept: every callback is called for every event of every batch,
     `CastToTensor` has nothing to cast from plain tensors, and a NaN loss is caught after fitting (the final
     metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch.
     """
-    common = dict(y_range=y_range, loss_func=mse, metrics=rmse, opt_func=partial(Adam, sqr_mom=settings.sqr_mom))
-    if kind == "dot":
-        learn = collab_learner(dls, n_factors=settings.n_factors, **common)
-    else:
-        emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
-        config = tabular_config(bn_cont=False, embed_p=settings.embed_p)
-        learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), config=config, **common)
-        fast_dropout(learn.model)
-    learn.remove_cb(CastToTensor)
-    learn.create_opt()
-    if kind == "dot":  # biases are not decayed, as fastai's `wd_bn_bias=False` spares linear and BatchNorm biases
-        for bias in (learn.model.u_bias.weight, learn.model.i_bias.weight):
-            learn.opt.state[bias]["do_wd"] = False
-    return learn
-
-
-def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print):
-    """Fit one model with fastai's `collab_learner` and `fit_one_cycle`; refuses a diverged (NaN) loss."""
+    recipe = RECIPES[kind]
     set_seed(seed, reproducible=True)
-    dls = CollabTensorLoaders(TensorBatches(*train, settings.bs, shuffle=True, seed=seed),
-                              TensorBatches(*valid, 8192, shuffle=False), users, items)
-    chosen = resolved_settings(kind, settings, users, items)
-    learn = _learner(kind, settings, chosen, dls, y_range)
+    dls = recipe.loaders(train, valid, settings, users, items, seed)
+    chosen = recipe.resolved(settings, users, items)
+    learn = recipe.learner(dls, settings, chosen, y_range)
+    learn.remove_cb(CastToTensor)
+    if len(dls.valid) == 0:  # --valid-pct 0: nothing held out, so no validation loss or metric to record
+        learn.metrics = []
+        learn.recorder.valid_metrics = False
     if not sys.stderr.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = _epoch_logger(kind, learn, log)
+    wd = recipe.fit_wd(settings, dls) if hasattr(recipe, "fit_wd") else settings.wd
     start = time.perf_counter()
-    learn.fit_one_cycle(settings.epochs, settings.lr, wd=settings.wd)
+    learn.fit_one_cycle(settings.epochs, settings.lr, wd=wd)
     seconds = time.perf_counter() - start
-    history = [[float(v) for v in values] for values in learn.recorder.values]
-    if len(history) < settings.epochs or not all(map(math.isfinite, history[-1])):
+    history = [[float(v) if v is not None else math.nan for v in values] for values in learn.recorder.values]
+    if len(history) < settings.epochs or not math.isfinite(history[-1][0]) or \
+            (learn.recorder.valid_metrics and not all(map(math.isfinite, history[-1]))):
         raise HfcfError(f"{kind}: training diverged (the loss became NaN or infinite); lower --lr or raise --wd")
     learn.model.eval()
-    n_hidden = len(settings.layers) if kind == "nn" else 0
     state = {key: value.detach().float().clone().contiguous() if value.is_floating_point() else value.clone()
-             for key, value in hfnn.from_fastai_keys(kind, learn.model.state_dict(), n_hidden).items()}
+             for key, value in recipe.export(learn, train, chosen, len(users)).items()}
     return Fitted(kind, state, chosen, round(seconds, 2), history, learn)
 
 
 def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print):
-    """Fit each model in `kinds` on the same encoded data; returns {kind: Fitted}."""
+    """Fit each model in `kinds` on the same ratings; returns {kind: Fitted}."""
     for kind in kinds:
         check_settings(kind, settings[kind])
-    train, valid = encode(train_frame, users, items), encode(valid_frame, users, items)
-    return {kind: fit_one(kind, settings[kind], train, valid, users, items, y_range, seed, log) for kind in kinds}
+    encoded, fitted = {}, {}
+    for kind in kinds:
+        recipe = RECIPES[kind]
+        if type(recipe).encode not in encoded:  # dot and nn share one encoding
+            encoded[type(recipe).encode] = tuple(recipe.encode(frame, users, items, y_range)
+                                                 for frame in (train_frame, valid_frame))
+        fitted[kind] = fit_one(kind, settings[kind], *encoded[type(recipe).encode], users, items, y_range, seed, log)
+    return fitted
 
 
 def fastai_version():

@@ -49,12 +49,14 @@ def synthetic_dataset():
 
 @pytest.fixture(scope="session")
 def synthetic_model(tmp_path_factory, synthetic_dataset):
-    """A folder with both models trained on the synthetic set (a few seconds), and the in-memory training run."""
+    """A folder with every model trained on the synthetic set (a few seconds), and the in-memory training run."""
     pytest.importorskip("fastai")
     from hfcf import pipeline, training
     import dataclasses
 
-    settings = {kind: dataclasses.replace(s, epochs=8, bs=256, lr=1e-2) for kind, s in training.DEFAULTS.items()}
+    # Fewer epochs for the rating models (a few thousand ratings); the top-N model keeps its defaults (~1 s here).
+    settings = {kind: dataclasses.replace(s, epochs=8, bs=256, lr=1e-2) if kind != "topn" else s
+                for kind, s in training.DEFAULTS.items()}
     out = tmp_path_factory.mktemp("synthetic") / "model"
     split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
     config = pipeline.train_and_save(synthetic_dataset, split, out, settings=settings, seed=0, log=lambda *_: None)
@@ -63,7 +65,7 @@ def synthetic_model(tmp_path_factory, synthetic_dataset):
 
 @pytest.fixture(scope="session")
 def ml100k_model(tmp_path_factory, ml100k):
-    """Both models trained on MovieLens 100k with the CLI's defaults (a few seconds each)."""
+    """Every model trained on MovieLens 100k with the CLI's defaults (a few seconds each)."""
     pytest.importorskip("fastai")
     from hfcf import data, pipeline
 

@@ -35,12 +35,23 @@ def test_bias_only_shrinks_rare_items_and_clips_to_the_scale():
     assert abs(predicted[1] - np.mean(ratings)) < abs(1.0 - np.mean(ratings))  # pulled toward the mean
 
 
-def test_precision_and_ndcg_at_k():
-    ranked = {"a": ["x", "y", "z"], "b": ["p", "q", "r"]}
-    relevant = {"a": {"x", "z"}, "b": set()}
-    precision, ndcg = evaluate.precision_ndcg_at_k(ranked, relevant, k=3)
-    assert precision == pytest.approx((2 / 3 + 0) / 2)
-    ideal = 1 + 1 / np.log2(3)
-    assert ndcg == pytest.approx((1 + 1 / np.log2(4)) / ideal / 2)
-    perfect, perfect_ndcg = evaluate.precision_ndcg_at_k({"a": ["x", "z", "y"]}, {"a": {"x", "z"}}, k=2)
-    assert (perfect, perfect_ndcg) == (1.0, pytest.approx(1.0))
+def test_top_k_quality_by_hand():
+    tops = {1: [3, 4, 5], 2: [6, 7, 8]}
+    relevant = {1: np.array([3, 5]), 2: np.array([9])}
+    quality = evaluate.top_k_quality(tops, relevant, n_items=10, k=3)
+    assert quality["precision@3"] == pytest.approx((2 / 3 + 0) / 2, abs=1e-4)
+    assert quality["recall@3"] == pytest.approx((2 / 2 + 0) / 2, abs=1e-4)
+    ideal = 1 + 1 / np.log2(3)  # two relevant titles: the ideal list puts both first
+    assert quality["ndcg@3"] == pytest.approx((1 + 1 / np.log2(4)) / ideal / 2, abs=1e-4)
+    assert quality["coverage"] == pytest.approx(6 / 9, abs=1e-4)  # 6 of the 9 real titles (row 0 is #na#)
+    assert quality["overlap"] == 0.0
+    same = evaluate.top_k_quality({1: [1, 2], 2: [1, 2]}, {1: np.array([1]), 2: np.array([3])}, n_items=4, k=2)
+    assert same["overlap"] == 1.0 and same["precision@2"] == pytest.approx(0.25)
+
+
+def test_ranking_leaves_out_what_each_user_rated_in_training():
+    """Scores prefer items 1, 2, 3 for everyone; user 1 rated 1 in training, so their list starts at 2."""
+    scores = np.array([9.0, 5.0, 4.0, 3.0, 0.0])  # row 0 (#na#) scores highest and must never be ranked
+    quality = evaluate.ranking(lambda rows: np.tile(scores, (len(rows), 1)), np.array([1]), np.array([1]),
+                               np.array([1, 2]), np.array([2, 1]), n_items=5, k=1)
+    assert quality["precision@1"] == 1.0  # user 1 gets 2 (held out), user 2 gets 1 (held out)

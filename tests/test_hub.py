@@ -66,6 +66,7 @@ def model_folder(tmp_path):
         "vocab.json": b'{"users": ["#na#", "1"], "items": ["#na#", "Toy Story (1995)"]}',
         "dot.safetensors": os.urandom(3000),
         "nn.safetensors": os.urandom(5000),
+        "topn.safetensors": os.urandom(4000),
         "notes.txt": b"not part of the model",
         "weights.bin": b"a pickle that must never be published",
     }

@@ -32,7 +32,8 @@ def check_parity(out, config, split, rows=1000):
     folder = artifacts.load(out)
     x, y = held_out(folder, split, rows)
     assert len(x) == min(rows, len(split.valid))
-    for kind, fitted in config["fitted"].items():
+    for kind in ("dot", "nn"):  # fastai trains hfcf's own TopNModel: see test_top_n_learner_and_folder_agree
+        fitted = config["fitted"][kind]
         learner_predictions, _ = fitted.learner.get_preds(dl=training.TensorBatches(x, y, 256, shuffle=False))
         learner_predictions = learner_predictions.flatten().numpy()
 
@@ -58,6 +59,24 @@ def test_parity_on_synthetic_model(synthetic_model):
 def test_parity_on_movielens_100k(ml100k_model):
     out, config, split, _ = ml100k_model
     check_parity(out, config, split, rows=1000)
+
+
+def test_top_n_learner_and_folder_agree(synthetic_model):
+    """The saved user vectors are the learner's encoding of each user's training ratings, and the served scores
+    are the learner's model's scores."""
+    from hfcf import Recommender
+
+    out, config, split = synthetic_model
+    learner = config["fitted"]["topn"].learner
+    rec = Recommender.from_pretrained(out, model="topn")
+    histories = training.Histories.from_frame(split.train, rec.users, rec.items, rec.folder.y_range)
+    rows = torch.arange(1, len(rec.users))
+    with torch.no_grad():
+        vectors = learner.model.eval().encode(*histories.batch(rows))
+        expected = learner.model.scores(vectors).numpy()
+    np.testing.assert_allclose(rec.folder.modules["topn"].user_vectors[1:].numpy(), vectors.numpy(), atol=1e-6)
+    np.testing.assert_allclose(rec.scorer.scores_for(rows.numpy()), expected, atol=1e-5)
+    assert np.ptp(expected) > 0.5
 
 
 def test_key_maps_round_trip():

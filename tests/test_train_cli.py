@@ -54,9 +54,9 @@ def test_bad_ratings_exit_2_and_write_nothing(case, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, expected", [
     (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--models", "dot,svd"], "--models takes dot, nn"),
+    (["--models", "dot,svd"], "--models takes one or more of dot,nn,topn"),
     (["--y-range", "5,1"], "--y-range needs low,high"),
-    (["--valid-pct", "1.5"], "--valid-pct must be between 0 and 1"),
+    (["--valid-pct", "1.5"], "--valid-pct must be 0 (train on everything) or between 0 and 1"),
     (["--push"], "--push needs --repo-id"),
     (["--push", "--repo-id", "not a repo"], "--repo-id must look like owner/name"),
 ])
@@ -138,10 +138,27 @@ def test_train_py_end_to_end_on_synthetic_data(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "dot epoch 2:" in done.stdout and "nn epoch 2:" in done.stdout  # plain lines, no progress bar
+    assert "topn epoch 2:" in done.stdout and "precision@10" in done.stdout
     assert "\r" not in done.stdout + done.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["models"]["dot"]["epochs"] == 2
-    artifacts.load(out)
+    assert sorted(artifacts.load(out).modules) == ["dot", "nn", "topn"]
+
+
+def test_valid_pct_0_trains_on_every_rating_and_says_no_metrics_were_computed(tmp_path, synthetic_dataset):
+    out = tmp_path / "model"
+    done = subprocess.run([sys.executable, "train.py", "--data", "synthetic", "--epochs", "2", "--valid-pct", "0",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["split"]["n_train"] == len(synthetic_dataset.ratings) and config["split"]["n_valid"] == 0
+    assert config["metrics"] == {} and config["ranking"] == {}
+    assert all("metrics" not in settings for settings in config["models"].values())
+    card = (out / "README.md").read_text()
+    assert "nothing was held out, so this card reports no held-out metrics" in card
+    assert "model-index" not in card and "| RMSE |" not in card
+    assert "valid_loss" not in done.stdout  # nothing to validate on
+    assert sorted(artifacts.load(out).modules) == ["dot", "nn", "topn"]
 
 
 @pytest.mark.integration
@@ -158,4 +175,7 @@ def test_train_py_on_movielens_100k_writes_a_card_with_all_metrics(ml100k, tmp_p
     assert config["metrics"]["dot"]["rmse"] < 0.93 and config["metrics"]["nn"]["rmse"] < 0.97
     assert config["metrics"]["dot"]["rmse"] < config["metrics"]["user+item bias"]["rmse"]
     assert "library_name: hfcf" in card and "model-index" in card and "Harper" in card
+    ranking = config["ranking"]
+    assert f"| topn | {ranking['topn']['precision@10']:.4f} |" in card
+    assert ranking["topn"]["precision@10"] > 1.5 * ranking["popularity"]["precision@10"]
     print(f"train.py on MovieLens 100k: {time.perf_counter() - started:.1f} s")
