@@ -45,7 +45,7 @@ def user_errors(fn):
 
 
 def build_demo(recommenders, note=""):
-    """The Blocks app for {"dot": Recommender, "nn": Recommender} (either may be absent)."""
+    """The Blocks app for {kind: Recommender} (`space.load_recommenders`): any of topn, dot and nn."""
     first = next(iter(recommenders.values()))
 
     def bound(fn):
@@ -56,7 +56,7 @@ def build_demo(recommenders, note=""):
 
     def model_picker(both=False):
         choices = space.model_choices(recommenders, both)
-        return gr.Radio(choices, value=choices[-1 if both else 0][1], label="Model")
+        return gr.Radio(choices, value=choices[0][1], label="Model")
 
     def n_slider(label, maximum=MAX_N, value=10, minimum=1):
         return gr.Slider(minimum, maximum, value=min(value, maximum), step=1, precision=0, label=label)
@@ -82,7 +82,7 @@ def build_demo(recommenders, note=""):
         if note:
             gr.Markdown(note, elem_id="note")
 
-        with gr.Tab("Rate movies for a user", id="user"):
+        with gr.Tab("What to watch next", id="user"):
             ids = [str(user) for user in first.users.ids()[:MAX_USER_CHOICES]]
             with gr.Row():
                 user = gr.Dropdown(ids, value=ids[0], label="User", info=first.users.describe(),
@@ -92,7 +92,7 @@ def build_demo(recommenders, note=""):
             user_go = gr.Button("Recommend", variant="primary")
             summary, top, history, figure = space.rate_user(recommenders, ids[0], user_model.value, 10)
             user_summary = gr.Markdown(summary)
-            user_top = table("Top picks they have not rated", top)
+            user_top = table("Top picks they have not rated", top, wrap=True)
             with gr.Row(equal_height=True):
                 user_history = table("What they rated, beside the model's prediction", history, scale=3,
                                      column_widths=["50%"])  # long titles would push the predictions out of view
@@ -128,7 +128,7 @@ def build_demo(recommenders, note=""):
                 new_n = n_slider("Picks for you")
             new_go = gr.Button("Recommend for me", variant="primary")
             new_summary = gr.Markdown("Add one or more movies you have seen, then ask for recommendations.")
-            new_table = table("Your top picks", None, headers=["title", "predicted"])
+            new_table = table("Your top picks", None, headers=["title", "predicted"], wrap=True)
             new_add.click(bound(space.add_rating), [new_ratings, new_title, new_rating], new_ratings,
                           api_name="add_rating")
             new_clear.click(lambda: space.ratings_table(None), None, new_ratings, api_name="clear_ratings")
@@ -136,9 +136,12 @@ def build_demo(recommenders, note=""):
                          api_name="newcomer")
 
         with gr.Tab("Inside the model", id="inside"):
-            text, metrics = space.model_info(recommenders)
+            text, metrics, ranking = space.model_info(recommenders)
             gr.Markdown(text)
-            table("Held-out error (from the model card)", metrics)
+            if not metrics.empty:
+                table("Held-out rating error (from the model card)", metrics)
+            if not ranking.empty:
+                table("Held-out top-10 quality (from the model card)", ranking)
             if "dot" in recommenders:
                 gr.Markdown("### Title biases (dot model)\nA high bias: people rate it well even if it is not "
                             "their kind of movie. A low bias: disliked even by those who like its kind.")

@@ -16,8 +16,8 @@ from .errors import DataError, HfcfError
 from .pipeline import settings_text
 from .recommend import MODELS, Recommender, check_n
 
-LABELS = {"dot": "dot product", "nn": "neural net"}
-BOTH = "both"
+LABELS = {"topn": "top-N", "dot": "dot product", "nn": "neural net"}
+BOTH = "both"  # the two rating models side by side
 LOCAL_MODEL = Path("model")  # where train.py writes by default
 
 
@@ -31,7 +31,7 @@ def resolve_model_source(cli_value=None, env=os.environ):
 
 
 def load_recommenders(source):
-    """{"dot": Recommender, "nn": Recommender} for the kinds `source` holds, from one download and one load."""
+    """{kind: Recommender} for the kinds `source` holds (in MODELS order), from one download and one load."""
 
     first = Recommender.from_pretrained(source, model=None)
     return {kind: first if kind == first.model else first.sibling(kind)
@@ -94,14 +94,19 @@ def load_history(recommenders, log=print):
 
 # --- the tabs ---------------------------------------------------------------------------------------------
 def model_choices(recommenders, both=False):
-    """(label, value) pairs for a model picker: the kinds present, and "both" when asked for and possible."""
+    """(label, value) pairs for a model picker: the kinds present, and "both" rating models when asked and possible."""
     choices = [(LABELS[kind], kind) for kind in recommenders]
-    return choices + [("both, side by side", BOTH)] if both and len(recommenders) > 1 else choices
+    return choices + [("both rating models, side by side", BOTH)] if both and len(_rating_kinds(recommenders)) > 1 \
+        else choices
+
+
+def _rating_kinds(recommenders):
+    return [kind for kind in recommenders if recommenders[kind].scorer.predicts_ratings]
 
 
 def _kinds(recommenders, model, both=False):
-    if model == BOTH and both:
-        return list(recommenders)
+    if model == BOTH and both and len(_rating_kinds(recommenders)) > 1:
+        return _rating_kinds(recommenders)
     if model not in recommenders:
         valid = [value for _, value in model_choices(recommenders, both)]
         raise HfcfError(f"model must be one of {', '.join(valid)} (got {str(model)[:40]!r})")
@@ -123,27 +128,40 @@ def _predicted(kind, kinds):
     return "predicted" if len(kinds) == 1 else LABELS[kind]
 
 
-def rate_user(recommenders, user, model="dot", n=10):
-    """(summary, top picks, history with predictions, actual-vs-predicted figure) for one user of the model."""
+def rate_user(recommenders, user, model="topn", n=10):
+    """(summary, top picks, history with predictions, actual-vs-predicted figure) for one user of the model.
+
+    A top-N model ranks the picks and names the rated titles behind each ("because"); the predicted ratings in
+    its table and in the history come from the folder's rating model.
+    """
     kinds = _kinds(recommenders, model, both=True)
     first = recommenders[kinds[0]]
     user = first.users.keys[first.users.index(user)]
     top = pd.concat([recommenders[kind].recommend(user, n).rename(
         columns=lambda name: _column(name, kind, kinds)) for kind in kinds], axis=1)
-    histories = {kind: recommenders[kind].history(user) for kind in kinds}
-    history = histories[kinds[0]][["title", "rating"]]
-    for kind in kinds:
-        history[_predicted(kind, kinds)] = history["title"].map(histories[kind].set_index("title")["predicted"])
+    raters = list(dict.fromkeys(recommenders[kind].rating_model for kind in kinds
+                                if recommenders[kind].rating_model))
+    histories = {kind: recommenders[kind].history(user) for kind in raters}
+    history = first.history(user)[["title", "rating"]] if not raters else histories[raters[0]][["title", "rating"]]
+    for kind in raters:
+        history[_predicted(kind, raters)] = history["title"].map(histories[kind].set_index("title")["predicted"])
     history = history.sort_values(["rating", "title"], ascending=[False, True], ignore_index=True)
     top, history = _tidy(top), _tidy(history)
     if history.empty:
         return (f"User **{user}**: their own ratings are not available here, so these are predictions only and may "
                 "include movies they have already rated.", top, history, None)
-    errors = ", ".join(f"{_rmse(history, _predicted(kind, kinds)):.2f} ({LABELS[kind]})" for kind in kinds)
-    summary = (f"User **{user}** rated **{len(history)}** movies; the top picks leave those out. RMSE of the "
-               f"predictions on their ratings: {errors} (most of these ratings were trained on, so the fit "
-               "flatters the model).")
-    return summary, top, history, _actual_vs_predicted(history, user, kinds, first.low, first.high)
+    ranked = "" if first.scorer.predicts_ratings else (
+        f"the {LABELS[first.model]} model ranks what they are likely to pick next, and \"because\" names the movies "
+        "they rated that most support each pick" + (f"; \"predicted\" is the {LABELS[first.rating_model]} model's "
+                                                    "rating" if first.rating_model else ""))
+    summary = f"User **{user}** rated **{len(history)}** movies; the top picks leave those out"
+    summary += f": {ranked}." if ranked else "."
+    if raters:
+        errors = ", ".join(f"{_rmse(history, _predicted(kind, raters)):.2f} ({LABELS[kind]})" for kind in raters)
+        summary += (f" RMSE of the predicted ratings on their ratings: {errors} (most of these ratings were trained "
+                    "on, so the fit flatters the model).")
+        return summary, top, history, _actual_vs_predicted(history, user, raters, first.low, first.high)
+    return summary, top, history, None
 
 
 def _rmse(history, column):
@@ -170,23 +188,27 @@ def _actual_vs_predicted(history, user, kinds, low, high):
     return figure
 
 
-def similar(recommenders, title, model="dot", n=10):
+def similar(recommenders, title, model="topn", n=10):
     """(summary, nearest titles with cosine similarity and the dot model's bias of each)."""
     recommender = recommenders[_kinds(recommenders, model)[0]]
     frame = recommender.similar(title, n)
     if "dot" in recommenders:
         frame["bias"] = frame["title"].map(recommenders["dot"].item_biases().set_index("title")["bias"])
     name = recommender.items.keys[recommender.items.index(title)]
+    bias = "; bias is the dot model's per-title bias" if "dot" in recommenders else ""
     return (f"Nearest to **{name}** by cosine similarity of the {LABELS[recommender.model]} model's item "
-            "embeddings; bias is the dot model's per-title bias.", _tidy(frame))
+            f"embeddings, among titles with enough ratings to have learnt one; \"ratings\" is each title's count"
+            f"{bias}.", _tidy(frame))
 
 
-def who_would_like(recommenders, title, model="dot", n=10):
+def who_would_like(recommenders, title, model="topn", n=10):
     """(summary, the users predicted to rate `title` highest)."""
     recommender = recommenders[_kinds(recommenders, model)[0]]
     frame = recommender.who_would_like(title, n)
     name = recommender.items.keys[recommender.items.index(title)]
-    return f"Users the {LABELS[recommender.model]} model predicts to rate **{name}** highest.", _tidy(frame)
+    if recommender.scorer.predicts_ratings:
+        return f"Users the {LABELS[recommender.model]} model predicts to rate **{name}** highest.", _tidy(frame)
+    return f"Users the {LABELS[recommender.model]} model finds most likely to pick **{name}** next.", _tidy(frame)
 
 
 NEWCOMER_COLUMNS = ["title", "rating"]
@@ -210,14 +232,16 @@ def add_rating(recommenders, table, title, rating):
     return pd.concat([frame, pd.DataFrame({"title": [name], "rating": [rating]})], ignore_index=True)
 
 
-def newcomer(recommenders, table, model="dot", n=10):
+def newcomer(recommenders, table, model="topn", n=10):
     """(summary, top picks) for someone not in the model, from a few rated titles (`fold_in`)."""
     recommender = recommenders[_kinds(recommenders, model)[0]]
     ratings = ratings_table(table)
     result = recommender.fold_in(list(zip(ratings["title"], ratings["rating"])), n)
     count = f"{len(ratings)} rating{'s' if len(ratings) > 1 else ''}"
+    because = "" if recommender.scorer.predicts_ratings else " \"because\" names the movies you rated that most " \
+        "support each pick."
     return (f"From your {count}, the {LABELS[recommender.model]} model folded you in without retraining; "
-            "your top picks (the movies you rated are left out):", _tidy(result.recommendations))
+            f"your top picks (the movies you rated are left out).{because}", _tidy(result.recommendations))
 
 
 def biases(recommenders, n=15):
@@ -229,7 +253,7 @@ def biases(recommenders, n=15):
     return _tidy(frame.head(n)), _tidy(frame.tail(n).iloc[::-1].reset_index(drop=True))
 
 
-def embedding_map(recommenders, model="dot", n_items=50):
+def embedding_map(recommenders, model="topn", n_items=50):
     """(plotly map of the most-rated titles on the top principal components, its data) for one model."""
     import plotly.graph_objects as go
 
@@ -262,8 +286,9 @@ def model_info(recommenders):
             f"**Models** {models}. Trained with fastai {config.get('fastai_version', '?')}; predictions lie in "
             f"{tuple(config['y_range'])}.")
     metrics = pd.DataFrame([{"model": name, "RMSE": values["rmse"], "MAE": values["mae"]}
-                            for name, values in config["metrics"].items()])
-    return text, metrics
+                            for name, values in config["metrics"].items()], columns=["model", "RMSE", "MAE"])
+    ranking = pd.DataFrame([{"model": name, **values} for name, values in config.get("ranking", {}).items()])
+    return text, metrics, ranking
 
 
 def suggest_titles(recommenders, query, limit=10):
@@ -275,6 +300,7 @@ def header(recommenders):
     """One line naming what is served."""
     first = next(iter(recommenders.values()))
     commit = f" at commit `{first.revision[:12]}`" if first.revision else ""
-    kinds = " and ".join(LABELS[kind] for kind in recommenders)
+    labels = [LABELS[kind] for kind in recommenders]
+    kinds = " and ".join(filter(None, [", ".join(labels[:-1]), labels[-1]]))
     return (f"Serving `{first.source}`{commit}: {kinds} model{'s' if len(recommenders) > 1 else ''} trained on "
             f"{first.config['dataset']['name']}; {first.users.describe()}.")

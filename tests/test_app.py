@@ -71,7 +71,7 @@ def test_rate_user_shows_their_ratings_and_picks_from_their_cluster(demo, truth,
         summary, top, history, plot = demo(str(user), "dot", 5, api_name="rate_user")
         top, history, rated = frame(top), frame(history), rated_by(user, synthetic_dataset)
         assert f"User **{user}** rated **{len(rated)}** movies" in summary
-        assert list(top.columns) == ["title", "predicted"] and len(top) == 5
+        assert list(top.columns) == ["title", "predicted", "ratings"] and len(top) == 5
         assert not set(top["title"]) & set(rated.index)
         assert top["predicted"].is_monotonic_decreasing
         shares.append(cluster_share(top["title"], truth["user_cluster"][user], truth))
@@ -82,13 +82,31 @@ def test_rate_user_shows_their_ratings_and_picks_from_their_cluster(demo, truth,
     assert np.mean(shares) > 0.8
 
 
+def test_the_top_n_model_ranks_by_default_and_names_the_reasons(demo, recommenders, truth, synthetic_dataset):
+    assert dict(space.model_choices(recommenders, both=True)) == {"top-N": "topn", "dot product": "dot",
+                                                                 "neural net": "nn", "both rating models, side by side": "both"}
+    shares = []
+    for user in list(truth["user_cluster"])[:8]:
+        summary, top, history, plot = demo(str(user), "topn", 5, api_name="rate_user")
+        top, history, rated = frame(top), frame(history), rated_by(user, synthetic_dataset)
+        assert list(top.columns) == ["title", "score", "predicted", "ratings", "because"]
+        assert "because" in summary and not set(top["title"]) & set(rated.index)
+        expected = recommenders["dot"].predict(user, top["title"].tolist())
+        np.testing.assert_allclose(top["predicted"], expected, atol=1e-3)  # the dot model's rating beside each pick
+        reasons = [title for cell in top["because"] for title in cell.split("; ") if title]
+        assert reasons and set(reasons) <= set(rated.index)
+        assert list(history.columns) == ["title", "rating", "predicted"] and plot is not None
+        shares.append(cluster_share(top["title"], truth["user_cluster"][user], truth))
+    assert np.mean(shares) > 0.9
+
+
 def test_both_models_side_by_side(demo, recommenders):
     user = recommenders["dot"].users.ids()[4]
     _, top, history, _ = demo(str(user), "both", 4, api_name="rate_user")
     top, history = frame(top), frame(history)
-    assert list(top.columns) == ["title (dot product)", "predicted (dot product)", "title (neural net)",
-                                 "predicted (neural net)"]
-    for kind, label in space.LABELS.items():
+    assert list(top.columns) == ["title (dot product)", "predicted (dot product)", "ratings (dot product)",
+                                 "title (neural net)", "predicted (neural net)", "ratings (neural net)"]
+    for kind, label in (("dot", "dot product"), ("nn", "neural net")):
         expected = recommenders[kind].recommend(user, 4)
         assert top[f"title ({label})"].tolist() == expected["title"].tolist()
         np.testing.assert_allclose(top[f"predicted ({label})"], expected["predicted"], atol=1e-3)
@@ -97,7 +115,7 @@ def test_both_models_side_by_side(demo, recommenders):
 
 def test_similar_titles_share_the_cluster_and_show_each_bias(demo, recommenders, truth):
     biases = recommenders["dot"].item_biases().set_index("title")["bias"]
-    for model in ("dot", "nn"):
+    for model in ("topn", "dot", "nn"):
         shares = []
         for title, cluster in list(truth["item_cluster"].items())[:30]:
             summary, nearest = demo(title.lower(), model, 5, api_name="similar")  # a forgiving search
@@ -119,7 +137,7 @@ def test_a_newcomer_gets_picks_from_the_cluster_they_like(demo, truth):
     for title, rating in [*((t, 5) for t in liked[1:]), *((t, 1) for t in disliked)]:
         ratings = demo(ratings, title, rating, api_name="add_rating")
     assert len(frame(ratings)) == 6
-    for model in ("dot", "nn"):
+    for model in ("topn", "dot", "nn"):
         summary, picks = demo(ratings, model, 10, api_name="newcomer")
         picks = frame(picks)
         assert "From your 6 ratings" in summary and not set(picks["title"]) & set(liked + disliked)
@@ -148,7 +166,7 @@ def test_inside_the_model(demo, recommenders, truth, synthetic_dataset):
     assert np.mean([truth["user_cluster"][user] for user in frame(fans)["user"]] == np.int64(cluster)) > 0.8
 
     info = demo(api_name="model_info")
-    assert info["models"] == ["dot", "nn"] and info["dataset"] == "synthetic" and info["revision"] is None
+    assert info["models"] == ["topn", "dot", "nn"] and info["dataset"] == "synthetic" and info["revision"] is None
     assert info["metrics"]["dot"]["rmse"] < info["metrics"]["global mean"]["rmse"]
 
 
@@ -241,7 +259,8 @@ def test_only_the_models_a_repo_holds_are_offered(synthetic_model, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "dot.safetensors").unlink()
     recommenders = space.load_recommenders(str(folder))
-    assert list(recommenders) == ["nn"] and space.model_choices(recommenders, both=True) == [("neural net", "nn")]
+    assert list(recommenders) == ["topn", "nn"]
+    assert space.model_choices(recommenders, both=True) == [("top-N", "topn"), ("neural net", "nn")]
     with pytest.raises(HfcfError, match="dot model"):
         space.biases(recommenders)
     demo = app.build_demo(recommenders)
@@ -265,7 +284,7 @@ def test_a_hub_model_is_downloaded_once_and_named_with_its_commit(synthetic_mode
 
     monkeypatch.setattr(hub, "download", download)
     recommenders = space.load_recommenders("alice/movielens-cf@v1")
-    assert downloads == [("alice/movielens-cf@v1", None)] and set(recommenders) == {"dot", "nn"}
+    assert downloads == [("alice/movielens-cf@v1", None)] and set(recommenders) == {"topn", "dot", "nn"}
     assert {(r.source, r.revision) for r in recommenders.values()} == {("alice/movielens-cf", sha)}
     info = app.build_demo(recommenders)(api_name="model_info")
     assert (info["source"], info["revision"]) == ("alice/movielens-cf", sha)
@@ -283,7 +302,7 @@ def test_a_fresh_machine_bootstraps_a_demo_model_offline(tmp_path, monkeypatch):
     folder, note = space.bootstrap(tmp_path / "model", log=quiet)
     assert folder == tmp_path / "model" and "**synthetic**" in note
     recommenders = space.load_recommenders(str(folder))
-    assert set(recommenders) == {"dot", "nn"}
+    assert set(recommenders) == {"topn", "dot", "nn"}
     assert recommenders["dot"].config["metrics"]["dot"]["rmse"] < 0.6  # it learnt the planted clusters
     assert space.load_history(recommenders, log=quiet) == ""
 

@@ -30,7 +30,7 @@ def served(request, serve_app):
     else:
         folder = request.getfixturevalue("synthetic_model")[0]
     recommenders = space.load_recommenders(str(folder))
-    if recommenders["dot"].config["dataset"]["name"] == "MovieLens 100k":
+    if recommenders["topn"].config["dataset"]["name"] == "MovieLens 100k":
         ratings = data.movielens_100k(request.getfixturevalue("ml100k")).ratings  # the shared copy, offline
         for recommender in recommenders.values():
             recommender.attach_history(ratings)
@@ -111,40 +111,43 @@ def screenshot(page, tmp_path, name):
 
 def test_a_visit_to_every_tab(page, served, tmp_path):
     url, recommenders, visit = served
-    dot, nn = recommenders["dot"], recommenders["nn"]
+    topn, dot = recommenders["topn"], recommenders["dot"]
     page.goto(url)
 
-    # 1. Rate movies for a user: both models side by side (the default), beside what the user rated.
+    # 1. What to watch next: the top-N model's picks (the default) with the dot model's predicted ratings, each
+    #    title's rating count and the titles the user rated that most support it; beside what the user rated.
     user = visit["user"]
     box = page.get_by_role("combobox", name="User")
     box.click()
     box.fill(user)
     page.get_by_role("option", name=user, exact=True).click()
-    expected_dot, expected_nn = dot.recommend(user, 10), nn.recommend(user, 10)
-    rows = wait_for_grid(page, "Top picks they have not rated", expected_dot["title"].tolist())
-    assert [row[2] for row in rows] == expected_nn["title"].tolist()
-    assert numbers(rows, 1) == pytest.approx(expected_dot["predicted"].tolist(), abs=1e-3)
-    assert numbers(rows, 3) == pytest.approx(expected_nn["predicted"].tolist(), abs=1e-3)
-    history = dot.history(user).sort_values(["rating", "title"], ascending=[False, True])
-    assert len(history) > 0
+    expected = topn.recommend(user, 10)
+    rows = wait_for_grid(page, "Top picks they have not rated", expected["title"].tolist())
+    assert numbers(rows, 1) == pytest.approx(expected["score"].tolist(), abs=1e-3)
+    assert numbers(rows, 2) == pytest.approx(expected["predicted"].tolist(), abs=1e-3)
+    assert numbers(rows, 3) == expected["ratings"].tolist()
+    assert [row[4] for row in rows] == expected["because"].tolist() and all(row[4] for row in rows)
+    history = topn.history(user).sort_values(["rating", "title"], ascending=[False, True])
+    assert len(history) > 0 and set(rows[0][4].split("; ")) <= set(history["title"])
     rows = wait_for_grid(page, "What they rated, beside the model's prediction", history["title"].head(5).tolist())
     assert numbers(rows[:5], 1) == history["rating"].head(5).tolist()
     page.get_by_text(f"rated {len(history)} movies").wait_for()
     page.locator(".js-plotly-plot").get_by_text(f"User {user}: actual vs predicted").wait_for()
     screenshot(page, tmp_path, "user")
 
-    # 2. Similar titles: search, pick the suggestion, read the nearest titles with their similarity and bias.
+    # 2. Similar titles: search, pick the suggestion, read the nearest titles with similarity, count and bias.
     page.get_by_role("tab", name="Similar titles").click()
     query, title = visit["similar"]
     pick_title(page, "Title", query, title)
-    expected = dot.similar(title, 10)
+    expected = topn.similar(title, 10)
     rows = wait_for_grid(page, "Nearest titles", expected["title"].tolist())
     assert numbers(rows, 1) == pytest.approx(expected["similarity"].tolist(), abs=1e-3)
+    assert numbers(rows, 2) == expected["ratings"].tolist()
     biases = dot.item_biases().set_index("title")["bias"]
-    assert numbers(rows, 2) == pytest.approx(biases[expected["title"]].tolist(), abs=1e-3)
+    assert numbers(rows, 3) == pytest.approx(biases[expected["title"]].tolist(), abs=1e-3)
     screenshot(page, tmp_path, "similar")
 
-    # 3. A newcomer rates two movies and gets picks folded in from them.
+    # 3. A newcomer rates two movies and gets picks folded in from them, each naming the rating behind it.
     page.get_by_role("tab", name="New here? Rate a few movies").click()
     for query, title, rating in visit["rated"]:
         pick_title(page, "A movie you have seen", query, title)
@@ -155,9 +158,11 @@ def test_a_visit_to_every_tab(page, served, tmp_path):
     rows = wait_for_grid(page, "Your ratings (edit them here too)", [title for title, _ in rated])
     assert numbers(rows, 1) == [rating for _, rating in rated]
     page.get_by_role("button", name="Recommend for me").click()
-    expected = dot.fold_in(dict(rated), 10).recommendations
+    expected = topn.fold_in(dict(rated), 10).recommendations
     rows = wait_for_grid(page, "Your top picks", expected["title"].tolist())
-    assert numbers(rows, 1) == pytest.approx(expected["predicted"].tolist(), abs=1e-3)
+    assert numbers(rows, 1) == pytest.approx(expected["score"].tolist(), abs=1e-3)
+    assert [row[4] for row in rows] == expected["because"].tolist()
+    assert {reason for row in rows for reason in row[4].split("; ")} <= {title for title, _ in rated}
     page.get_by_text(f"From your {len(rated)} ratings").wait_for()
     screenshot(page, tmp_path, "newcomer")
 
@@ -167,8 +172,10 @@ def test_a_visit_to_every_tab(page, served, tmp_path):
     rows = wait_for_grid(page, "Highest bias", expected["title"].head(10).tolist())
     assert numbers(rows, 1) == pytest.approx(expected["bias"].head(10).tolist(), abs=1e-3)
     wait_for_grid(page, "Lowest bias", expected["title"].tail(10).iloc[::-1].tolist())
-    rows = wait_for_grid(page, "Held-out error (from the model card)", list(dot.config["metrics"]))
+    rows = wait_for_grid(page, "Held-out rating error (from the model card)", list(dot.config["metrics"]))
     assert numbers(rows, 1) == pytest.approx([m["rmse"] for m in dot.config["metrics"].values()])
-    most_rated = dot.embedding_map(50)["title"].iloc[0]
+    rows = wait_for_grid(page, "Held-out top-10 quality (from the model card)", list(dot.config["ranking"]))
+    assert numbers(rows, 1) == pytest.approx([m["precision@10"] for m in dot.config["ranking"].values()])
+    most_rated = topn.embedding_map(50)["title"].iloc[0]
     page.locator(".js-plotly-plot").get_by_text(most_rated, exact=True).first.wait_for()
     screenshot(page, tmp_path, "inside")
