@@ -1,5 +1,7 @@
 """Recommender latency on a MovieLens 100k model: median and p95 per call, one thread, for each model.
 
+`recommend` on the top-N model includes the reasons ("because") and the dot model's predicted ratings.
+
     .venv/bin/python bench/latency.py --model /tmp/ml100k-model     # a folder written by train.py
     .venv/bin/python bench/latency.py --data ../shared/data/ml-100k  # trains one first (needs fastai)
 """
@@ -47,7 +49,8 @@ def model_folder(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a model folder written by train.py")
-    parser.add_argument("--data", help="MovieLens 100k folder to train one from (default: fastai's path)")
+    parser.add_argument("--data", help="MovieLens 100k folder to train one from, and whose ratings are attached as "
+                        "users' histories (default: fastai's path)")
     parser.add_argument("--repeats", type=int, default=500, help="timed calls per row (default 500)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 calls per row")
     args = parser.parse_args()
@@ -55,12 +58,17 @@ def main():
     repeats = 20 if args.quick else args.repeats
     folder = model_folder(args)
     rng = np.random.default_rng(0)
+    try:  # histories: seen titles left out and, for the top-N model, the reasons computed, as in the app
+        ratings = data.load(args.data).ratings
+    except data.DataError as err:
+        ratings = None
+        print(f"no histories attached ({err})")
 
     print(f"model: {folder}; {repeats} calls per row; torch threads: {torch.get_num_threads()}\n")
     print("| model | call | median | p95 |")
     print("|---|---|---|---|")
-    for kind in ("dot", "nn"):
-        rec = Recommender.from_pretrained(folder, model=kind)
+    for kind in ("topn", "dot", "nn"):
+        rec = Recommender.from_pretrained(folder, model=kind).attach_history(ratings)
         users, titles = rec.users.ids(), rec.items.keys[1:]
         newcomer = {titles[i]: float(rng.integers(1, 6)) for i in rng.choice(len(titles), 10, replace=False)}
         calls = {
