@@ -4,14 +4,16 @@ optionally push it.
     python train.py                                  # MovieLens 100k (downloaded via fastai) -> ./model
     python train.py --data ~/ml-latest-small --out models/small
     python train.py --push --repo-id you/movielens-cf   # token from HF_TOKEN or `hf auth login`
+    python -m hfcf push ./model --repo-id you/movielens-cf   # publish a folder already trained
 
 Exit status: 0 success, 2 bad input (nothing written), 1 internal or Hub failure, 130 interrupted.
 """
 import argparse
 import dataclasses
+import shlex
 import sys
 
-from hfcf.errors import DataError, HfcfError
+from hfcf.errors import DataError, HfcfError, HubError
 
 KINDS = ("dot", "nn", "topn")  # hfcf.artifacts.KINDS, without importing torch before --help
 
@@ -101,11 +103,12 @@ def check_args(args):
         raise DataError(f"--y-range needs low,high with low < high (got {args.y_range})")
     if args.push:
         from hfcf import hub
-        hub.check_can_push(args.repo_id)
+        hub.check_can_push(args.repo_id, args.private)
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    trained = False
     try:
         check_args(args)
         from hfcf import artifacts, data, pipeline
@@ -117,6 +120,7 @@ def main(argv=None):
         settings = model_settings(args, len(split.train))
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
                                 args.force, args.repo_id)
+        trained = True
         if args.push:
             from hfcf import hub
             result = hub.push(args.out, args.repo_id, private=args.private)
@@ -124,6 +128,14 @@ def main(argv=None):
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except HubError as err:
+        again = ""
+        if trained:  # the folder is complete: it can be published without training again
+            command = ["python -m hfcf push", shlex.quote(args.out), "--repo-id", shlex.quote(args.repo_id)]
+            again = (f"\nthe model folder {args.out} was written; once that is fixed, publish it without "
+                     f"retraining: {' '.join(command + (['--private'] if args.private else []))}")
+        print(f"error: {err}{again}", file=sys.stderr)
+        return 1
     except HfcfError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -69,13 +69,24 @@ def is_model_folder(path):
 
 
 def check_output(folder, force=False):
-    """Refuse an --out we must not or cannot replace, before any training is spent on it."""
+    """Refuse an --out we must not or cannot write, before any training is spent on it; finish an interrupted write.
+
+    An hfcf model folder is updated in place of its model files: anything else in it (a `.git` folder, notes) is
+    kept. A folder that is not an hfcf model folder needs --force, and is refused even then when it holds files
+    with the model's names, which hfcf would overwrite.
+    """
     folder = Path(folder)
+    recover(folder)
     if folder.exists() and not folder.is_dir():
         raise DataError(f"--out {folder} is a file, not a folder; choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder) and not force:
-        raise DataError(f"--out {folder} exists and is not an hfcf model folder; choose another --out, "
-                        "or pass --force to replace it")
+    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder):
+        clashes = sorted(name for name in MODEL_FILES if (folder / name).exists())
+        if clashes:
+            raise DataError(f"--out {folder} is not an hfcf model folder and holds {', '.join(clashes)}, which "
+                            "writing a model would overwrite; choose another --out")
+        if not force:
+            raise DataError(f"--out {folder} exists and is not an hfcf model folder; choose another --out, or pass "
+                            "--force to write the model files into it (its other files are kept)")
     parent = folder.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -88,16 +99,20 @@ def save(folder, config, users, items, item_counts, weights, card):
     """Write the folder atomically: build it beside the target, then swap, so a failure leaves the old one."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    recover(folder)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
     try:
         config = json.loads(json.dumps(config))  # a copy we may add hashes to
+        vocab_text = json.dumps({"users": users.keys, "items": items.keys,
+                                 "item_counts": list(map(int, item_counts))}) + "\n"
+        config["vocab_sha256"] = hashlib.sha256(vocab_text.encode()).hexdigest()
         for kind, state in weights.items():
             path = building / WEIGHT_FILES[kind]
-            save_file(state, path, metadata={"format": "pt", "hfcf_format_version": str(FORMAT_VERSION)})
+            save_file(state, path, metadata={"format": "pt", "hfcf_format_version": str(FORMAT_VERSION),
+                                             "hfcf_settings_sha256": settings_digest(config, kind)})
             config["models"][kind].update(file=path.name, sha256=sha256(path))
         (building / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (building / "vocab.json").write_text(json.dumps({"users": users.keys, "items": items.keys,
-                                                             "item_counts": list(map(int, item_counts))}) + "\n")
+        (building / "vocab.json").write_text(vocab_text)
         (building / "README.md").write_text(card)
         _publishable_permissions(building)
         _swap(building, folder)
@@ -105,6 +120,16 @@ def save(folder, config, users, items, item_counts, weights, card):
         shutil.rmtree(building, ignore_errors=True)
         raise
     return folder
+
+
+def settings_digest(config, kind):
+    """sha256 of what rebuilds `kind`'s module: its config.json entry (less the weights' own file name and hash,
+    written after the weights are), the rating range and the format version. Stored in the weights' metadata,
+    so an edited entry is caught before it is used; other edits (dropping another model, the dataset's notes)
+    do not touch it."""
+    settings = {key: value for key, value in config["models"][kind].items() if key not in ("sha256", "file")}
+    core = {"settings": settings, "y_range": config.get("y_range"), "format_version": config.get("format_version")}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
 def _publishable_permissions(folder):
@@ -117,19 +142,64 @@ def _publishable_permissions(folder):
 
 
 def _swap(new, target):
-    """Replace `target` by `new` with two renames; the old folder is removed only once the new one is in place."""
+    """Put `new` in place of `target` with renames, then move what hfcf did not write from the old folder into it.
+
+    The old model files are deleted only once the new folder is in place and nothing else is left beside them.
+    Interrupted anywhere (even by kill -9), the leftovers `.NAME.old-*` and `.NAME.building-*` hold everything,
+    and `recover` puts them back.
+    """
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.replace(target, old / target.name)
     os.replace(new, target)
     if old:
-        shutil.rmtree(old, ignore_errors=True)
+        _adopt(old / target.name, target, ours=is_model_folder(old / target.name))
+        shutil.rmtree(old)
+
+
+def _adopt(previous, target, ours):
+    """Move every entry of `previous` that hfcf did not write into `target` (a name already taken keeps both)."""
+    for entry in previous.iterdir():
+        if ours and entry.name in MODEL_FILES:
+            continue
+        destination = target / entry.name
+        while destination.exists():
+            destination = destination.with_name(destination.name + ".kept")
+        os.replace(entry, destination)
+
+
+def leftovers(folder):
+    """(.NAME.old-*, .NAME.building-*) folders an interrupted write left beside `folder`."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return [], []
+    found = sorted(folder.parent.glob(f".{folder.name}.old-*")), sorted(folder.parent.glob(f".{folder.name}.building-*"))
+    return [path for path in found[0] if path.is_dir()], [path for path in found[1] if path.is_dir()]
+
+
+def recover(folder):
+    """Finish or undo a write that was interrupted: the previous folder comes back if the new one never took its
+    place, files hfcf did not write go back into the folder, and half-built folders (all hfcf's) are removed.
+    Returns True when something was recovered."""
+    folder = Path(folder)
+    olds, buildings = leftovers(folder)
+    for old in olds:
+        previous = old / folder.name
+        if previous.is_dir() and not folder.exists():
+            os.replace(previous, folder)  # the swap never happened: the previous folder comes back whole
+        elif previous.is_dir():
+            _adopt(previous, folder, ours=is_model_folder(previous))
+        shutil.rmtree(old)
+    for building in buildings:
+        shutil.rmtree(building, ignore_errors=True)
+    return bool(olds or buildings)
 
 
 def load(folder):
     """Load and verify a model folder; anything off raises ArtifactError naming the file and the problem."""
     folder = Path(folder)
+    recover(folder)  # an interrupted write may have left the previous folder, or the user's files, beside it
     if not folder.is_dir():
         raise ArtifactError(f"model folder {folder} does not exist")
     names = {path.name for path in folder.iterdir()}
@@ -141,6 +211,10 @@ def load(folder):
     config = _read_json(folder / "config.json")
     _check_config(config)
     vocab = _read_json(folder / "vocab.json")
+    recorded = config.get("vocab_sha256")  # absent from folders written before hfcf recorded it
+    if recorded is not None and sha256(folder / "vocab.json") != recorded:
+        raise ArtifactError(f"{folder / 'vocab.json'} does not match the sha256 in config.json: edited or corrupt, "
+                            "so its titles and ids cannot be trusted to label the embedding rows")
     users, items, item_counts = _check_vocab(vocab)
     modules = {kind: _load_module(folder, kind, config, users, items) for kind in config["models"]}
     return ModelFolder(folder, config, users, items, modules, item_counts)
@@ -186,52 +260,68 @@ def _check_vocab(vocab):
     return UserVocab(users), ItemVocab(items), counts
 
 
+_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+           "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "U8": torch.uint8,
+           "BOOL": torch.bool}  # safetensors' header names
+
+
 def _load_module(folder, kind, config, users, items):
+    """One verified module: the file's hash, then its header against the config (no tensor allocated yet),
+    then the values."""
     settings = config["models"][kind]
     path = folder / WEIGHT_FILES[kind]
     if not path.is_file():
         raise ArtifactError(f"{path.name} is missing from {folder}, though config.json lists the {kind} model")
-    if sha256(path) != settings.get("sha256"):
-        raise ArtifactError(f"{path.name} does not match the sha256 in config.json: the file is corrupt, "
-                            "truncated or from another commit; download the repo again")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != settings.get("sha256"):
+        raise ArtifactError(f"{path} does not match the sha256 in config.json: the file is corrupt, truncated or "
+                            "from another commit")
+    header = _read_header(path.name, data)
+    written_for = (header.get("__metadata__") or {}).get("hfcf_settings_sha256")  # absent before hfcf wrote it
+    if written_for is not None and written_for != settings_digest(config, kind):
+        raise ArtifactError(f"the {kind} entry of config.json in {folder} is not the one {path.name} was written "
+                            "with (edited, or from another model): its settings cannot be trusted to rebuild it")
     try:
-        module = hfnn.build(kind, settings, len(users), len(items), config["y_range"])
+        with torch.device("meta"):  # shapes only: a tampered n_factors must not allocate gigabytes first
+            expected = hfnn.build(kind, settings, len(users), len(items), config["y_range"]).state_dict()
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ArtifactError(f"config.json {kind} settings cannot build the model: {err!r}") from None
-    expected = module.state_dict()
-    state = _read_safetensors(path)
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    stored = {key: entry for key, entry in header.items() if key != "__metadata__"}
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing or extra:
         raise ArtifactError(f"{path.name} keys do not match the {kind} model: missing {missing}, extra {extra}")
-    for key, tensor in state.items():
+    for key, entry in stored.items():
         want = expected[key]
-        if tensor.dtype != want.dtype or tensor.shape != want.shape:
-            raise ArtifactError(f"{path.name} {key} is {tensor.dtype} {tuple(tensor.shape)}; the config and vocab "
+        dtype, shape = _DTYPES.get(entry.get("dtype")), tuple(entry.get("shape", ()))
+        if dtype != want.dtype or shape != tuple(want.shape):
+            raise ArtifactError(f"{path.name} {key} is {dtype or entry.get('dtype')} {shape}; the config and vocab "
                                 f"({len(users)} users, {len(items)} items) need {want.dtype} {tuple(want.shape)}")
+    try:
+        state = load_safetensors(data)
+    except Exception as err:  # safetensors raises its own error types for malformed data
+        raise ArtifactError(f"{path.name} is not a valid safetensors file: {err}") from None
+    for key, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ArtifactError(f"{path.name} {key} holds NaN or infinite values")
+    module = hfnn.build(kind, settings, len(users), len(items), config["y_range"])
     module.load_state_dict(state, strict=True)
     return module.eval()
 
 
-def _read_safetensors(path):
-    """Parse a .safetensors file after checking its header's claims against the file's real size."""
-    data = path.read_bytes()
+def _read_header(name, data):
+    """A .safetensors header, after checking its claims against the file's real size."""
     if len(data) < 8:
-        raise ArtifactError(f"{path.name} is truncated ({len(data)} bytes)")
+        raise ArtifactError(f"{name} is truncated ({len(data)} bytes)")
     (header_size,) = struct.unpack("<Q", data[:8])
     if header_size > min(_MAX_HEADER, len(data) - 8):
-        raise ArtifactError(f"{path.name} header claims {header_size:,} bytes but the file has {len(data):,}: "
+        raise ArtifactError(f"{name} header claims {header_size:,} bytes but the file has {len(data):,}: "
                             "truncated or corrupt")
     try:
         header = json.loads(data[8:8 + header_size])
         end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-        raise ArtifactError(f"{path.name} has an unreadable header: {err!r}") from None
+        raise ArtifactError(f"{name} has an unreadable header: {err!r}") from None
     if 8 + header_size + end != len(data):
-        raise ArtifactError(f"{path.name} holds {len(data):,} bytes but its header describes "
+        raise ArtifactError(f"{name} holds {len(data):,} bytes but its header describes "
                             f"{8 + header_size + end:,}: truncated or corrupt")
-    try:
-        return load_safetensors(data)
-    except Exception as err:  # safetensors raises its own error types for malformed data
-        raise ArtifactError(f"{path.name} is not a valid safetensors file: {err}") from None
+    return header

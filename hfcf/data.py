@@ -411,9 +411,9 @@ def _check_y_range(y_range):
     try:
         low, high = (float(bound) for bound in y_range)
     except (TypeError, ValueError) as error:
-        raise DataError(f"y_range must be two numbers (got {y_range!r}); pass --y-range 0 5.5") from error
+        raise DataError(f"y_range must be two numbers (got {y_range!r}); pass --y-range 0,5.5") from error
     if not np.isfinite([low, high]).all() or low >= high:
-        raise DataError(f"y_range must be two finite numbers, low < high (got {y_range!r}); pass --y-range 0 5.5")
+        raise DataError(f"y_range must be two finite numbers, low < high (got {y_range!r}); pass --y-range 0,5.5")
     return low, high
 
 
@@ -452,7 +452,7 @@ def _check_ratings(values, y_range, source):
     if y_range is not None and (ratings.min() < y_range[0] or ratings.max() > y_range[1]):
         low, high = min(y_range[0], ratings.min()), max(y_range[1], ratings.max())
         raise DataError(f"{source} has ratings from {ratings.min():g} to {ratings.max():g}, outside y_range "
-                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range {low:g} {high:g} or a wider range")
+                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range {low:g},{high:g} or a wider range")
     return ratings
 
 

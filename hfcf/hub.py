@@ -28,7 +28,7 @@ from .artifacts import MODEL_FILES
 from .artifacts import WEIGHT_FILES as WEIGHTS_BY_KIND
 from .errors import ArtifactError, DataError, HfcfError, HubError
 
-WEIGHT_FILES = tuple(WEIGHTS_BY_KIND.values())  # a folder holds one or both
+WEIGHT_FILES = tuple(WEIGHTS_BY_KIND.values())  # a folder holds one or more
 REQUIRED_FILES = set(MODEL_FILES) - set(WEIGHT_FILES)
 
 
@@ -40,8 +40,9 @@ class PushResult:
     repo_url: str
 
 
-def check_can_push(repo_id):
-    """Refuse a push that cannot work (no or malformed repo id, no token) before any training is spent on it."""
+def check_can_push(repo_id, private=False, endpoint=None):
+    """Refuse a push that cannot work or would publish wrongly, before any training is spent on it: no or a
+    malformed repo id, no token, a token the Hub refuses, or --private for a repo that exists and is public."""
     if not repo_id:
         raise DataError("--push needs --repo-id owner/name")
     try:
@@ -53,6 +54,23 @@ def check_can_push(repo_id):
     if get_token() is None:
         raise DataError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN "
                         "(hfcf never takes a token on the command line)")
+    api = HfApi(endpoint=endpoint)
+    with _hub_errors(repo_id, None, api.endpoint, "push"):
+        api.whoami()  # a 401 now, not after training
+        _check_visibility(api, repo_id, private)
+
+
+def _check_visibility(api, repo_id, private):
+    """Refuse --private for an existing public repo: pushing would publish the model, and changing a repo's
+    visibility is the owner's decision, not a side effect of a push."""
+    try:
+        public = not api.repo_info(repo_id, repo_type="model").private
+    except RepositoryNotFoundError:
+        return  # create_repo makes it with the visibility asked for
+    if private and public:
+        raise HubError(f"{repo_id} already exists and is public, so --private cannot keep this model private: "
+                       "make the repo private first (on the Hub: Settings, Change repo visibility), or push to "
+                       "another --repo-id, or drop --private to publish it publicly")
 
 
 def push(folder, repo_id, *, private=False, commit_message=None, endpoint=None) -> PushResult:
@@ -65,7 +83,8 @@ def push(folder, repo_id, *, private=False, commit_message=None, endpoint=None) 
             f"and {' or '.join(WEIGHT_FILES)}"
         )
     api = HfApi(endpoint=endpoint)
-    with _hub_errors(repo_id, None, api.endpoint):
+    with _hub_errors(repo_id, None, api.endpoint, "push"):
+        _check_visibility(api, repo_id, private)
         repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         # When nothing changed, huggingface_hub skips the empty commit and returns the current head.
         commit = api.upload_folder(
@@ -86,21 +105,24 @@ def split_revision(repo_id):
     return name, revision or None
 
 
-def download(repo_id, revision=None, *, endpoint=None) -> tuple[Path, str]:
+def download(repo_id, revision=None, *, endpoint=None, force_download=False) -> tuple[Path, str]:
     """Fetch the model files of `repo_id` ('owner/name[@rev]') at one commit; returns (local folder, commit sha).
 
     Only MODEL_FILES are fetched, so a pickle in the repo is never downloaded. Offline, or with the Hub out
     of reach, a copy in the local cache is used: by sha, or by branch/tag name once downloaded by that name.
+    `force_download` fetches the files again over a cached (perhaps damaged) copy.
     """
     if revision is None:
         repo_id, revision = split_revision(repo_id)
     api = HfApi(endpoint=endpoint)
     fetch = dict(repo_id=repo_id, allow_patterns=list(MODEL_FILES), endpoint=api.endpoint)
-    with _hub_errors(repo_id, revision, api.endpoint):
+    with _hub_errors(repo_id, revision, api.endpoint, "download"):
         # One request (no retries) pins a branch or tag to a commit and notes it in the cache (refs/) for offline
         # use; with the Hub out of reach, refs/ answers instead. A full sha is taken as is.
         sha = api.resolve_revision(repo_id, revision=revision).resolved
         try:  # a commit never changes, so a complete cached copy needs no request
+            if force_download:
+                raise LocalEntryNotFoundError("a fresh download was asked for")
             folder = snapshot_download(revision=sha, local_files_only=True, **fetch)
         except LocalEntryNotFoundError:
             if constants.is_offline_mode():
@@ -108,7 +130,7 @@ def download(repo_id, revision=None, *, endpoint=None) -> tuple[Path, str]:
             # Not cached: ask once without retries, so a missing commit or an unreachable Hub fails fast
             # (snapshot_download's listing call retries for ~20 s).
             api.model_info(repo_id, revision=sha)
-            folder = snapshot_download(revision=sha, **fetch)
+            folder = snapshot_download(revision=sha, force_download=force_download, **fetch)
     folder = Path(folder)
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         try:  # snapshot_download keeps the commit's file list in the cache
@@ -122,14 +144,15 @@ def download(repo_id, revision=None, *, endpoint=None) -> tuple[Path, str]:
 
 
 @contextmanager
-def _hub_errors(repo_id, revision, endpoint):
-    """Turn huggingface_hub's and httpx2's exceptions into a HubError that says what to do, without the token."""
+def _hub_errors(repo_id, revision, endpoint, action):
+    """Turn huggingface_hub's and httpx2's exceptions into a HubError that says what to do for `action` ("push"
+    or "download"), without the token."""
     try:
         yield
     except HfcfError:
         raise
     except Exception as err:
-        message = next(filter(None, (_explain(e, repo_id, revision, endpoint) for e in _chain(err))), None)
+        message = next(filter(None, (_explain(e, repo_id, revision, endpoint, action) for e in _chain(err))), None)
         if message is None:
             raise
         token = get_token()
@@ -151,19 +174,20 @@ def _chain(err):
             pending += [err.__cause__, err.__context__]
 
 
-def _explain(err, repo_id, revision, endpoint):
+def _explain(err, repo_id, revision, endpoint, action):
     """A message for the first exception in a chain that hfcf knows how to explain, else None."""
     target = f"{repo_id}@{revision}" if revision else repo_id
+    instead = ", or load a local model folder" if action == "download" else ""
     if isinstance(err, (RevisionResolutionError, LocalEntryNotFoundError)):
         offline = constants.is_offline_mode()
         reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else f"the Hub could not be reached at {endpoint}"
-        return f"{target} is not in the local cache and {reason}: download it once online, or load a local model folder"
+        return f"{target} is not in the local cache and {reason}: download it once online{instead}"
     if isinstance(err, OfflineModeIsEnabled):
-        return f"Offline mode is on (HF_HUB_OFFLINE=1), so {endpoint} was not contacted: unset it to reach the Hub"
+        return f"Offline mode is on (HF_HUB_OFFLINE=1), so {endpoint} was not contacted: unset it to {action}"
     if isinstance(err, (httpx2.TransportError, ConnectionError)):  # ConnectionError: hf_xet's transfers
         return (
             f"The Hub could not be reached at {endpoint} ({type(err).__name__}: {err}): check the connection and "
-            "retry, or load a local model folder"
+            f"retry{instead}"
         )
     if isinstance(err, HFValidationError):
         return f"{repo_id!r} is not a valid repo id: expected 'owner/name' or 'owner/name@revision'"

@@ -55,6 +55,10 @@ def make_split(dataset, method="random", valid_pct=0.2, seed=42, fold=1, folder=
     if not 0 < valid_pct < 1:
         raise data.DataError(f"--valid-pct must be 0 (train on everything) or between 0 and 1 (got {valid_pct})")
     train, valid = data.random_split(dataset.ratings, valid_pct, seed)
+    if valid.empty:
+        raise data.DataError(f"--valid-pct {valid_pct} held out no rating: every drawn rating was the only one of "
+                             "its user or title, so it stayed in training; use a smaller --valid-pct, or 0 to "
+                             "train on everything")
     return Split(train, valid, {"method": "random", "valid_pct": valid_pct, "seed": seed})
 
 

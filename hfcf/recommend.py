@@ -12,6 +12,7 @@ from .errors import ArtifactError, DataError, HfcfError, UnknownItemError
 # "what to watch next" best (BENCHMARKS.md), the rating models say how much a user would like a title.
 MODELS = ("topn", "dot", "nn")
 REASONS = 2  # titles of the user's own history named as the reason for a pick
+MAX_FOLD_IN = 500  # a newcomer's ratings: more is no newcomer, and each costs a title look-up
 
 
 @dataclass
@@ -26,7 +27,7 @@ class FoldIn:
 def check_n(n, most):
     """`n` as an int in 1..most, else a DataError giving the valid range."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (isinstance(n, float) and n.is_integer()):
-        raise DataError(f"n must be a whole number between 1 and {most:,} (got {n!r})")
+        raise DataError(f"n must be a whole number between 1 and {most:,} (got {repr(n)[:40]})")
     if not 1 <= n <= most:
         raise DataError(f"n must be between 1 and {most:,} (got {int(n):,})")
     return int(n)
@@ -62,25 +63,38 @@ class Recommender:
         self._unit_items = embeddings / np.where(norms == 0, 1, norms)
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path, revision=None, model=None):
+    def from_pretrained(cls, repo_id_or_path, revision=None, model=None, force_download=False):
         """Load a local model folder or a Hub repo ("owner/name", "owner/name@rev"), pinned to one commit.
+
+        `force_download=True` fetches the repo's files again even when they are cached (a damaged cache).
 
         `model=None` picks the first of MODELS the repo has (the top-N model when there is one); `sibling`
         gives another kind of the same folder.
         """
         if model is not None and model not in MODELS:
             raise HfcfError(f"model must be one of {MODELS} (got {model!r})")
-        text = str(repo_id_or_path)
+        text = str(repo_id_or_path).strip()
+        if not text:
+            raise ArtifactError("no model given: pass a model folder or a Hub repo id (owner/name[@revision])")
         path = Path(text).expanduser()
+        artifacts.recover(path)  # an interrupted train.py may have left the previous folder beside it
         if path.is_dir():
             return cls(artifacts.load(path), model, source=str(path))
-        if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
-            raise ArtifactError(f"{text} is neither a model folder nor a Hub repo id (owner/name[@revision])")
+        local = (path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
+                 or Path(text.split("/")[0]).is_dir())  # "models/smal" beside a models/ folder is a path
+        if local:
+            raise ArtifactError(f"{text} is neither a model folder nor a Hub repo id (owner/name[@revision]): there "
+                                f"is no folder {path.resolve()}; check the path")
         from . import hub
 
-        folder, commit = hub.download(str(repo_id_or_path), revision)
-        repo_id = hub.split_revision(str(repo_id_or_path))[0]
-        return cls(artifacts.load(folder), model, source=repo_id, revision=commit)
+        folder, commit = hub.download(text, revision, force_download=force_download)
+        repo_id = hub.split_revision(text)[0]
+        try:
+            loaded = artifacts.load(folder)
+        except ArtifactError as err:
+            raise ArtifactError(f"{err}. This is the local cache of {repo_id}@{commit}: fetch it again with "
+                                f"from_pretrained({text!r}, force_download=True), or delete {folder}") from None
+        return cls(loaded, model, source=repo_id, revision=commit)
 
     def sibling(self, model):
         """Another model of the same folder, sharing the loaded weights and the attached history."""
@@ -272,27 +286,40 @@ class Recommender:
         return FoldIn(vector, scores, self._table(picks, best, rating_of, (rows, targets, titles)))
 
     def _check_fold_in(self, ratings):
-        if not ratings:
+        """(item rows, ratings) of a newcomer's `{title: rating}` or (title, rating) pairs, checked before any work:
+        at most MAX_FOLD_IN ratings, each a known title rated once within the model's range."""
+        pairs = list(ratings.items()) if isinstance(ratings, dict) else list(ratings or [])
+        if not pairs:
             raise DataError("rate at least one movie to get recommendations")
-        rows, targets, unknown = [], [], []
-        for title, rating in dict(ratings).items():
+        if len(pairs) > MAX_FOLD_IN:
+            raise DataError(f"{len(pairs):,} ratings is more than the {MAX_FOLD_IN} a newcomer can give; keep the "
+                            f"{MAX_FOLD_IN} you care most about")
+        rows, targets, unknown, first = [], [], [], {}
+        for title, rating in pairs:
             try:
-                rows.append(self.items.index(title))
+                row = self.items.index(title)
             except UnknownItemError as err:
-                unknown.append(str(err))
+                unknown.append(err)
+                if len(unknown) == 3:  # suggestions cost a fuzzy search each: three are enough to act on
+                    break
                 continue
             try:
                 value = float(rating)
             except (TypeError, ValueError):
-                raise DataError(f"the rating of {str(title)[:80]!r} is {rating!r}, not a number") from None
+                raise DataError(f"the rating of {str(title)[:80]!r} is {str(rating)[:40]!r}, not a number") from None
             if not self.low < value < self.high or not np.isfinite(value):
                 raise DataError(f"the rating of {str(title)[:80]!r} is {value}; this model predicts ratings "
                                 f"strictly between {self.low:g} and {self.high:g}")
+            if row in first:
+                raise DataError(f"{self.items.keys[row]!r} is rated twice ({first[row]:g} and {value:g}); "
+                                "keep one rating for each movie")
+            first[row] = value
+            rows.append(row)
             targets.append(value)
         if unknown:
-            raise UnknownItemError(" ".join(unknown))
-        if len(set(rows)) != len(rows):
-            raise DataError("the same movie is rated twice; rate each movie once")
+            stopped = " (checking stopped at the third unknown title)" if len(unknown) == 3 else ""
+            raise UnknownItemError(" ".join(str(err) for err in unknown) + stopped,
+                                   [title for err in unknown for title in err.suggestions])
         return np.array(rows), np.array(targets)
 
     # --- shared helpers --------------------------------------------------------------------------------------

@@ -89,12 +89,21 @@ class TensorBatches:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
-        return math.ceil(len(self.x) / self.bs)
+        return len(self._starts())
+
+    def _starts(self):
+        """Where batches begin. When shuffling (training) a last batch of one row joins the one before: BatchNorm
+        cannot normalise a single row, and one rating is no batch to take a step on."""
+        starts = list(range(0, len(self.x), self.bs))
+        if self.shuffle and len(starts) > 1 and len(self.x) - starts[-1] == 1:
+            starts.pop()
+        return starts
 
     def __iter__(self):
         order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else None
-        for start in range(0, len(self.x), self.bs):
-            rows = order[start:start + self.bs] if self.shuffle else slice(start, start + self.bs)
+        starts = self._starts()
+        for start, end in zip(starts, [*starts[1:], len(self.x)]):
+            rows = order[start:end] if self.shuffle else slice(start, end)
             yield self.x[rows], self.y[rows]
 
     def to(self, device):
@@ -216,7 +225,8 @@ class PrecisionAtK(Metric):
         scores[torch.repeat_interleave(torch.arange(len(offsets)), lengths), items] = -math.inf
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[owners, targets] = True
-        self.hits += float(relevant.gather(1, scores.topk(self.k, dim=1).indices).sum())
+        top = scores.topk(min(self.k, scores.shape[1]), dim=1).indices  # a catalogue may be smaller than k
+        self.hits += float(relevant.gather(1, top).sum())
         self.users += len(offsets)
 
     @property
@@ -313,6 +323,9 @@ class NeuralRecipe(RatingRecipe):
         return chosen
 
     def check(self, kind, settings):
+        if settings.bs < 2:
+            raise DataError(f"nn: --bs must be at least 2: its BatchNorm layers need two ratings a batch "
+                            f"(got {settings.bs})")
         if not settings.layers or min(settings.layers) < 1:
             raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {settings.layers})")
         if not 0 <= settings.embed_p < 1:

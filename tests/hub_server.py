@@ -1,6 +1,7 @@
 """A small in-memory Hub on 127.0.0.1, enough for huggingface_hub 2.4's push and download paths.
 
 What it serves (model repos, "owner/name" ids only):
+- GET /api/whoami-v2 (the server's user; 401 without a valid token);
 - POST /api/repos/create (409 with the repo url when it exists), POST /api/validate-yaml (accepts anything);
 - GET /api/models/{id}[/revision/{rev}] (id, sha, private, siblings), GET /api/models/{id}/tree/{rev}[/{path}];
 - POST /api/models/{id}/preupload/{rev}: "lfs" for the usual .gitattributes patterns or binary content,
@@ -152,6 +153,7 @@ def _is_lfs(path, head, size):
 
 _ID = r"(?P<repo>[^/]+/[^/]+)"
 _ROUTES = [  # (method, pattern, handler name, needs write access)
+    ("GET", r"/api/whoami-v2", "whoami", True),
     ("POST", r"/api/repos/create", "create", True),
     ("POST", r"/api/validate-yaml", "validate_yaml", False),
     ("GET", rf"/api/models/{_ID}(?:/revision/(?P<rev>[^/]+))?", "info", False),
@@ -235,6 +237,10 @@ class _Handler(BaseHTTPRequestHandler):
         return sha, files
 
     # -- routes -------------------------------------------------------------------------------------
+    def whoami(self, hub):
+        self._send(200, {"type": "user", "name": hub.user, "orgs": [],
+                         "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
+
     def create(self, hub):
         body = json.loads(self.body)
         owner = body.get("organization") or hub.user

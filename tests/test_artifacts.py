@@ -32,6 +32,19 @@ def rehash(folder, kind="dot"):
     edit_json(folder / "config.json", lambda c: c["models"][kind].update(sha256=digest))
 
 
+def edit_vocab(folder, change):
+    """Edit vocab.json and record its new hash, so the deeper checks are what must catch the edit."""
+    edit_json(folder / "vocab.json", change)
+    edit_json(folder / "config.json", lambda c: c.update(vocab_sha256=artifacts.sha256(folder / "vocab.json")))
+
+
+def edit_settings(folder, change, kind="dot"):
+    """Edit a model's config entry and drop the weights' record of it (as a folder from an older hfcf has none),
+    so the shape checks are what must catch the edit."""
+    edit_json(folder / "config.json", lambda c: change(c["models"][kind]))
+    rewrite_weights(folder, lambda state: None, kind)
+
+
 def rewrite_weights(folder, change, kind="dot"):
     state = load_file(folder / f"{kind}.safetensors")
     change(state)
@@ -69,15 +82,17 @@ def test_config_records_hashes_settings_and_metrics(synthetic_model):
     (lambda f: rewrite_weights(f, lambda s: s.update(extra=torch.zeros(2))), "extra ['extra']"),
     (lambda f: rewrite_weights(f, lambda s: s["user_factors.weight"].__setitem__((1, 0), float("nan"))),
      "NaN"),
-    (lambda f: edit_json(f / "vocab.json", lambda v: (v["items"].pop(), v["item_counts"].pop())),
-     "need torch.float32"),
-    (lambda f: edit_json(f / "vocab.json", lambda v: v["items"].pop()), "one count"),
+    (lambda f: edit_vocab(f, lambda v: (v["items"].pop(), v["item_counts"].pop())), "need torch.float32"),
+    (lambda f: edit_vocab(f, lambda v: v["items"].pop()), "one count"),
+    (lambda f: edit_json(f / "vocab.json", lambda v: v["items"].reverse()), "vocab.json does not match the sha256"),
     (lambda f: edit_json(f / "config.json", lambda c: c.update(format_version=2)), "format_version 2"),
     (lambda f: edit_json(f / "config.json", lambda c: c.update(y_range=[5.5, 0])), "low < high"),
-    (lambda f: edit_json(f / "config.json", lambda c: c["models"]["dot"].update(n_factors=3)), "need"),
+    (lambda f: edit_settings(f, lambda s: s.update(n_factors=3)), "need"),
+    (lambda f: edit_json(f / "config.json", lambda c: c["models"]["dot"].update(n_factors=3)),
+     "not the one dot.safetensors was written with"),
     (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
     (lambda f: (f / "vocab.json").unlink(), "vocab.json is missing"),
-    (lambda f: edit_json(f / "vocab.json", lambda v: v["users"].__setitem__(0, 7)), "'#na#'"),
+    (lambda f: edit_vocab(f, lambda v: v["users"].__setitem__(0, 7)), "'#na#'"),
 ])
 def test_faults_are_refused_at_load(folder, fault, message):
     fault(folder)

@@ -84,12 +84,12 @@ def test_non_numeric_nan_or_infinite_ratings_are_refused(tmp_path, bad, shown):
 def test_ratings_outside_y_range_suggest_a_range(tmp_path):
     with pytest.raises(DataError) as error:
         table(tmp_path, "userId,movieId,rating\n1,1,0.5\n2,2,5\n", y_range=(1, 5))
-    assert "ratings from 0.5 to 5, outside y_range (1, 5); pass --y-range 0.5 5" in str(error.value)
+    assert "ratings from 0.5 to 5, outside y_range (1, 5); pass --y-range 0.5,5" in str(error.value)
 
 
 @pytest.mark.parametrize("y_range", [(5, 1), ("a", 2), (0, float("inf"))])
 def test_bad_y_range_is_refused(y_range):
-    with pytest.raises(DataError, match="--y-range 0 5.5"):
+    with pytest.raises(DataError, match="--y-range 0,5.5"):
         data.validate(frame([[1, 1, 3, 0], [2, 2, 4, 0]]), y_range=y_range)
 
 

@@ -295,3 +295,85 @@ def test_train_py_push_without_a_token_stops_before_training(monkeypatch, tmp_pa
     code = train.main(["--data", "synthetic", "--out", str(tmp_path / "model"), "--push", "--repo-id", "alice/x"])
     assert code == 2 and "hf auth login" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+# --- issue 10: nothing published by mistake, nothing trained for nothing, a damaged cache repaired ---------------
+def test_private_push_to_an_existing_public_repo_is_refused_before_training(server, monkeypatch, tmp_path, capsys):
+    """Defect 1: it used to exit 0 and leave the repo public."""
+    import train
+
+    use_endpoint(monkeypatch, server.endpoint)
+    server.create_repo(REPO, private=False)
+    commits = server.commits(REPO)
+    code = train.main(["--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "model"), "--push",
+                       "--repo-id", REPO, "--private"])
+    err = capsys.readouterr().err
+    assert code == 1 and "already exists and is public" in err and "make the repo private first" in err
+    assert not (tmp_path / "model").exists()  # refused before training
+    assert server.commits(REPO) == commits and not server.repos[REPO].private
+
+
+def test_hub_push_itself_refuses_private_for_a_public_repo(server, model_folder):
+    server.create_repo(REPO, private=False)
+    with pytest.raises(HubError, match="already exists and is public"):
+        hub.push(model_folder, REPO, private=True, endpoint=server.endpoint)
+    assert len(server.commits(REPO)) == 1  # the Hub's initial commit only
+    hub.push(model_folder, "alice/new-private", private=True, endpoint=server.endpoint)
+    assert server.repos["alice/new-private"].private
+
+
+def test_a_refused_token_stops_train_py_before_training(server, monkeypatch, tmp_path, capsys):
+    """Defect 7: a 401 came only after training."""
+    import train
+
+    use_endpoint(monkeypatch, server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_0000")
+    code = train.main(["--data", "synthetic", "--out", str(tmp_path / "model"), "--push", "--repo-id", REPO])
+    printed = capsys.readouterr()
+    assert code == 1 and "401" in printed.err and "hf auth login" in printed.err
+    assert "epoch" not in printed.out and not (tmp_path / "model").exists()
+
+
+def test_a_trained_folder_is_published_without_retraining(server, synthetic_model, monkeypatch, tmp_path, capsys):
+    """Defect 7: `python -m hfcf push` publishes what train.py wrote; a push failing after training says how."""
+    import shutil
+
+    import train
+    from hfcf.__main__ import main as hfcf_main
+
+    use_endpoint(monkeypatch, server.endpoint)
+    out = shutil.copytree(synthetic_model[0], tmp_path / "model")
+    assert hfcf_main(["push", str(out), "--repo-id", REPO]) == 0
+    assert f"pushed commit {server.head(REPO)}" in capsys.readouterr().out
+    (out / "vocab.json").write_text((out / "vocab.json").read_text().replace("Cluster", "Klaster"))
+    assert hfcf_main(["push", str(out), "--repo-id", "alice/other"]) == 2  # a damaged folder is not published
+    assert "vocab.json does not match" in capsys.readouterr().err and "alice/other" not in server.repos
+
+    def refused(*args, **kwargs):
+        raise HubError("The Hub at x answered 500 for alice/cf: try later")
+    monkeypatch.setattr(hub, "push", refused)
+    code = train.main(["--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "new"), "--push",
+                       "--repo-id", REPO])
+    assert code == 1
+    assert f"publish it without retraining: python -m hfcf push {tmp_path / 'new'} --repo-id {REPO}" in \
+        capsys.readouterr().err
+
+
+def test_a_damaged_cached_file_is_named_and_force_download_repairs_it(server, synthetic_model, monkeypatch):
+    """Defect 10: one byte changed in the cache made every later load fail with no way out."""
+    from hfcf import Recommender
+
+    use_endpoint(monkeypatch, server.endpoint)
+    hub.push(synthetic_model[0], REPO)
+    folder, sha = hub.download(REPO)
+    cached = (folder / "dot.safetensors").resolve()
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 1
+    cached.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError) as caught:
+        Recommender.from_pretrained(REPO)
+    assert "dot.safetensors" in str(caught.value) and "force_download=True" in str(caught.value)
+    assert str(folder) in str(caught.value)
+    repaired = Recommender.from_pretrained(REPO, force_download=True)
+    assert repaired.revision == sha and repaired.recommend(repaired.users.ids()[0], 3).shape[0] == 3
+    assert Recommender.from_pretrained(REPO).revision == sha  # the cache is whole again
