@@ -19,6 +19,8 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import gradio as gr  # noqa: E402
+import pydantic  # noqa: E402
+from gradio.components.dataframe import DataframeData  # noqa: E402
 
 from hfcf import space  # noqa: E402
 from hfcf.errors import HfcfError  # noqa: E402
@@ -27,6 +29,10 @@ CONCURRENCY = 4     # handlers take milliseconds; more threads than this only co
 QUEUE_SIZE = 256    # waiting requests beyond this are refused ("queue is full") instead of piling up
 MAX_N = 50
 MAX_USER_CHOICES = 2000  # more ids can still be typed; the dropdown lists the first ones
+# A refused request shows its message in a toast. Gradio's progress display ("full" or "minimal") would also put
+# a red "Error" badge over every output and blank the tables until the next answer (issue 10, defect 13);
+# hidden, the previous answer stays readable. Answers take milliseconds, so there is no wait to show.
+PROGRESS = "hidden"
 NAVIGATION_KEYS = {"ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Enter", "Escape", "Tab"}
 
 
@@ -44,6 +50,46 @@ def user_errors(fn):
     return wrapper
 
 
+class _TableData(DataframeData):
+    """Gradio validates a table's shape before `preprocess`: an oversized or malformed one gets a plain gr.Error."""
+
+    @classmethod
+    def model_validate(cls, obj, **kwargs):
+        rows = obj.get("data") if isinstance(obj, dict) else None
+        if isinstance(rows, list) and len(rows) > space.MAX_NEWCOMER_RATINGS:  # before validating every row
+            raise gr.Error(f"{len(rows):,} rows is more than the {space.MAX_NEWCOMER_RATINGS} ratings this page takes",
+                           print_exception=False)
+        try:
+            return super().model_validate(obj, **kwargs)
+        except pydantic.ValidationError:
+            raise gr.Error('a table must look like {"headers": ["title", "rating"], "data": [["Fargo (1996)", 4]]}',
+                           print_exception=False) from None
+
+
+def checked(component):
+    """`component` with Gradio's own checks of an input (out of range, not among the choices, of the wrong type,
+    an oversized table: what an API caller can send) answered as a gr.Error that names the input, with no
+    traceback in the server log. Instance attributes, not a subclass: Gradio writes a .pyi file beside the
+    module that defines a component subclass."""
+    preprocess = component.preprocess
+
+    def checked_preprocess(payload):
+        if isinstance(component, gr.Slider) and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+            raise gr.Error(html.escape(f"{component.label}: expected a number from {component.minimum:g} to "
+                                       f"{component.maximum:g} (got {str(payload)[:40]!r})", quote=False),
+                           print_exception=False)
+        try:
+            return preprocess(payload)
+        except Exception as err:  # Gradio raises its Error, TypeError or ValueError here, depending on the component
+            message = str(err.args[0] if isinstance(err, gr.Error) and err.args else err)[:300]
+            raise gr.Error(html.escape(f"{component.label}: {message}", quote=False), print_exception=False) from None
+
+    component.preprocess = checked_preprocess
+    if isinstance(component, gr.Dataframe):
+        component.data_model = _TableData
+    return component
+
+
 def build_demo(recommenders, note=""):
     """The Blocks app for {kind: Recommender} (`space.load_recommenders`): any of topn, dot and nn."""
     first = next(iter(recommenders.values()))
@@ -56,10 +102,10 @@ def build_demo(recommenders, note=""):
 
     def model_picker(both=False):
         choices = space.model_choices(recommenders, both)
-        return gr.Radio(choices, value=choices[0][1], label="Model")
+        return checked(gr.Radio(choices, value=choices[0][1], label="Model"))
 
     def n_slider(label, maximum=MAX_N, value=10, minimum=1):
-        return gr.Slider(minimum, maximum, value=min(value, maximum), step=1, precision=0, label=label)
+        return checked(gr.Slider(minimum, maximum, value=min(value, maximum), step=1, precision=0, label=label))
 
     def title_picker(label, value=None):
         box = gr.Dropdown(first.search_titles("", 20), value=value, label=label, allow_custom_value=True,
@@ -98,7 +144,7 @@ def build_demo(recommenders, note=""):
                                      column_widths=["50%"])  # long titles would push the predictions out of view
                 user_plot = gr.Plot(figure, label="Actual vs predicted", scale=2)
             gr.on([user_go.click, user.input, user_model.input], bound(space.rate_user), [user, user_model, user_n],
-                  [user_summary, user_top, user_history, user_plot], api_name="rate_user")
+                  [user_summary, user_top, user_history, user_plot], api_name="rate_user", show_progress=PROGRESS)
 
         with gr.Tab("Similar titles", id="similar"):
             with gr.Row():
@@ -110,19 +156,20 @@ def build_demo(recommenders, note=""):
             similar_summary = gr.Markdown(summary)
             similar_table = table("Nearest titles", frame)
             gr.on([similar_go.click, similar_title.input], bound(space.similar),
-                  [similar_title, similar_model, similar_n], [similar_summary, similar_table], api_name="similar")
+                  [similar_title, similar_model, similar_n], [similar_summary, similar_table], api_name="similar", show_progress=PROGRESS)
 
         with gr.Tab("New here? Rate a few movies", id="newcomer"):
             low, high = first.config["dataset"].get("rating_range", first.folder.y_range)
             with gr.Row():
                 new_title = title_picker("A movie you have seen")
-                new_rating = gr.Slider(low, high, value=min(high, max(low, 4)), step=0.5, label="Your rating")
+                new_rating = checked(gr.Slider(low, high, value=min(high, max(low, 4)), step=0.5,
+                                               label="Your rating"))
             with gr.Row():
                 new_add = gr.Button("Add rating")
                 new_clear = gr.Button("Clear")
-            new_ratings = gr.Dataframe(space.ratings_table(None), label="Your ratings (edit them here too)",
-                                       headers=space.NEWCOMER_COLUMNS, datatype=["str", "number"],
-                                       interactive=True, max_height=300)
+            new_ratings = checked(gr.Dataframe(space.ratings_table(None), label="Your ratings (edit them here too)",
+                                               headers=space.NEWCOMER_COLUMNS, datatype=["str", "number"],
+                                               interactive=True, max_height=300))
             with gr.Row():
                 new_model = model_picker()
                 new_n = n_slider("Picks for you")
@@ -130,10 +177,10 @@ def build_demo(recommenders, note=""):
             new_summary = gr.Markdown("Add one or more movies you have seen, then ask for recommendations.")
             new_table = table("Your top picks", None, headers=["title", "predicted"], wrap=True)
             new_add.click(bound(space.add_rating), [new_ratings, new_title, new_rating], new_ratings,
-                          api_name="add_rating")
+                          api_name="add_rating", show_progress=PROGRESS)
             new_clear.click(lambda: space.ratings_table(None), None, new_ratings, api_name="clear_ratings")
             new_go.click(bound(space.newcomer), [new_ratings, new_model, new_n], [new_summary, new_table],
-                         api_name="newcomer")
+                         api_name="newcomer", show_progress=PROGRESS)
 
         with gr.Tab("Inside the model", id="inside"):
             text, metrics, ranking = space.model_info(recommenders)
@@ -152,7 +199,7 @@ def build_demo(recommenders, note=""):
                 with gr.Row():
                     bias_high = table("Highest bias", highest)
                     bias_low = table("Lowest bias", lowest)
-                bias_go.click(bound(space.biases), bias_n, [bias_high, bias_low], api_name="biases")
+                bias_go.click(bound(space.biases), bias_n, [bias_high, bias_low], api_name="biases", show_progress=PROGRESS)
 
             gr.Markdown("### The map of the most-rated titles\nTheir item embeddings projected on the top "
                         "principal components (the book's PCA plot); hover for titles.")
@@ -165,7 +212,7 @@ def build_demo(recommenders, note=""):
             with gr.Accordion("Map data", open=False):
                 map_table = table("Coordinates", frame)
             map_go.click(bound(space.embedding_map), [map_model, map_n], [map_plot, map_table],
-                         api_name="embedding_map")
+                         api_name="embedding_map", show_progress=PROGRESS)
 
             gr.Markdown("### Who would like it?")
             with gr.Row():
@@ -177,7 +224,7 @@ def build_demo(recommenders, note=""):
             who_summary = gr.Markdown(summary)
             who_table = table("Users predicted to rate it highest", frame)
             gr.on([who_go.click, who_title.input], bound(space.who_would_like), [who_title, who_model, who_n],
-                  [who_summary, who_table], api_name="who_would_like")
+                  [who_summary, who_table], api_name="who_would_like", show_progress=PROGRESS)
 
         @user_errors
         def suggest_titles(query: str, limit: int = 10) -> list[str]:

@@ -4,8 +4,10 @@ Where the model comes from: `--model`, else HFCF_MODEL, else ./model, else a dem
 A user's history comes from the dataset loader, never from the model repo (the MovieLens licence forbids
 redistributing ratings). No gradio here, and fastai only inside `bootstrap`.
 """
+import html
 import importlib.util
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def bootstrap(out=LOCAL_MODEL, log=print):
     log(f"no model configured: training a demo model on {dataset.name} into {out}")
     split = pipeline.make_split(dataset)
     pipeline.train_and_save(dataset, split, out, log=log)
-    return Path(out), (f"No model was configured, so this demo model was trained here on **{dataset.name}** "
+    return Path(out), (f"No model was configured, so this demo model was trained here on **{markdown_text(dataset.name)}** "
                        f"({len(dataset.ratings):,} ratings). Pass `--model owner/name` or set `HFCF_MODEL` "
                        "to serve a published one.")
 
@@ -85,7 +87,7 @@ def load_history(recommenders, log=print):
             raise DataError(f"this app loads only MovieLens 100k or synthetic ratings, not {name}")
     except DataError as err:
         log(f"users' ratings unavailable: {err}")
-        return (f"Users' own ratings are not available here ({err}), so the first tab shows predictions only "
+        return (f"Users' own ratings are not available here ({markdown_text(err)}), so the first tab shows predictions only "
                 "and top picks may include movies they have already rated.")
     for recommender in recommenders.values():
         recommender.attach_history(dataset.ratings)
@@ -111,6 +113,11 @@ def _kinds(recommenders, model, both=False):
         valid = [value for _, value in model_choices(recommenders, both)]
         raise HfcfError(f"model must be one of {', '.join(valid)} (got {str(model)[:40]!r})")
     return [model]
+
+
+def markdown_text(value):
+    """`value` shown literally inside Markdown: dataset strings (titles, ids, names) may hold HTML or Markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(str(value), quote=False))
 
 
 def _tidy(frame):
@@ -148,13 +155,13 @@ def rate_user(recommenders, user, model="topn", n=10):
     history = history.sort_values(["rating", "title"], ascending=[False, True], ignore_index=True)
     top, history = _tidy(top), _tidy(history)
     if history.empty:
-        return (f"User **{user}**: their own ratings are not available here, so these are predictions only and may "
+        return (f"User **{markdown_text(user)}**: their own ratings are not available here, so these are predictions only and may "
                 "include movies they have already rated.", top, history, None)
     ranked = "" if first.scorer.predicts_ratings else (
         f"the {LABELS[first.model]} model ranks what they are likely to pick next, and \"because\" names the movies "
         "they rated that most support each pick" + (f"; \"predicted\" is the {LABELS[first.rating_model]} model's "
                                                     "rating" if first.rating_model else ""))
-    summary = f"User **{user}** rated **{len(history)}** movies; the top picks leave those out"
+    summary = f"User **{markdown_text(user)}** rated **{len(history)}** movies; the top picks leave those out"
     summary += f": {ranked}." if ranked else "."
     if raters:
         errors = ", ".join(f"{_rmse(history, _predicted(kind, raters)):.2f} ({LABELS[kind]})" for kind in raters)
@@ -196,7 +203,7 @@ def similar(recommenders, title, model="topn", n=10):
         frame["bias"] = frame["title"].map(recommenders["dot"].item_biases().set_index("title")["bias"])
     name = recommender.items.keys[recommender.items.index(title)]
     bias = "; bias is the dot model's per-title bias" if "dot" in recommenders else ""
-    return (f"Nearest to **{name}** by cosine similarity of the {LABELS[recommender.model]} model's item "
+    return (f"Nearest to **{markdown_text(name)}** by cosine similarity of the {LABELS[recommender.model]} model's item "
             f"embeddings, among titles with enough ratings to have learnt one; \"ratings\" is each title's count"
             f"{bias}.", _tidy(frame))
 
@@ -207,17 +214,24 @@ def who_would_like(recommenders, title, model="topn", n=10):
     frame = recommender.who_would_like(title, n)
     name = recommender.items.keys[recommender.items.index(title)]
     if recommender.scorer.predicts_ratings:
-        return f"Users the {LABELS[recommender.model]} model predicts to rate **{name}** highest.", _tidy(frame)
-    return f"Users the {LABELS[recommender.model]} model finds most likely to pick **{name}** next.", _tidy(frame)
+        return f"Users the {LABELS[recommender.model]} model predicts to rate **{markdown_text(name)}** highest.", _tidy(frame)
+    return f"Users the {LABELS[recommender.model]} model finds most likely to pick **{markdown_text(name)}** next.", _tidy(frame)
 
 
 NEWCOMER_COLUMNS = ["title", "rating"]
+
+
+MAX_NEWCOMER_RATINGS = 100  # a request is checked against this before any title is looked up
 
 
 def ratings_table(table):
     """A newcomer's ratings table (as a Gradio Dataframe sends it) as a clean frame; blank rows dropped."""
     if table is None:
         return pd.DataFrame(columns=NEWCOMER_COLUMNS)
+    rows = len(table.get("data") or []) if isinstance(table, dict) else len(table)
+    if rows > MAX_NEWCOMER_RATINGS:
+        raise DataError(f"{rows:,} rows is more than the {MAX_NEWCOMER_RATINGS} ratings this page takes; keep the "
+                        f"{MAX_NEWCOMER_RATINGS} movies you care most about")
     frame = pd.DataFrame(table).reindex(columns=NEWCOMER_COLUMNS)
     titles = frame["title"].astype("string").str.strip()
     return frame[titles.notna() & (titles != "")].reset_index(drop=True)
@@ -226,9 +240,11 @@ def ratings_table(table):
 def add_rating(recommenders, table, title, rating):
     """The table with `title` (resolved to its catalogue name) rated `rating`, replacing an earlier rating of it."""
     items = next(iter(recommenders.values())).items
-    name = items.keys[items.index(title)]
     frame = ratings_table(table)
+    name = items.keys[items.index(title)]
     frame = frame[frame["title"] != name]
+    if len(frame) >= MAX_NEWCOMER_RATINGS:
+        raise DataError(f"you have rated {len(frame)} movies, the most this page takes; remove one to add another")
     return pd.concat([frame, pd.DataFrame({"title": [name], "rating": [rating]})], ignore_index=True)
 
 
@@ -238,6 +254,9 @@ def newcomer(recommenders, table, model="topn", n=10):
     ratings = ratings_table(table)
     result = recommender.fold_in(list(zip(ratings["title"], ratings["rating"])), n)
     count = f"{len(ratings)} rating{'s' if len(ratings) > 1 else ''}"
+    if result.recommendations.empty:
+        return (f"From your {count}: you have rated every movie this model knows, so there is nothing left to "
+                "recommend.", _tidy(result.recommendations))
     because = "" if recommender.scorer.predicts_ratings else " \"because\" names the movies you rated that most " \
         "support each pick."
     return (f"From your {count}, the {LABELS[recommender.model]} model folded you in without retraining; "
@@ -281,7 +300,7 @@ def model_info(recommenders):
     commit = f"commit `{first.revision}`" if first.revision else "a local folder (no Hub commit)"
     models = "; ".join(f"**{LABELS[kind]}**: {settings_text(kind, config['models'][kind])}" for kind in recommenders)
     text = (f"**Model** `{first.source}`, {commit}.  \n"
-            f"**Data** {dataset['name']}: {dataset['n_ratings']:,} ratings by {dataset['n_users']:,} users of "
+            f"**Data** {markdown_text(dataset['name'])}: {dataset['n_ratings']:,} ratings by {dataset['n_users']:,} users of "
             f"{dataset['n_items']:,} titles. {config['split']['description']}  \n"
             f"**Models** {models}. Trained with fastai {config.get('fastai_version', '?')}; predictions lie in "
             f"{tuple(config['y_range'])}.")
@@ -303,4 +322,4 @@ def header(recommenders):
     labels = [LABELS[kind] for kind in recommenders]
     kinds = " and ".join(filter(None, [", ".join(labels[:-1]), labels[-1]]))
     return (f"Serving `{first.source}`{commit}: {kinds} model{'s' if len(recommenders) > 1 else ''} trained on "
-            f"{first.config['dataset']['name']}; {first.users.describe()}.")
+            f"{markdown_text(first.config['dataset']['name'])}; {markdown_text(first.users.describe())}.")

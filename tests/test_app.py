@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def bad_requests(truth):
         ("rate_user", ["", "both", 5], "empty user"),
         ("rate_user", ["3", "dot", 0], "less than minimum value 1"),
         ("rate_user", ["3", "dot", 10**9], "greater than maximum value 50"),
+        ("rate_user", ["3", "dot", None], "Top picks: expected a number from 1 to 50"),
+        ("rate_user", ["3", "dot", "ten"], "Top picks: expected a number from 1 to 50"),
         ("similar", ["", "dot", 5], "empty title"),
         ("similar", ["x" * 1_000_000, "dot", 5], "1,000,000 characters"),
         ("similar", ["Clustr 1 Movi 004", "nn", 5], "Did you mean"),
@@ -371,3 +374,208 @@ def test_100_concurrent_requests_all_answer(client, recommenders):
         answers = list(pool.map(lambda user: client.predict(str(user), "dot", 3, api_name="/rate_user"), users))
     assert [frame(top)["title"].tolist() for _, top, _, _ in answers] == [
         recommenders["dot"].recommend(user, 3)["title"].tolist() for user in users]
+
+
+# --- issue 10: hostile or careless requests ------------------------------------------------------------------
+def rows_of(pairs):
+    return {"headers": ["title", "rating"], "data": [list(pair) for pair in pairs], "metadata": None}
+
+
+def test_a_huge_newcomer_table_is_refused_before_any_work(demo):
+    """Defect 3: 10,000 unknown titles cost 38.6 s of server CPU and a 649 KB message."""
+    started = time.perf_counter()
+    with pytest.raises(gr.Error, match="10,000 rows is more than the 100 ratings") as caught:
+        demo(rows_of((f"<b>No Such Film {i}</b>", 4) for i in range(10_000)), "nn", 10, api_name="newcomer")
+    assert time.perf_counter() - started < 1 and len(str(caught.value)) < 300
+    started = time.perf_counter()
+    with pytest.raises(gr.Error, match="checking stopped at the third unknown title") as caught:
+        demo(rows_of((f"No Such Film {i}", 4) for i in range(100)), "nn", 10, api_name="newcomer")
+    assert time.perf_counter() - started < 2 and len(str(caught.value)) < 2000
+
+
+def test_a_title_rated_twice_is_refused_not_silently_dropped(demo, truth):
+    """Defect 9: the same title at 5 and at 1 said "From your 2 ratings" and used one."""
+    title = truth["best_items"][0]
+    with pytest.raises(gr.Error, match="rated twice .5 and 1.; keep one rating"):
+        demo(rows_of([(title, 5), (title.upper(), 1)]), "topn", 5, api_name="newcomer")
+    with pytest.raises(gr.Error, match="more than the 100 ratings"):
+        demo(rows_of([(title, 5)] * 10_000), "topn", 5, api_name="newcomer")
+
+
+@pytest.fixture(scope="module")
+def tiny_html_model(tmp_path_factory):
+    """A model whose titles hold HTML and Markdown, trained on a small CSV (every title rateable at once)."""
+    pytest.importorskip("fastai")
+    import train
+
+    folder = tmp_path_factory.mktemp("html")
+    titles = ["<img src=x onerror=alert(1)> (1999)", "**Bold** _Move_ (2001)", "[Link](http://x) (2002)",
+              "Plain (2003)", "Also Plain (2004)"]
+    (folder / "titles.csv").write_text("item,title\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(titles, 1)))
+    rows = [f"{u},{i},{(u * i) % 5 + 1}" for u in range(1, 13) for i in range(1, 6) if (u + i) % 4]
+    (folder / "ratings.csv").write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    assert train.main(["--data", str(folder / "ratings.csv"), "--titles", str(folder / "titles.csv"), "--epochs", "1",
+                       "--out", str(folder / "model")]) == 0
+    return space.load_recommenders(str(folder / "model")), titles
+
+
+def test_dataset_strings_are_shown_as_text_not_html(tiny_html_model):
+    """Defect 12: HTML in a title rendered as HTML in the summary."""
+    recommenders, titles = tiny_html_model
+    summary, _ = space.similar(recommenders, titles[0], "topn", 2)
+    assert "<img" not in summary and "&lt;img src=x onerror=alert\\(1\\)&gt;" in summary
+    summary, _ = space.who_would_like(recommenders, titles[1], "dot", 2)
+    assert "**Bold**" not in summary and "\\*\\*Bold\\*\\*" in summary
+
+
+def test_a_newcomer_who_rated_everything_is_told_so(tiny_html_model):
+    """Defect 13: an empty table with no word."""
+    recommenders, titles = tiny_html_model
+    summary, picks = space.newcomer(recommenders, pd.DataFrame({"title": titles, "rating": 4}), "topn", 5)
+    assert picks.empty and "rated every movie this model knows" in summary
+
+
+def test_rejected_inputs_leave_no_traceback_in_the_server_log(client, truth, capfd):
+    """Defect 13: every rejected input printed a full traceback on the server."""
+    from gradio_client.exceptions import AppError
+
+    for api_name, inputs, _ in bad_requests(truth):
+        with pytest.raises(AppError):
+            client.predict(*inputs, api_name=f"/{api_name}")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def ml100k_client(serve_app, ml100k_model):
+    from gradio_client import Client
+
+    recommenders = space.load_recommenders(str(ml100k_model[0]))
+    for recommender in recommenders.values():
+        recommender.attach_history(ml100k_model[3].ratings)
+    return Client(serve_app(recommenders), verbose=False, analytics_enabled=False, download_files=False)
+
+
+FUZZ_ENDPOINTS = {  # api name -> how many inputs it takes
+    "rate_user": 3, "similar": 3, "add_rating": 3, "newcomer": 3, "who_would_like": 3, "biases": 1,
+    "embedding_map": 2, "suggest_titles": 2,
+}
+
+
+def fuzz_value(rng):
+    """One input of a random kind: numbers, text (unicode, HTML, long), tables, nothing."""
+    texts = ["", " ", "42", "Star Wars (1977)", "<script>alert(1)</script>", "<img src=x>", "**bold**",
+             "Amélie 🎬 (2001)", "x" * 5000, "'; DROP TABLE", "\u202e\u0000", "both", "dot", "topn", "nn"]
+    kind = rng.integers(7)
+    if kind == 0:
+        return int(rng.choice([0, 1, 3, 10, 50, 51, -1, 10**9]))
+    if kind == 1:
+        return float(rng.choice([0.5, 2.5, -3.5, 1e300]))
+    if kind == 2:
+        return str(rng.choice(texts))
+    if kind == 3:
+        return None
+    if kind == 4:
+        rows = int(rng.choice([0, 1, 3, 150, 5000]))
+        return {"headers": ["title", "rating"], "data": [[str(rng.choice(texts))[:50], float(rng.integers(-1, 9))]
+                                                         for _ in range(rows)], "metadata": None}
+    if kind == 5:
+        return [1, "two", None]
+    return {"unexpected": "shape"}
+
+
+@pytest.mark.integration
+def test_fuzzed_requests_get_a_message_in_time_never_a_traceback(ml100k_client):
+    """Random sizes, types, unicode and HTML at every endpoint of the MovieLens 100k app (issue 10)."""
+    from gradio_client.exceptions import AppError
+
+    rng = np.random.default_rng(0)
+    slowest = 0.0
+    for _ in range(12):
+        for api_name, n_inputs in FUZZ_ENDPOINTS.items():
+            inputs = [fuzz_value(rng) for _ in range(n_inputs)]
+            started = time.perf_counter()
+            try:
+                ml100k_client.predict(*inputs, api_name=f"/{api_name}")
+            except AppError as err:
+                message = str(err)
+                assert "Traceback" not in message and "has not enabled verbose error reporting" not in message, \
+                    (api_name, inputs, message)
+                assert len(message) < 3000, (api_name, message[:200])
+            spent = time.perf_counter() - started
+            slowest = max(slowest, spent)
+            assert spent < 2, (api_name, [str(value)[:80] for value in inputs], spent)
+    print(f"slowest fuzzed request: {slowest:.2f} s")
+
+
+ATTACK = textwrap.dedent("""
+    import sys, time
+    from concurrent.futures import ThreadPoolExecutor
+    from gradio_client import Client
+    client = Client(sys.argv[1], verbose=False, analytics_enabled=False, download_files=False)
+    titles = client.predict("", 50, api_name="/suggest_titles")
+    titles += [title for title in client.predict("the", 50, api_name="/suggest_titles") if title not in titles]
+    hostile = {"headers": ["title", "rating"], "data": [[f"Unknown film {i}", 4] for i in range(10_000)]}
+    full = {"headers": ["title", "rating"], "data": [[title, 4] for title in titles[:100]]}
+    stop = time.perf_counter() + float(sys.argv[2])
+    def attack(table):
+        while time.perf_counter() < stop:
+            try:
+                client.predict(table, "nn", 50, api_name="/newcomer")
+            except Exception:
+                pass
+    print("attacking", flush=True)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(attack, [hostile, hostile, full, full]))
+""")
+
+
+@pytest.fixture
+def ml100k_app_process(ml100k_model):
+    """`python app.py --model <MovieLens 100k folder>` in its own process, as a Space runs it; its URL."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "app.py", "--model", str(ml100k_model[0]), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.perf_counter() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.perf_counter() < deadline, server.stderr.read()[-2000:]
+            time.sleep(0.3)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_an_ordinary_request_is_answered_while_hostile_ones_run(ml100k_app_process):
+    """Defect 3: four requests of 3,000 rows made a one-rating request wait 40.6 s. The app runs in its own
+    process and the four attackers in another, as remote callers would: 10,000 unknown titles, and the largest
+    table accepted with the slowest model, each resent as soon as it is answered."""
+    from gradio_client import Client
+
+    client = Client(ml100k_app_process, verbose=False, analytics_enabled=False, download_files=False)
+    attackers = subprocess.Popen([sys.executable, "-c", ATTACK, ml100k_app_process, "10"], stdout=subprocess.PIPE,
+                                 text=True)
+    try:
+        assert attackers.stdout.readline().strip() == "attacking"
+        time.sleep(1)
+        one = {"headers": ["title", "rating"], "data": [["Star Wars (1977)", 5]], "metadata": None}
+        waits = []
+        for _ in range(5):
+            started = time.perf_counter()
+            summary, picks = client.predict(one, "topn", 10, api_name="/newcomer")
+            waits.append(time.perf_counter() - started)
+            assert "From your 1 rating" in summary and len(frame(picks)) == 10
+        assert attackers.poll() is None  # still attacking while the ordinary requests were answered
+    finally:
+        attackers.kill()
+        attackers.wait()
+    assert max(waits) < 0.5, waits

@@ -135,6 +135,18 @@ def test_a_visit_to_every_tab(page, served, tmp_path):
     page.locator(".js-plotly-plot").get_by_text(f"User {user}: actual vs predicted").wait_for()
     screenshot(page, tmp_path, "user")
 
+    # A mistake: the message in a toast, and the previous answer left readable (no "Error" badge over it).
+    box.click()
+    box.fill("99999")
+    box.press("Enter")
+    page.get_by_role("button", name="Recommend", exact=True).click()
+    page.get_by_text("user '99999' is not in this model").first.wait_for()  # the Enter and the click each answer
+    assert [row[0] for row in grid_rows(page, "Top picks they have not rated")] == expected["title"].tolist()
+    page.get_by_text(f"rated {len(history)} movies").wait_for()
+    badges = page.evaluate("() => [...document.querySelectorAll('.block .wrap span.error')]"
+                           ".filter(badge => getComputedStyle(badge.parentElement).opacity !== '0').length")
+    assert badges == 0  # Gradio's default progress display showed one over each output and blanked the tables
+
     # 2. Similar titles: search, pick the suggestion, read the nearest titles with similarity, count and bias.
     page.get_by_role("tab", name="Similar titles").click()
     query, title = visit["similar"]
