@@ -5,6 +5,7 @@ optionally push it.
     python train.py --data ~/ml-latest-small --out models/small
     python train.py --push --repo-id you/movielens-cf   # token from HF_TOKEN or `hf auth login`
     python -m hfcf push ./model --repo-id you/movielens-cf   # publish a folder already trained
+    torchrun --nproc_per_node=2 train.py --data ratings.csv     # data-parallel (DDP): gloo on CPU, nccl on GPU
 
 Exit status: 0 success, 2 bad input (nothing written), 1 internal or Hub failure, 130 interrupted.
 """
@@ -108,25 +109,28 @@ def check_args(args):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    trained = False
+    trained, world = False, None
     try:
         check_args(args)
-        from hfcf import artifacts, data, pipeline
+        from hfcf import artifacts, data, distributed, pipeline
 
-        artifacts.check_output(args.out, args.force)
+        world = distributed.join()  # torchrun's variables: one process of several, else a single one
+        if world.is_main:
+            artifacts.check_output(args.out, args.force)
         dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate, y_range=args.y_range,
                             **table_columns(args))
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
         settings = model_settings(args, len(split.train))
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
-                                args.force, args.repo_id)
+                                args.force, args.repo_id, world=world)
         trained = True
-        if args.push:
+        if args.push and world.is_main:
             from hfcf import hub
             result = hub.push(args.out, args.repo_id, private=args.private)
             print(f"pushed commit {result.commit_sha} to {result.repo_url}\n{result.url}")
+        distributed.barrier(world)  # the other ranks wait until rank 0 has written (and pushed) the folder
     except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error{_where(world)}: {err}", file=sys.stderr)
         return 2
     except HubError as err:
         again = ""
@@ -134,15 +138,24 @@ def main(argv=None):
             command = ["python -m hfcf push", shlex.quote(args.out), "--repo-id", shlex.quote(args.repo_id)]
             again = (f"\nthe model folder {args.out} was written; once that is fixed, publish it without "
                      f"retraining: {' '.join(command + (['--private'] if args.private else []))}")
-        print(f"error: {err}{again}", file=sys.stderr)
+        print(f"error{_where(world)}: {err}{again}", file=sys.stderr)
         return 1
     except HfcfError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error{_where(world)}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: {args.out} was left as it was", file=sys.stderr)
+        print(f"interrupted{_where(world)}: {args.out} was left as it was", file=sys.stderr)
         return 130
+    finally:
+        if world is not None:
+            from hfcf import distributed
+            distributed.leave(world)
     return 0
+
+
+def _where(world):
+    """" on rank R of N" under torchrun, so a message says which process failed."""
+    return f" on {world.describe()}" if world is not None and world.distributed else ""
 
 
 if __name__ == "__main__":

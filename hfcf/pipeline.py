@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, artifacts, data, evaluate, scoring, vocab
+from . import __version__, artifacts, data, distributed, evaluate, scoring, vocab
 from . import nn as hfnn
 
 PROJECT_URL = "https://github.com/hfcf/hfcf"
@@ -135,22 +135,31 @@ def render_card(config, repo_id=None):
         metric_rows=[{"name": key, **value} for key, value in metrics.items()],
         ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
         k=RANKING_K, kinds=list(config["models"]), architectures=ARCHITECTURES, models=config["models"],
-        y_range=config["y_range"], seed=config["seed"],
+        y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
         settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)
 
 
 def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_range=(0.0, 5.5), seed=42,
-                   force=False, repo_id=None, log=print):
-    """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns the config."""
+                   force=False, repo_id=None, log=print, world=distributed.SINGLE):
+    """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns the config.
+
+    Under torchrun every rank trains its share; rank 0 alone evaluates and writes (the others return None).
+    """
     from . import training  # fastai is imported only when a model is actually trained
 
-    artifacts.check_output(out, force)
+    if world.is_main:
+        artifacts.check_output(out, force)
     settings = {kind: (settings or training.defaults_for(len(split.train)))[kind] for kind in kinds}
     users, items = vocab.from_ratings(pd.concat([split.train, split.valid]))
-    log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}")
+    distributed.check_same(world, "vocabularies", [users.keys, items.keys, len(split.train), len(split.valid)])
+    log = log if world.is_main else (lambda *_: None)
+    log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}"
+        + (f" Data-parallel over {world.size} processes ({world.backend})." if world.distributed else ""))
     started = time.perf_counter()
-    fitted = training.fit(kinds, settings, split.train, split.valid, users, items, y_range, seed, log)
+    fitted = training.fit(kinds, settings, split.train, split.valid, users, items, y_range, seed, log, world)
+    if not world.is_main:
+        return None
     metrics, ranking = evaluate_models(fitted, split, users, items, y_range)
     for name, value in metrics.items():
         log(f"{name:>15}: RMSE {value['rmse']:.4f}  MAE {value['mae']:.4f}")
@@ -175,6 +184,9 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
         "metrics": metrics,
         "ranking": ranking,
         "train_seconds": round(time.perf_counter() - started, 2),
+        "distributed": {"world_size": world.size, "backend": world.backend,
+                        "batches": "each model's bs is the global batch; each process takes 1/world_size of it "
+                                   "and gradients are averaged (DistributedDataParallel)"},
     }
     counts = pd.concat([split.train, split.valid])["title"].value_counts()
     item_counts = [0] + [int(counts.get(title, 0)) for title in items.keys[1:]]

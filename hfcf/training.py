@@ -17,15 +17,18 @@ import fastai
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from fastai.callback.progress import ProgressCallback
 from fastai.collab import collab_learner
 from fastai.data.core import DataLoaders
+from fastai.callback.core import Callback
 from fastai.learner import CastToTensor, Learner, Metric
 from fastai.metrics import rmse
 from fastai.optimizer import Adam
 from fastai.tabular.model import emb_sz_rule, tabular_config
 from fastai.torch_core import set_seed
 
+from . import distributed
 from . import nn as hfnn
 from .errors import DataError, HfcfError
 
@@ -81,29 +84,36 @@ class Fitted:
     learner: object = None  # the fastai Learner, kept for parity checks; never saved
 
 
-class TensorBatches:
-    """(x, y) batches sliced from in-memory tensors; fastai's Learner needs only iteration, len and `to`."""
+def batch_bounds(n, bs, training, world=distributed.SINGLE):
+    """(start, end) of each global batch of `n` rows. In training, a last batch too small for every rank to take
+    two rows joins the one before: BatchNorm cannot normalise one row, and one rating is no batch for a step."""
+    starts = list(range(0, n, bs))
+    if training and len(starts) > 1 and n - starts[-1] < 2 * world.size:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], n]))
 
-    def __init__(self, x, y, bs, shuffle, seed=0):
-        self.x, self.y, self.bs, self.shuffle = x, y, bs, shuffle
+
+class TensorBatches:
+    """(x, y) batches sliced from in-memory tensors; fastai's Learner needs only iteration, len and `to`.
+
+    When shuffling (training) under torchrun, every rank draws the same order and takes its share of each batch.
+    """
+
+    def __init__(self, x, y, bs, shuffle, seed=0, world=distributed.SINGLE):
+        self.x, self.y, self.bs, self.shuffle, self.world = x, y, bs, shuffle, world
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
-        return len(self._starts())
-
-    def _starts(self):
-        """Where batches begin. When shuffling (training) a last batch of one row joins the one before: BatchNorm
-        cannot normalise a single row, and one rating is no batch to take a step on."""
-        starts = list(range(0, len(self.x), self.bs))
-        if self.shuffle and len(starts) > 1 and len(self.x) - starts[-1] == 1:
-            starts.pop()
-        return starts
+        return len(batch_bounds(len(self.x), self.bs, self.shuffle, self.world))
 
     def __iter__(self):
-        order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else None
-        starts = self._starts()
-        for start, end in zip(starts, [*starts[1:], len(self.x)]):
-            rows = order[start:end] if self.shuffle else slice(start, end)
+        if not self.shuffle:
+            for start, end in batch_bounds(len(self.x), self.bs, False):
+                yield self.x[start:end], self.y[start:end]
+            return
+        order = torch.randperm(len(self.x), generator=self.generator)
+        for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
+            rows = distributed.shard(order[start:end], self.world)
             yield self.x[rows], self.y[rows]
 
     def to(self, device):
@@ -157,17 +167,18 @@ class HistoryBatches:
     fitting (an autoencoder; dropout hides part of the input), their held-out titles when validating.
     """
 
-    def __init__(self, inputs, targets, rows, bs, shuffle, seed=0):
+    def __init__(self, inputs, targets, rows, bs, shuffle, seed=0, world=distributed.SINGLE):
         self.inputs, self.targets, self.rows, self.bs, self.shuffle = inputs, targets, rows, bs, shuffle
+        self.world = world if shuffle else distributed.SINGLE
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
-        return math.ceil(len(self.rows) / self.bs)
+        return len(batch_bounds(len(self.rows), self.bs, self.shuffle, self.world))
 
     def __iter__(self):
         rows = self.rows[torch.randperm(len(self.rows), generator=self.generator)] if self.shuffle else self.rows
-        for start in range(0, len(rows), self.bs):
-            batch = rows[start:start + self.bs]
+        for start, end in batch_bounds(len(rows), self.bs, self.shuffle, self.world):
+            batch = distributed.shard(rows[start:end], self.world)
             items, weights, offsets = self.inputs.batch(batch)
             targets, _, target_offsets = self.targets.batch(batch)
             lengths = torch.diff(target_offsets, append=target_offsets.new_tensor([len(targets)]))
@@ -220,7 +231,7 @@ class PrecisionAtK(Metric):
     def accumulate(self, learn):
         items, _, offsets = learn.xb
         targets, owners = learn.yb
-        scores = learn.model.scores(learn.pred)
+        scores = getattr(learn.model, "module", learn.model).scores(learn.pred)  # unwrapped from DDP
         lengths = torch.diff(offsets, append=offsets.new_tensor([len(items)]))
         scores[torch.repeat_interleave(torch.arange(len(offsets)), lengths), items] = -math.inf
         relevant = torch.zeros_like(scores, dtype=torch.bool)
@@ -250,7 +261,8 @@ class Recipe:
         """The training or held-out ratings in the form this kind's batches are cut from."""
         raise NotImplementedError
 
-    def loaders(self, train, valid, settings, users, items, seed):
+    def loaders(self, train, valid, settings, users, items, seed, world):
+        """Training batches (this rank's share of each, under torchrun) and held-out batches (all of them)."""
         raise NotImplementedError
 
     def learner(self, dls, settings, chosen, y_range):
@@ -274,8 +286,8 @@ class RatingRecipe(Recipe):
     def encode(self, frame, users, items, y_range):
         return encode(frame, users, items)
 
-    def loaders(self, train, valid, settings, users, items, seed):
-        return CollabTensorLoaders(TensorBatches(*train, settings.bs, shuffle=True, seed=seed),
+    def loaders(self, train, valid, settings, users, items, seed, world):
+        return CollabTensorLoaders(TensorBatches(*train, settings.bs, shuffle=True, seed=seed, world=world),
                                    TensorBatches(*valid, 8192, shuffle=False), users, items)
 
     def common(self, settings, y_range):
@@ -355,14 +367,15 @@ class TopNRecipe(Recipe):
     def encode(self, frame, users, items, y_range):
         return Histories.from_frame(frame, users, items, y_range)
 
-    def loaders(self, train, valid, settings, users, items, seed):
+    def loaders(self, train, valid, settings, users, items, seed, world):
         rows = torch.nonzero(train.lengths() > 0).flatten()
         held_out = torch.nonzero((valid.lengths() > 0) & (train.lengths() > 0)).flatten()
         if len(held_out) > self.VALID_USERS:
             held_out = held_out[torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))]
             held_out = held_out[:self.VALID_USERS].sort().values
-        return CollabTensorLoaders(HistoryBatches(train, train, rows, settings.bs, shuffle=True, seed=seed),
-                                   HistoryBatches(train, valid, held_out, 256, shuffle=False), users, items, n_inp=3)
+        fitting = HistoryBatches(train, train, rows, settings.bs, shuffle=True, seed=seed, world=world)
+        return CollabTensorLoaders(fitting, HistoryBatches(train, valid, held_out, 256, shuffle=False), users, items,
+                                   n_inp=3)
 
     def resolved(self, settings, users, items):
         return {key: value for key, value in asdict(settings).items()
@@ -458,25 +471,45 @@ def fast_dropout(module):
             fast_dropout(child)
 
 
-def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print):
+class DataParallel(Callback):
+    """Wrap the Learner's model in DistributedDataParallel while fitting (fastai's `DistributedTrainer` without its
+    CUDA-only assumptions). Buffers are not broadcast each step: the top-N model's user vectors are filled in
+    after training, and each rank's BatchNorm statistics follow its own share (rank 0's are saved)."""
+
+    def __init__(self, world):
+        self.world = world
+
+    def before_fit(self):
+        self.inner = self.learn.model
+        device = [torch.cuda.current_device()] if self.world.backend == "nccl" else None
+        self.learn.model = DistributedDataParallel(self.inner, device_ids=device, broadcast_buffers=False)
+
+    def after_fit(self):
+        self.learn.model = self.inner
+
+
+def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print, world=distributed.SINGLE):
     """Fit one model with fastai's `fit_one_cycle` on data from its recipe's `encode`; refuses a diverged loss.
 
     Only the callbacks that fitting needs are kept: every callback is called for every event of every batch,
     `CastToTensor` has nothing to cast from plain tensors, and a NaN loss is caught after fitting (the final
-    metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch.
+    metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch. Under torchrun every
+    rank runs this with the same seed (so the same initial weights); only rank 0 logs.
     """
     recipe = RECIPES[kind]
     set_seed(seed, reproducible=True)
-    dls = recipe.loaders(train, valid, settings, users, items, seed)
+    dls = recipe.loaders(train, valid, settings, users, items, seed, world)
     chosen = recipe.resolved(settings, users, items)
     learn = recipe.learner(dls, settings, chosen, y_range)
     learn.remove_cb(CastToTensor)
+    if world.distributed:
+        learn.add_cb(DataParallel(world))
     if len(dls.valid) == 0:  # --valid-pct 0: nothing held out, so no validation loss or metric to record
         learn.metrics = []
         learn.recorder.valid_metrics = False
-    if not sys.stderr.isatty():
+    if not world.is_main or not sys.stderr.isatty():
         learn.remove_cb(ProgressCallback)
-        learn.logger = _epoch_logger(kind, learn, log)
+        learn.logger = _epoch_logger(kind, learn, log if world.is_main else lambda *_: None)
     wd = recipe.fit_wd(settings, dls) if hasattr(recipe, "fit_wd") else settings.wd
     start = time.perf_counter()
     learn.fit_one_cycle(settings.epochs, settings.lr, wd=wd)
@@ -491,7 +524,7 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     return Fitted(kind, state, chosen, round(seconds, 2), history, learn)
 
 
-def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print):
+def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print, world=distributed.SINGLE):
     """Fit each model in `kinds` on the same ratings; returns {kind: Fitted}."""
     for kind in kinds:
         check_settings(kind, settings[kind])
@@ -501,7 +534,8 @@ def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, 
         if type(recipe).encode not in encoded:  # dot and nn share one encoding
             encoded[type(recipe).encode] = tuple(recipe.encode(frame, users, items, y_range)
                                                  for frame in (train_frame, valid_frame))
-        fitted[kind] = fit_one(kind, settings[kind], *encoded[type(recipe).encode], users, items, y_range, seed, log)
+        fitted[kind] = fit_one(kind, settings[kind], *encoded[type(recipe).encode], users, items, y_range, seed, log,
+                               world)
     return fitted
 
 
