@@ -3,6 +3,7 @@
     python app.py                                # ./model, or a demo model trained here on first run
     python app.py --model you/movielens-cf@main  # a published model (or HFCF_MODEL=...)
     python app.py --model /path/to/folder --host 0.0.0.0 --port 7860
+    python app.py --model models/books --ratings ratings.csv   # users' histories for a model trained on a file
 
 UI wiring only: what each tab shows comes from hfcf.space; hfcf errors become gr.Error in `user_errors`.
 """
@@ -246,6 +247,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a Hub repo id (owner/name or owner/name@revision) or a local model folder "
                    "(default: HFCF_MODEL, then ./model, else a demo model trained here)")
+    p.add_argument("--ratings", metavar="PATH", help="the ratings the model was trained on, for users' histories: "
+                   "any source train.py --data takes, read as the model's config.json records (default: "
+                   "HFCF_RATINGS; MovieLens 100k and the synthetic set are found without it)")
+    p.add_argument("--titles", metavar="PATH", help="the titles table, when it is elsewhere than at training")
     p.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
@@ -259,7 +264,9 @@ def main(argv=None):
         if source is None:
             source, note = space.bootstrap()
         recommenders = space.load_recommenders(source)
-        note = " ".join(filter(None, [note, space.load_history(recommenders)]))
+        history = space.load_history(recommenders, args.ratings or os.environ.get("HFCF_RATINGS") or None,
+                                     args.titles)
+        note = " ".join(filter(None, [note, history]))
     except HfcfError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

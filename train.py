@@ -64,6 +64,10 @@ def parser():
     model.add_argument("--bs", type=int, help="batch size")
     model.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     model.add_argument("--wd", type=float, help="weight decay")
+    model.add_argument("--set", type=per_model, action="append", metavar="MODEL.SETTING=VALUE",
+                       help=f"one model's setting, after the flags above: e.g. --set nn.epochs=20 --set "
+                       f"topn.n_factors=128 --set nn.layers=100,50 (settings: {', '.join(SETTINGS)}); "
+                       "the card records what each model used")
     model.add_argument("--y-range", type=comma_list(float), default=(0.0, 5.5),
                        help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
     model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
@@ -76,15 +80,36 @@ def parser():
     return p
 
 
+SETTINGS = ("epochs", "lr", "wd", "bs", "n_factors", "layers", "user_size", "item_size", "embed_p", "sqr_mom")
+
+
+def per_model(text):
+    """`--set nn.epochs=20` -> ("nn", "epochs", "20"), refusing a model or setting that does not exist."""
+    kind, dot, rest = text.partition(".")
+    key, equals, value = rest.partition("=")
+    if not (dot and equals and value.strip()) or kind not in KINDS or key not in SETTINGS:
+        raise argparse.ArgumentTypeError(f"expected MODEL.SETTING=VALUE with MODEL one of {', '.join(KINDS)} and "
+                                         f"SETTING one of {', '.join(SETTINGS)} (got {text!r})")
+    return kind, key, value.strip()
+
+
 def model_settings(args, n_train):
-    """Each model's defaults for `n_train` ratings, with the flags the user gave applied to every model."""
+    """Each model's defaults for `n_train` ratings, then the flags given for every model, then `--set`'s."""
     from hfcf import training
 
     given = {"epochs": args.epochs, "n_factors": args.factors, "layers": args.layers, "bs": args.bs,
              "lr": args.lr, "wd": args.wd}
     overrides = {key: value for key, value in given.items() if value is not None}
-    return {kind: dataclasses.replace(settings, **overrides)
-            for kind, settings in training.defaults_for(n_train).items()}
+    chosen = {kind: dataclasses.replace(settings, **overrides)
+              for kind, settings in training.defaults_for(n_train).items()}
+    for kind, key, text in args.set or ():
+        current = getattr(chosen[kind], key)
+        try:
+            value = comma_list(int)(text) if isinstance(current, tuple) else type(current)(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise DataError(f"--set {kind}.{key}={text}: expected a value like the default, {current!r}") from None
+        chosen[kind] = dataclasses.replace(chosen[kind], **{key: value})
+    return chosen
 
 
 def table_columns(args):

@@ -15,9 +15,13 @@ timestamps); `on_duplicate="mean"` keeps one row at the first one's place with t
 the latest timestamp. Either way the count goes into `Dataset.notes`.
 """
 
+import contextlib
 import csv
+import hashlib
+import io
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -68,6 +72,14 @@ class Dataset:
     url: str
     notes: list[str]
     truth: dict | None = None
+    read_as: dict | None = None  # how `load` read it (format, source, column flags), for reading it again
+
+
+def fingerprint(ratings):
+    """{"n_ratings", "sha256"} of a validated ratings frame, independent of row order: the same file read the same
+    way gives the same fingerprint, and a changed rating, user or title gives another."""
+    rows = pd.util.hash_pandas_object(ratings[["user", "item", "rating"]], index=False).to_numpy()
+    return {"n_ratings": int(len(ratings)), "sha256": hashlib.sha256(np.sort(rows).tobytes()).hexdigest()}
 
 
 def movielens_100k(path=None, on_duplicate="error", y_range=None):
@@ -181,17 +193,21 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
     if format != "table" and table_kwargs:
         options = ", ".join("--" + key.replace("_", "-") for key in table_kwargs)
         raise DataError(f"{options} can only be used with a ratings file, not with {format} data; leave them out")
+    read_as = {"format": format, "source": None if source is None else str(source), "columns": table_kwargs,
+               "on_duplicate": on_duplicate}
     if format == "synthetic":
         dataset = synthetic()
         validate(dataset.ratings, y_range=y_range, source="synthetic")  # only to check y_range
-        return dataset
-    if source is None and format != "ml-100k":
+    elif source is None and format != "ml-100k":
         raise DataError(f"format {format} needs a source; pass a folder or file")
-    if format == "table":
+    elif format == "table":
         columns = {"user_col": "user", "item_col": "item", "rating_col": "rating"} | table_kwargs
-        return ratings_table(source, on_duplicate=on_duplicate, y_range=y_range, **columns)
-    reader = {"ml-100k": movielens_100k, "ml-latest-small": movielens_latest_small, "ml-1m": movielens_1m}[format]
-    return reader(source, on_duplicate=on_duplicate, y_range=y_range)
+        dataset = ratings_table(source, on_duplicate=on_duplicate, y_range=y_range, **columns)
+    else:
+        reader = {"ml-100k": movielens_100k, "ml-latest-small": movielens_latest_small, "ml-1m": movielens_1m}[format]
+        dataset = reader(source, on_duplicate=on_duplicate, y_range=y_range)
+    dataset.read_as = read_as
+    return dataset
 
 
 def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
@@ -283,7 +299,11 @@ def _ml100k_folder(path):
             url = ML_100K_ZIP_URL  # the Space serves without fastai
         else:
             try:
-                return Path(untar_data(URLs.ML_100k))
+                # fastprogress draws its bar even into a log file, leaving a stray block glyph before the
+                # next line; off a terminal the download stays quiet (failures still raise).
+                quiet = contextlib.nullcontext() if sys.stdout.isatty() else contextlib.redirect_stdout(io.StringIO())
+                with quiet:
+                    return Path(untar_data(URLs.ML_100k))
             except Exception as error:  # a download fails in many ways; the fix is the same for all
                 raise DataError(f"could not download MovieLens 100k with fastai ({error}); "
                                 f"pass the ml-100k folder, or put it in {cached}") from error

@@ -178,7 +178,9 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
         "dataset": {"id": re.sub(r"[^a-z0-9]+", "-", dataset.name.lower()).strip("-"), "name": dataset.name, "url": dataset.url, "licence": dataset.licence,
                     "citation": dataset.citation, "notes": list(dataset.notes), "n_ratings": len(ratings),
                     "n_users": int(ratings["user"].nunique()), "n_items": int(ratings["title"].nunique()),
-                    "rating_range": [float(ratings["rating"].min()), float(ratings["rating"].max())]},
+                    "rating_range": [float(ratings["rating"].min()), float(ratings["rating"].max())],
+                    # how to read the same ratings again (the app's users' histories) and check they are the same
+                    "read_as": dataset.read_as, "fingerprint": data.fingerprint(ratings)},
         "split": {**split.info, "description": split.description, "n_train": len(split.train),
                   "n_valid": len(split.valid)},
         "metrics": metrics,

@@ -70,28 +70,57 @@ def bootstrap(out=LOCAL_MODEL, log=print):
                        "to serve a published one.")
 
 
-def load_history(recommenders, log=print):
-    """Attach the dataset's ratings (for users' histories) when the model's dataset is available; returns a note."""
+def load_history(recommenders, ratings=None, titles=None, log=print):
+    """Attach the dataset's ratings (users' histories) and return a note for the page ("" when attached).
+
+    `ratings` (app.py --ratings, HFCF_RATINGS) is any source train.py --data takes, read the way the model's
+    config.json says its data was read (format, column flags; `titles` replaces a titles file recorded there).
+    Without it, MovieLens 100k is found or downloaded and the synthetic set regenerated. The ratings must be
+    the ones the model was trained on: their fingerprint (count and hash) is checked against config.json.
+    """
     from . import data
 
     config = next(iter(recommenders.values())).config["dataset"]
-    name = config.get("name", "unknown data")
+    name, read_as = config.get("name", "unknown data"), config.get("read_as") or {}
     try:
-        if name == "MovieLens 100k":
+        if ratings is not None:
+            columns = dict(read_as.get("columns") or {}) | ({"titles_path": titles} if titles else {})
+            dataset = data.load(ratings, format=read_as.get("format", "auto"), **columns,
+                                on_duplicate=read_as.get("on_duplicate", "error"))
+        elif name == "MovieLens 100k":
             dataset = data.movielens_100k()
         elif name == "synthetic":  # deterministic: regenerated, then checked against the config's record of it
             dataset = data.synthetic()
             if dataset.notes[:1] != config.get("notes", [])[:1] or len(dataset.ratings) != config.get("n_ratings"):
                 raise DataError("the synthetic set was generated with other settings")
         else:
-            raise DataError(f"this app loads only MovieLens 100k or synthetic ratings, not {name}")
+            raise DataError(f"the model was trained on {name} ({read_as.get('source') or 'a file'}), which does not "
+                            "travel with the model: pass that file with --ratings PATH (or set HFCF_RATINGS)")
+        _check_fingerprint(dataset, config, ratings)
     except DataError as err:
         log(f"users' ratings unavailable: {err}")
-        return (f"Users' own ratings are not available here ({markdown_text(err)}), so the first tab shows predictions only "
-                "and top picks may include movies they have already rated.")
+        return (f"Users' own ratings are not available here ({markdown_text(err)}), so the first tab shows "
+                "predictions only and top picks may include movies they have already rated.")
     for recommender in recommenders.values():
         recommender.attach_history(dataset.ratings)
     return ""
+
+
+def _check_fingerprint(dataset, config, source):
+    """Refuse ratings other than the model's (recorded by train.py since it wrote fingerprints)."""
+    from . import data
+
+    recorded = config.get("fingerprint")
+    if not recorded:
+        return
+    found = data.fingerprint(dataset.ratings)
+    where = source or dataset.name
+    if found["n_ratings"] != recorded["n_ratings"]:
+        raise DataError(f"{where} holds {found['n_ratings']:,} ratings where the model was trained on "
+                        f"{recorded['n_ratings']:,}: pass the file the model was trained on")
+    if found["sha256"] != recorded["sha256"]:
+        raise DataError(f"{where} holds {found['n_ratings']:,} ratings, as many as the model was trained on, but "
+                        "not the same ones (a user, title or rating differs): pass the file the model was trained on")
 
 
 # --- the tabs ---------------------------------------------------------------------------------------------
@@ -116,8 +145,10 @@ def _kinds(recommenders, model, both=False):
 
 
 def markdown_text(value):
-    """`value` shown literally inside Markdown: dataset strings (titles, ids, names) may hold HTML or Markdown."""
-    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(str(value), quote=False))
+    """`value` shown literally inside a line of Markdown: dataset strings (titles, ids, names) may hold HTML or
+    Markdown. HTML is escaped as entities, and the characters that start emphasis, code, links or tables inline
+    get a backslash."""
+    return re.sub(r"([\\`*_\[\]|~#])", r"\\\1", html.escape(str(value), quote=False))
 
 
 def _tidy(frame):

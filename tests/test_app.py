@@ -423,7 +423,7 @@ def test_dataset_strings_are_shown_as_text_not_html(tiny_html_model):
     """Defect 12: HTML in a title rendered as HTML in the summary."""
     recommenders, titles = tiny_html_model
     summary, _ = space.similar(recommenders, titles[0], "topn", 2)
-    assert "<img" not in summary and "&lt;img src=x onerror=alert\\(1\\)&gt;" in summary
+    assert "<img" not in summary and "&lt;img src=x onerror=alert(1)&gt;" in summary
     summary, _ = space.who_would_like(recommenders, titles[1], "dot", 2)
     assert "**Bold**" not in summary and "\\*\\*Bold\\*\\*" in summary
 
@@ -579,3 +579,48 @@ def test_an_ordinary_request_is_answered_while_hostile_ones_run(ml100k_app_proce
         attackers.kill()
         attackers.wait()
     assert max(waits) < 0.5, waits
+
+
+# --- issue 13: users' histories for a model trained on any ratings file ------------------------------------------
+@pytest.fixture(scope="module")
+def csv_model(tmp_path_factory):
+    """A model trained on a CSV of ratings with a titles table (not MovieLens), and that CSV."""
+    pytest.importorskip("fastai")
+    import train
+
+    folder = tmp_path_factory.mktemp("books")
+    rng = np.random.default_rng(3)
+    (folder / "books.csv").write_text("book,name\n" + "".join(f"{i},Book number {i}\n" for i in range(1, 61)))
+    pairs = sorted({(int(u), int(b)) for u, b in zip(rng.integers(1, 81, 3000), rng.integers(1, 61, 3000))})
+    (folder / "stars.csv").write_text("reader,book,stars\n" + "".join(f"{u},{b},{(u + b) % 5 + 1}\n" for u, b in pairs))
+    assert train.main(["--data", str(folder / "stars.csv"), "--user-col", "reader", "--item-col", "book",
+                       "--rating-col", "stars", "--titles", str(folder / "books.csv"), "--title-col", "name",
+                       "--epochs", "2", "--out", str(folder / "model")]) == 0
+    return folder
+
+
+def test_a_model_trained_on_a_csv_shows_each_users_history_from_ratings(csv_model):
+    recommenders = space.load_recommenders(str(csv_model / "model"))
+    note = space.load_history(recommenders, log=quiet)
+    assert "--ratings PATH" in note and "stars.csv" in note  # says which flag supplies the history
+    assert space.load_history(recommenders, str(csv_model / "stars.csv"), log=quiet) == ""
+    ratings = pd.read_csv(csv_model / "stars.csv")
+    for user in (1, 7, 40):
+        rated = {f"Book number {b}" for b in ratings.loc[ratings["reader"] == user, "book"]}
+        summary, top, history, plot = space.rate_user(recommenders, str(user), "topn", 10)
+        assert set(history["title"]) == rated and not set(top["title"]) & rated
+        assert f"rated **{len(rated)}** movies" in summary and plot is not None
+
+
+def test_another_file_than_the_models_is_refused_with_the_mismatch(csv_model, tmp_path):
+    recommenders = space.load_recommenders(str(csv_model / "model"))
+    lines = (csv_model / "stars.csv").read_text().splitlines()
+    user, book, stars = lines[1].split(",")
+    lines[1] = f"{user},{book},{int(stars) % 5 + 1}"  # one rating changed
+    (tmp_path / "stars.csv").write_text("\n".join(lines) + "\n")
+    note = space.load_history(recommenders, str(tmp_path / "stars.csv"), log=quiet)
+    assert "as many as the model was trained on, but not the same ones" in note
+    (tmp_path / "fewer.csv").write_text("\n".join(lines[:-1]) + "\n")
+    assert f"where the model was trained on {len(lines) - 1:,}" in space.load_history(
+        recommenders, str(tmp_path / "fewer.csv"), log=quiet)
+    assert all(not recommender._rated for recommender in recommenders.values())

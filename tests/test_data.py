@@ -293,6 +293,22 @@ def test_default_path_falls_back_to_fastai_download(tmp_path, monkeypatch):
     assert len(data.movielens_100k().ratings) == 5
 
 
+def test_the_download_bar_leaves_no_glyph_in_a_log(tmp_path, monkeypatch, capsys):
+    """Issue 13: log lines began with a stray block glyph left by fastprogress's bar off a terminal."""
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.delenv("HFCF_ML100K_URL", raising=False)
+    seeded = fake_ml100k(tmp_path / "downloaded")
+
+    def untar_data(url):
+        print("\u2588", end="")  # what fastprogress's bar leaves when stdout is not a terminal
+        return seeded
+    monkeypatch.setitem(sys.modules, "fastai.data.external",
+                        types.SimpleNamespace(URLs=types.SimpleNamespace(ML_100k="u"), untar_data=untar_data))
+    data.movielens_100k()
+    printed = capsys.readouterr()
+    assert "\u2588" not in printed.out + printed.err
+
+
 def test_failed_fastai_download_says_to_pass_a_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTAI_HOME", str(tmp_path))
     monkeypatch.delenv("HFCF_ML100K_URL", raising=False)

@@ -179,3 +179,30 @@ def test_train_py_on_movielens_100k_writes_a_card_with_all_metrics(ml100k, tmp_p
     assert f"| topn | {ranking['topn']['precision@10']:.4f} |" in card
     assert ranking["topn"]["precision@10"] > 1.5 * ranking["popularity"]["precision@10"]
     print(f"train.py on MovieLens 100k: {time.perf_counter() - started:.1f} s")
+
+
+def test_set_changes_one_models_setting_and_the_card_records_it(tmp_path):
+    """Issue 13: --epochs, --bs, --lr and --wd apply to every model at once."""
+    out = tmp_path / "model"
+    done = subprocess.run([sys.executable, "train.py", "--data", "synthetic", "--epochs", "2", "--set", "nn.epochs=3",
+                           "--set", "topn.n_factors=16", "--set", "nn.layers=20,10", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    models = json.loads((out / "config.json").read_text())["models"]
+    assert (models["dot"]["epochs"], models["nn"]["epochs"], models["topn"]["epochs"]) == (2, 3, 2)
+    assert models["topn"]["n_factors"] == 16 and models["nn"]["layers"] == [20, 10]
+    card = (out / "README.md").read_text()
+    assert "`fit_one_cycle(3, " in card and "16 factors" in card and "layers [20, 10]" in card
+
+
+@pytest.mark.parametrize("value, message", [("svd.epochs=3", "MODEL one of dot, nn, topn"),
+                                            ("nn.epoch=3", "SETTING one of epochs, lr")])
+def test_set_refuses_a_model_or_setting_that_does_not_exist(tmp_path, capsys, value, message):
+    with pytest.raises(SystemExit) as done:
+        train.main(["--data", "synthetic", "--set", value, "--out", str(tmp_path / "model")])
+    assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_set_refuses_a_value_of_the_wrong_kind(tmp_path, capsys):
+    assert train.main(["--data", "synthetic", "--set", "nn.epochs=three", "--out", str(tmp_path / "model")]) == 2
+    assert "expected a value like the default, 16" in capsys.readouterr().err and not (tmp_path / "model").exists()
