@@ -43,6 +43,8 @@ def parser():
     data.add_argument("--titles", metavar="PATH", help="a CSV/Parquet table of item titles for a ratings file")
     data.add_argument("--title-col", help="column of titles in --titles (default: title)")
     data.add_argument("--titles-item-col", help="column of item ids in --titles (default: --item-col)")
+    data.add_argument("--dataset-id", metavar="OWNER/NAME", help="the Hub dataset repo the ratings come from, "
+                      "for the card's `datasets:` (left out when not given: a file name is no dataset id)")
     data.add_argument("--on-duplicate", default="error", choices=["error", "last", "mean"],
                       help="a user rating the same item twice: refuse (default), keep the last, or average")
     split = p.add_argument_group("evaluation split")
@@ -147,7 +149,7 @@ def main(argv=None):
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
         settings = model_settings(args, len(split.train))
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
-                                args.force, args.repo_id, world=world)
+                                args.force, args.repo_id, world=world, dataset_id=args.dataset_id)
         trained = True
         if args.push and world.is_main:
             from hfcf import hub

@@ -124,10 +124,12 @@ def render_card(config, repo_id=None):
                            metric_name=f"{metric} ({kind})", metric_value=ranking[kind][metric], **common)
                 for kind in config["models"] if kind in ranking
                 for metric in (f"precision@{RANKING_K}", f"ndcg@{RANKING_K}")]
+    tags = ["fastai", "collaborative-filtering", "recommender-system", "safetensors", "tabular-regression"]
+    if dataset["name"].startswith("MovieLens"):  # only what is true of this model
+        tags.insert(3, "movielens")
     card_data = ModelCardData(library_name="hfcf", license="other", model_name=name, eval_results=results or None,
-                              tags=["fastai", "collaborative-filtering", "recommender-system", "movielens",
-                                    "safetensors", "tabular-regression"],
-                              datasets=[dataset["id"]], pipeline_tag="tabular-regression")
+                              tags=tags, pipeline_tag="tabular-regression",
+                              datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None)
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id or "you/name",
         project_url=PROJECT_URL, fastai_version=config["fastai_version"], dataset=dataset,
@@ -141,7 +143,7 @@ def render_card(config, repo_id=None):
 
 
 def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_range=(0.0, 5.5), seed=42,
-                   force=False, repo_id=None, log=print, world=distributed.SINGLE):
+                   force=False, repo_id=None, log=print, world=distributed.SINGLE, dataset_id=None):
     """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns the config.
 
     Under torchrun every rank trains its share; rank 0 alone evaluates and writes (the others return None).
@@ -175,7 +177,8 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
                           **({"metrics": metrics[kind]} if kind in metrics else {}),
                           **({"ranking": ranking[kind]} if kind in ranking else {})}
                    for kind, model in fitted.items()},
-        "dataset": {"id": re.sub(r"[^a-z0-9]+", "-", dataset.name.lower()).strip("-"), "name": dataset.name, "url": dataset.url, "licence": dataset.licence,
+        "dataset": {"id": re.sub(r"[^a-z0-9]+", "-", dataset.name.lower()).strip("-"), "hub_id": dataset_id,
+                    "name": dataset.name, "url": dataset.url, "licence": dataset.licence,
                     "citation": dataset.citation, "notes": list(dataset.notes), "n_ratings": len(ratings),
                     "n_users": int(ratings["user"].nunique()), "n_items": int(ratings["title"].nunique()),
                     "rating_range": [float(ratings["rating"].min()), float(ratings["rating"].max())],

@@ -206,3 +206,17 @@ def test_set_refuses_a_model_or_setting_that_does_not_exist(tmp_path, capsys, va
 def test_set_refuses_a_value_of_the_wrong_kind(tmp_path, capsys):
     assert train.main(["--data", "synthetic", "--set", "nn.epochs=three", "--out", str(tmp_path / "model")]) == 2
     assert "expected a value like the default, 16" in capsys.readouterr().err and not (tmp_path / "model").exists()
+
+
+def test_the_card_claims_only_what_is_true_of_the_data(tmp_path):
+    """Issue 13: a model trained on ratings.parquet said `tags: [movielens]` and `datasets: [ratings-parquet]`."""
+    (tmp_path / "ratings.csv").write_text("user,item,rating\n" + "".join(
+        f"{u},{i},{(u * i) % 5 + 1}\n" for u in range(1, 30) for i in range(1, 20) if (u + i) % 3))
+    for extra, datasets in (([], None), (["--dataset-id", "someone/book-ratings"], ["someone/book-ratings"])):
+        out = tmp_path / f"model{len(extra)}"
+        assert train.main(["--data", str(tmp_path / "ratings.csv"), "--models", "dot", "--epochs", "1", *extra,
+                           "--out", str(out)]) == 0
+        front = (out / "README.md").read_text().split("---")[1]
+        assert "movielens" not in front.lower()
+        assert ("\ndatasets:\n- someone/book-ratings\n" in front) == bool(datasets)
+        assert ("\ndatasets:" in front) == bool(datasets)  # never a file name where a Hub dataset id belongs
