@@ -104,10 +104,10 @@ def requests(url, user):
     ratings = {"headers": ["title", "rating"], "data": [[title, 5]], "metadata": None}
     both = "both" if len(info["models"]) > 1 else kind
     calls = [
-        ("rate_user (dot)", "/rate_user", [user, kind, 10]),
+        (f"rate_user ({kind})", "/rate_user", [user, kind, 10]),
         ("rate_user (both)", "/rate_user", [user, both, 10]),
-        ("similar", "/similar", [title, kind, 10]),
-        ("newcomer (dot)", "/newcomer", [ratings, kind, 10]),
+        (f"similar ({kind})", "/similar", [title, kind, 10]),
+        (f"newcomer ({kind})", "/newcomer", [ratings, kind, 10]),
         ("who_would_like", "/who_would_like", [title, kind, 10]),
         ("embedding_map", "/embedding_map", [kind, 50]),
         ("suggest_titles", "/suggest_titles", ["star", 10]),
