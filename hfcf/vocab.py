@@ -121,8 +121,11 @@ class ItemVocab:
                 raise UnknownItemError(f"{title!r} matches {len(rows)} titles: {'; '.join(names[:5])}. "
                                        "Pick one.", names[:5])
         suggestions = self.suggest(title)
-        hint = f" Did you mean: {'; '.join(suggestions)}?" if suggestions else " Check the spelling."
-        raise UnknownItemError(f"no title matches {title!r}.{hint}", suggestions)
+        hint = (f" Did you mean: {'; '.join(suggestions)}?" if suggestions else
+                " Check the spelling, and that this is the model you meant: its titles come from the data it was "
+                "trained on.")
+        raise UnknownItemError(f"no title matches {title!r} among this model's {len(self.keys) - 1:,} titles.{hint}",
+                               suggestions)
 
     def suggest(self, query, limit=5):
         """Up to `limit` titles close to `query`: containing it first, then by spelling."""

@@ -66,3 +66,12 @@ def test_bulk_rows_are_exact():
 
 def test_normalize_title_drops_articles_accents_and_suffix():
     assert normalize_title("Misérables, Les (1995) [item 3]") == "miserables (1995)"
+
+
+def test_a_title_absent_from_the_catalogue_says_so_not_only_spelling():
+    """Issue 13: on the synthetic demo model, a MovieLens title failed with "Check the spelling." alone."""
+    items = ItemVocab([NA, "Cluster 0 Movie 001", "Cluster 1 Movie 002"])
+    with pytest.raises(UnknownItemError) as caught:
+        items.index("Silence of the Lambs")
+    assert "among this model's 2 titles" in str(caught.value)
+    assert "that this is the model you meant" in str(caught.value)
