@@ -535,23 +535,6 @@ def test_an_ordinary_request_is_answered_while_hostile_ones_run(ml100k_model):
 
 
 # --- issue 13: users' histories for a model trained on any ratings file ------------------------------------------
-@pytest.fixture(scope="module")
-def csv_model(tmp_path_factory):
-    """A model trained on a CSV of ratings with a titles table (not MovieLens), and that CSV."""
-    pytest.importorskip("fastai")
-    import train
-
-    folder = tmp_path_factory.mktemp("books")
-    rng = np.random.default_rng(3)
-    (folder / "books.csv").write_text("book,name\n" + "".join(f"{i},Book number {i}\n" for i in range(1, 61)))
-    pairs = sorted({(int(u), int(b)) for u, b in zip(rng.integers(1, 81, 3000), rng.integers(1, 61, 3000))})
-    (folder / "stars.csv").write_text("reader,book,stars\n" + "".join(f"{u},{b},{(u + b) % 5 + 1}\n" for u, b in pairs))
-    assert train.main(["--data", str(folder / "stars.csv"), "--user-col", "reader", "--item-col", "book",
-                       "--rating-col", "stars", "--titles", str(folder / "books.csv"), "--title-col", "name",
-                       "--epochs", "2", "--out", str(folder / "model")]) == 0
-    return folder
-
-
 def test_a_model_trained_on_a_csv_shows_each_users_history_from_ratings(csv_model):
     recommenders = space.load_recommenders(str(csv_model / "model"))
     note = space.load_history(recommenders, log=quiet)

@@ -191,3 +191,24 @@ def test_a_visit_to_every_tab(page, served, tmp_path):
     most_rated = topn.embedding_map(50)["title"].iloc[0]
     page.locator(".js-plotly-plot").get_by_text(most_rated, exact=True).first.wait_for()
     screenshot(page, tmp_path, "inside")
+
+
+def test_a_model_of_other_data_shows_each_users_history(page, serve_app, csv_model):
+    """Issue 13: a model trained on a CSV (not MovieLens) served with the ratings it was trained on (--ratings)."""
+    recommenders = space.load_recommenders(str(csv_model / "model"))
+    assert space.load_history(recommenders, str(csv_model / "stars.csv"), log=lambda *_: None) == ""
+    page.goto(serve_app(recommenders))
+    user = "7"
+    box = page.get_by_role("combobox", name="User")
+    box.click()
+    box.fill(user)
+    page.get_by_role("option", name=user, exact=True).click()
+    topn = recommenders["topn"]
+    expected = topn.recommend(user, 10)
+    history = topn.history(user).sort_values(["rating", "title"], ascending=[False, True])
+    rows = wait_for_grid(page, "Top picks they have not rated", expected["title"].tolist())
+    assert not {row[0] for row in rows} & set(history["title"])  # never a book they rated
+    rows = wait_for_grid(page, "What they rated, beside the model's prediction", history["title"].head(5).tolist())
+    assert numbers(rows[:5], 1) == history["rating"].head(5).tolist()
+    page.get_by_text(f"rated {len(history)} movies").wait_for()
+    page.locator(".js-plotly-plot").get_by_text(f"User {user}: actual vs predicted").wait_for()
