@@ -51,6 +51,7 @@ MOVIELENS_CITATION = """@article{harper2015movielens,
 }"""
 ML_100K_URL = "https://grouplens.org/datasets/movielens/100k/"
 ML_100K_ZIP_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"  # fastai's URLs.ML_100k
+ML_LATEST_SMALL_ZIP_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 DOWNLOAD_TIMEOUT = 30  # seconds without data before a download gives up
 # ml-25m, ml-32m and ml-latest use the same two CSV files as ml-latest-small.
 MOVIELENS_CSV_NAMES = {"ml-25m": "MovieLens 25M", "ml-32m": "MovieLens 32M", "ml-latest": "MovieLens latest"}
@@ -312,37 +313,53 @@ def _ml100k_folder(path):
 
 def _download_ml100k(url, folder):
     """Fetch the MovieLens 100k zip from `url` with the standard library and unpack it as `folder`."""
+    return _download_movielens(url, folder, "ml-100k", ("u.data", "u.item"), "MovieLens 100k")
+
+
+def _download_movielens(url, folder, top, required, name):
+    """Fetch a GroupLens zip from `url` with the standard library and unpack its `top` folder as `folder`."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         # Unpack beside `folder` and rename into place last, so a failed or interrupted download never
         # leaves a folder that a later call would take for a complete copy.
-        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".ml-100k-") as scratch:
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{top}-") as scratch:
             scratch = Path(scratch)
             with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, \
-                    open(scratch / "ml-100k.zip", "wb") as file:
+                    open(scratch / f"{top}.zip", "wb") as file:
                 shutil.copyfileobj(response, file)
-            with zipfile.ZipFile(scratch / "ml-100k.zip") as archive:
-                _unpack_ml100k(archive, scratch)
-            os.replace(scratch / "ml-100k", folder)
+            with zipfile.ZipFile(scratch / f"{top}.zip") as archive:
+                _unpack(archive, scratch, top, required)
+            os.replace(scratch / top, folder)
     except Exception as error:  # network, HTTP, disk and zip failures all have the same fix
-        if (folder / "u.data").is_file():
+        if all((folder / name).is_file() for name in required):
             return folder  # another process unpacked it first, so the rename found the folder taken
-        raise DataError(f"could not download MovieLens 100k from {url} ({error}); "
-                        f"pass the ml-100k folder, or put it in {folder}") from error
+        raise DataError(f"could not download {name} from {url} ({error}); "
+                        f"pass the {top} folder, or put it in {folder}") from error
     return folder
 
 
-def _unpack_ml100k(archive, scratch):
-    """Extract `archive` to scratch/ml-100k; refuse entries outside ml-100k/ and a copy without u.data or u.item."""
+def _unpack(archive, scratch, top, required):
+    """Extract `archive` to scratch/top; refuse entries outside top/ and a copy without the `required` files."""
     for name in archive.namelist():
         parts = PurePosixPath(name).parts
-        # zipfile would quietly rewrite "../x" or "/x" to land inside; refusing says the file is not ml-100k.zip.
-        if not parts or parts[0] != "ml-100k" or ".." in parts:
-            raise ValueError(f"zip entry {name!r} is outside ml-100k/")
+        # zipfile would quietly rewrite "../x" or "/x" to land inside; refusing says the file is not the zip.
+        if not parts or parts[0] != top or ".." in parts:
+            raise ValueError(f"zip entry {name!r} is outside {top}/")
     archive.extractall(scratch)
-    for name in ("u.data", "u.item"):
-        if not (scratch / "ml-100k" / name).is_file():
-            raise ValueError(f"the zip holds no ml-100k/{name}")
+    for name in required:
+        if not (scratch / top / name).is_file():
+            raise ValueError(f"the zip holds no {top}/{name}")
+
+
+def movielens_latest_small_copy():
+    """The MovieLens latest-small folder: $FASTAI_HOME/data/ml-latest-small, else downloaded there from GroupLens
+    (HFCF_ML_LATEST_SMALL_URL names a mirror). For the app's users' histories: train.py takes a folder."""
+    folder = Path(os.environ.get("FASTAI_HOME", "~/.fastai")).expanduser() / "data" / "ml-latest-small"
+    if (folder / "ratings.csv").is_file() and (folder / "movies.csv").is_file():
+        return folder
+    url = os.environ.get("HFCF_ML_LATEST_SMALL_URL", ML_LATEST_SMALL_ZIP_URL)
+    return _download_movielens(url, folder, "ml-latest-small", ("ratings.csv", "movies.csv"),
+                               "MovieLens latest-small")
 
 
 def _read_ml100k_ratings(file):

@@ -89,6 +89,9 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
                                 on_duplicate=read_as.get("on_duplicate", "error"))
         elif name == "MovieLens 100k":
             dataset = data.movielens_100k()
+        elif name == "MovieLens latest-small":  # found under FASTAI_HOME or fetched from GroupLens
+            dataset = data.movielens_latest_small(data.movielens_latest_small_copy(),
+                                                  on_duplicate=read_as.get("on_duplicate", "error"))
         elif name == "synthetic":  # deterministic: regenerated, then checked against the config's record of it
             dataset = data.synthetic()
             if dataset.notes[:1] != config.get("notes", [])[:1] or len(dataset.ratings) != config.get("n_ratings"):

@@ -560,3 +560,25 @@ def test_another_file_than_the_models_is_refused_with_the_mismatch(csv_model, tm
     assert f"where the model was trained on {len(lines) - 1:,}" in space.load_history(
         recommenders, str(tmp_path / "fewer.csv"), log=quiet)
     assert all(not recommender._rated for recommender in recommenders.values())
+
+
+def test_a_latest_small_model_finds_its_ratings_again(tmp_path, monkeypatch):
+    """Issue 13: MovieLens latest-small is re-read (or fetched, tests/test_data.py) when the card says so."""
+    pytest.importorskip("fastai")
+    import train
+
+    source = tmp_path / "ml-latest-small"
+    source.mkdir()
+    (source / "movies.csv").write_text("movieId,title,genres\n" + "".join(f"{i},Film {i} (1999),Drama\n"
+                                                                          for i in range(1, 31)))
+    (source / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{i},{(u * i) % 9 / 2 + 0.5},1\n" for u in range(1, 41) for i in range(1, 31) if (u + i) % 3 == 0))
+    assert train.main(["--data", str(source), "--epochs", "1", "--out", str(tmp_path / "model")]) == 0
+    home = tmp_path / "fastai-home"
+    (home / "data").mkdir(parents=True)
+    shutil.copytree(source, home / "data" / "ml-latest-small")
+    monkeypatch.setenv("FASTAI_HOME", str(home))
+    recommenders = space.load_recommenders(str(tmp_path / "model"))
+    assert recommenders["topn"].config["dataset"]["name"] == "MovieLens latest-small"
+    assert space.load_history(recommenders, log=quiet) == ""
+    assert len(recommenders["topn"].history(3)) == 10

@@ -573,3 +573,29 @@ def test_real_100k_default_path_uses_fastai_home(ml100k, tmp_path, monkeypatch):
     assert len(data.movielens_100k().ratings) == 100_000
     assert data.load().name == "MovieLens 100k"
     assert len(data.canonical_split(None, 2)[1]) == 20_000
+
+
+def fake_latest_small_zip(tmp_path):
+    """A two-user ml-latest-small.zip (ratings.csv, movies.csv under ml-latest-small/), as GroupLens lays it out."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,9\n2,2,3.5,9\n"
+                                                        "1,2,5.0,9\n")
+        archive.writestr("ml-latest-small/movies.csv", "movieId,title,genres\n1,Toy Story (1995),Animation\n"
+                                                       "2,Heat (1995),Action\n")
+    return buffer.getvalue()
+
+
+def test_latest_small_is_fetched_once_for_the_app(no_fastai, server, monkeypatch, tmp_path):
+    """Issue 13: the app re-fetches MovieLens latest-small when a model's card says it was trained on it."""
+    monkeypatch.setenv("HFCF_ML_LATEST_SMALL_URL", server.url)
+    server.body = fake_latest_small_zip(tmp_path)
+    folder = data.movielens_latest_small_copy()
+    assert folder == no_fastai / "data" / "ml-latest-small" and server.requests == 1
+    assert data.movielens_latest_small(folder).ratings["title"].tolist() == ["Toy Story (1995)", "Heat (1995)",
+                                                                             "Heat (1995)"]
+    assert data.movielens_latest_small_copy() == folder and server.requests == 1  # the copy is reused
+    server.body = None
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(DataError, match="could not download MovieLens latest-small from .*pass the ml-latest-small"):
+        data.movielens_latest_small_copy()
