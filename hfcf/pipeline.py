@@ -96,18 +96,25 @@ def rebuild(kind, model, users, items, y_range):
     return module.eval()
 
 
+def _rating_fit(s):
+    return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with Adam beta2 {s['sqr_mom']}, "
+            f"batch size {s['bs']}")
+
+
+# kind -> one line describing how a model was built and trained, from its config.json entry
+SETTINGS_TEXT = {
+    "dot": lambda s: f"{s['n_factors']} factors, biases not weight-decayed, {_rating_fit(s)}",
+    "nn": lambda s: (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
+                     f"{s['layers']}, {_rating_fit(s)}"),
+    "topn": lambda s: (f"{s['n_factors']} factors, each rated title hidden from a user's input with chance "
+                       f"{s['embed_p']}, L2 penalty {s['wd']} (EASE's lambda); `fit_one_cycle({s['epochs']}, "
+                       f"{s['lr']})` with Adam beta2 {s['sqr_mom']}, {s['bs']} users a batch"),
+}
+
+
 def settings_text(kind, settings):
     """One line describing how a model was built and trained, from its config.json entry."""
-    if kind == "topn":
-        return (f"{settings['n_factors']} factors, each rated title hidden from a user's input with chance "
-                f"{settings['embed_p']}, L2 penalty {settings['wd']} (EASE's lambda); `fit_one_cycle("
-                f"{settings['epochs']}, {settings['lr']})` with Adam beta2 {settings['sqr_mom']}, "
-                f"{settings['bs']} users a batch")
-    shape = (f"{settings['n_factors']} factors, biases not weight-decayed" if kind == "dot" else
-             f"embeddings {settings['user_size']}/{settings['item_size']} with dropout {settings['embed_p']}, "
-             f"layers {settings['layers']}")
-    return (f"{shape}, `fit_one_cycle({settings['epochs']}, {settings['lr']}, wd={settings['wd']})` with Adam "
-            f"beta2 {settings['sqr_mom']}, batch size {settings['bs']}")
+    return SETTINGS_TEXT[kind](settings)
 
 
 def render_card(config, repo_id=None):
