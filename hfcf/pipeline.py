@@ -117,8 +117,11 @@ def settings_text(kind, settings):
     return SETTINGS_TEXT[kind](settings)
 
 
-def render_card(config, repo_id=None):
-    """The model card: YAML front matter (library, tags, datasets, model-index) and text, from model_card.md."""
+def render_card(config, repo_id=None, example=None):
+    """The model card: YAML front matter (library, tags, datasets, model-index) and text, from model_card.md.
+
+    `example` {"user": id, "titles": [two titles]} from this model's own vocabularies, for the usage snippet.
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset, metrics, ranking = config["dataset"], config["metrics"], config.get("ranking", {})
@@ -143,7 +146,7 @@ def render_card(config, repo_id=None):
         split_description=config["split"]["description"],
         metric_rows=[{"name": key, **value} for key, value in metrics.items()],
         ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
-        k=RANKING_K, kinds=list(config["models"]), architectures=ARCHITECTURES, models=config["models"],
+        k=RANKING_K, kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]}, architectures=ARCHITECTURES, models=config["models"],
         y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
         settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)
@@ -202,8 +205,9 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     }
     counts = pd.concat([split.train, split.valid])["title"].value_counts()
     item_counts = [0] + [int(counts.get(title, 0)) for title in items.keys[1:]]
+    example = {"user": users.keys[1], "titles": [str(title) for title in counts.index[:2]]}  # its own data's
     artifacts.save(out, config, users, items, item_counts, {kind: model.state_dict for kind, model in fitted.items()},
-                   render_card(config, repo_id))
+                   render_card(config, repo_id, example))
     log(f"wrote {out} ({', '.join(sorted(artifacts.WEIGHT_FILES[k] for k in kinds))}, config.json, vocab.json, "
         "README.md)")
     config["fitted"] = fitted  # in memory only, for callers that check parity with fastai

@@ -47,3 +47,12 @@ def test_the_gradio_client_example_runs(serve_app, ml100k_model, capsys):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "because" in printed and "user '9999' is not in this model; valid user ids are 1 to 943" in printed
+
+
+def test_a_model_cards_example_runs_on_that_models_own_data(csv_model):
+    """The card's snippet names a user and titles of the model's own data, not MovieLens's."""
+    card = (csv_model / "model" / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", card, flags=re.S)[0].replace('"you/name"', repr(str(csv_model / "model")))
+    namespace = {}
+    exec(compile(code, "README.md of the model", "exec"), namespace)
+    assert namespace["rec"].model == "topn"
