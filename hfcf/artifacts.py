@@ -10,6 +10,8 @@
 
 Nothing here unpickles: a folder is trusted only after every file's hash, key, shape, dtype and value checks out.
 """
+import fcntl
+import glob
 import hashlib
 import json
 import math
@@ -17,6 +19,7 @@ import os
 import shutil
 import struct
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +101,15 @@ def check_output(folder, force=False):
 def save(folder, config, users, items, item_counts, weights, card):
     """Write the folder atomically: build it beside the target, then swap, so a failure leaves the old one."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder; choose another --out")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    recover(folder)
+    with _writing(folder, wait=True):
+        _recover(folder)
+        return _build_and_swap(folder, config, users, items, item_counts, weights, card)
+
+
+def _build_and_swap(folder, config, users, items, item_counts, weights, card):
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
     try:
         config = json.loads(json.dumps(config))  # a copy we may add hashes to
@@ -155,7 +165,7 @@ def _swap(new, target):
     os.replace(new, target)
     if old:
         _adopt(old / target.name, target, ours=is_model_folder(old / target.name))
-        shutil.rmtree(old)
+        _remove_if_only_ours(old, target.name)
 
 
 def _adopt(previous, target, ours):
@@ -169,31 +179,69 @@ def _adopt(previous, target, ours):
         os.replace(entry, destination)
 
 
+@contextmanager
+def _writing(folder, wait):
+    """Hold the write lock of `folder`'s parent (flock on the directory itself: no lock file to leave behind).
+
+    A writer waits for it; a reader that would recover leftovers only tries, and yields False when a write is
+    under way, so it never removes a folder being built. The kernel drops the lock when its process dies, even
+    by kill -9, so leftovers found with the lock free are a dead write's.
+    """
+    descriptor = os.open(folder.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
 def leftovers(folder):
     """(.NAME.old-*, .NAME.building-*) folders an interrupted write left beside `folder`."""
     folder = Path(folder)
     if not folder.parent.is_dir():
         return [], []
-    found = sorted(folder.parent.glob(f".{folder.name}.old-*")), sorted(folder.parent.glob(f".{folder.name}.building-*"))
+    name = glob.escape(folder.name)  # "model[1]" must not match ".model1.old-*"
+    found = sorted(folder.parent.glob(f".{name}.old-*")), sorted(folder.parent.glob(f".{name}.building-*"))
     return [path for path in found[0] if path.is_dir()], [path for path in found[1] if path.is_dir()]
 
 
 def recover(folder):
     """Finish or undo a write that was interrupted: the previous folder comes back if the new one never took its
     place, files hfcf did not write go back into the folder, and half-built folders (all hfcf's) are removed.
-    Returns True when something was recovered."""
+    Does nothing while another process is writing beside `folder`. Returns True when something was recovered."""
     folder = Path(folder)
+    if leftovers(folder) == ([], []):
+        return False
+    with _writing(folder, wait=False) as free:
+        return free and _recover(folder)
+
+
+def _recover(folder):
+    """`recover` with the write lock held."""
     olds, buildings = leftovers(folder)
     for old in olds:
         previous = old / folder.name
         if previous.is_dir() and not folder.exists():
             os.replace(previous, folder)  # the swap never happened: the previous folder comes back whole
-        elif previous.is_dir():
+        elif previous.is_dir() and folder.is_dir():
             _adopt(previous, folder, ours=is_model_folder(previous))
-        shutil.rmtree(old)
+        _remove_if_only_ours(old, folder.name)
     for building in buildings:
         shutil.rmtree(building, ignore_errors=True)
     return bool(olds or buildings)
+
+
+def _remove_if_only_ours(old, name):
+    """Remove `old` when what is left in it is hfcf's own previous model files; else keep it (never lose a file)."""
+    previous = old / name
+    rest = [entry for entry in old.iterdir() if entry != previous]
+    ours = previous.is_dir() and all(entry.name in MODEL_FILES for entry in previous.iterdir())
+    if not rest and (not previous.exists() or ours):
+        shutil.rmtree(old)
 
 
 def load(folder):

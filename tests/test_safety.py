@@ -187,3 +187,46 @@ def test_a_local_mistake_is_not_sent_to_the_hub(where, message, tmp_path, monkey
     (tmp_path / "models").mkdir()
     with pytest.raises(ArtifactError, match=message):
         Recommender.from_pretrained(where)
+
+
+def test_recovery_touches_only_its_own_folders_leftovers(synthetic_model, tmp_path):
+    """A name with glob characters ("model[1]") must not match another folder's leftovers (".model1.old-*")."""
+    other = tmp_path / ".model1.old-abc" / "model1"
+    shutil.copytree(synthetic_model[0], other)
+    (other / "notes.md").write_text("mine")
+    assert artifacts.recover(tmp_path / "model[1]") is False
+    assert (other / "notes.md").read_text() == "mine"
+
+
+def test_a_reader_never_removes_a_folder_being_written(synthetic_model, tmp_path):
+    """Loading while another process writes beside the folder must not recover (and delete) its work."""
+    out = shutil.copytree(synthetic_model[0], tmp_path / "model")
+    building = tmp_path / ".model.building-xyz"
+    building.mkdir()
+    (building / "config.json").write_text("{}")
+    with artifacts._writing(out, wait=True):  # as save() holds it while it builds and swaps
+        subprocess.run([sys.executable, "-c", f"from hfcf import Recommender; Recommender.from_pretrained({str(out)!r})"],
+                       cwd=ROOT, check=True, timeout=120)
+        assert building.is_dir()
+    assert artifacts.recover(out) and not building.exists()  # with the writer gone, the leftover goes
+
+
+def test_leftovers_that_still_hold_a_users_file_are_kept(tmp_path):
+    """Recovery never deletes a file it could not put back."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"library": "hfcf"}')
+    stranded = tmp_path / ".model.old-abc"
+    stranded.mkdir()
+    (stranded / "stray.txt").write_text("not hfcf's")
+    artifacts.recover(tmp_path / "model")
+    assert (stranded / "stray.txt").read_text() == "not hfcf's"
+
+
+def test_save_refuses_a_file_where_the_folder_should_be(synthetic_model, tmp_path):
+    target = tmp_path / "model"
+    target.write_text("a file")
+    folder = artifacts.load(synthetic_model[0])
+    with pytest.raises(Exception, match="is a file, not a folder"):
+        artifacts.save(target, folder.config, folder.users, folder.items, folder.item_counts,
+                       {kind: module.state_dict() for kind, module in folder.modules.items()}, "card")
+    assert target.read_text() == "a file"
