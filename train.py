@@ -5,7 +5,7 @@ optionally push it.
     python train.py --data ~/ml-latest-small --out models/small
     python train.py --push --repo-id you/movielens-cf   # token from HF_TOKEN or `hf auth login`
     python -m hfcf push ./model --repo-id you/movielens-cf   # publish a folder already trained
-    torchrun --nproc_per_node=2 train.py --data ratings.csv     # data-parallel (DDP): gloo on CPU, nccl on GPU
+    torchrun --nproc_per_node=2 train.py --data ratings.csv     # data-parallel (DDP over gloo, on CPUs)
 
 Exit status: 0 success, 2 bad input (nothing written), 1 internal or Hub failure, 130 interrupted.
 """

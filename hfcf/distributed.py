@@ -1,9 +1,12 @@
 """Data-parallel training with PyTorch's own engine: torch.distributed + DistributedDataParallel, launched by
-`torchrun` (or `accelerate launch`, which sets the same variables). Gloo on CPU, NCCL on CUDA.
+`torchrun` (or `accelerate launch`, which sets the same variables), over Gloo.
+
+hfcf trains on the CPU (its models are a few embedding tables and small layers), so the backend is Gloo also on
+a machine with GPUs; NCCL would need the model and batches on CUDA, which hfcf does not do yet.
 
 Without torchrun's variables (WORLD_SIZE unset or 1) nothing here starts a process group: one process trains
 exactly as before. fastai's own `distrib_ctx` assumes CUDA and NCCL, so hfcf wraps the fastai Learner's model
-itself (`DataParallel` callback) and shards each epoch's batches by rank (`TensorBatches`, `HistoryBatches`).
+itself (`training.DataParallel`) and shards each epoch's batches by rank (`TensorBatches`, `HistoryBatches`).
 
 The batch size a user gives is the global batch: each of N ranks takes 1/N of every batch and DDP averages
 their gradients, so one step sees the same ratings, and the same learning rate applies, whatever N is.
@@ -19,7 +22,7 @@ import torch.distributed as dist
 
 from .errors import DataError
 
-BACKENDS = ("gloo", "nccl")
+BACKEND = "gloo"
 
 
 @dataclass(frozen=True)
@@ -45,22 +48,25 @@ class World:
 SINGLE = World()
 
 
-def join(backend=None, timeout_minutes=30):
-    """The World of this process: a process group joined when torchrun launched several, else SINGLE.
-
-    `backend` None picks NCCL when CUDA is available, else Gloo (HFCF_DIST_BACKEND overrides).
-    """
+def join(timeout_minutes=30):
+    """The World of this process: a process group joined when torchrun launched several, else SINGLE."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return SINGLE
-    backend = backend or os.environ.get("HFCF_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend not in BACKENDS:
-        raise DataError(f"HFCF_DIST_BACKEND must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    asked = os.environ.get("HFCF_DIST_BACKEND", BACKEND)
+    if asked != BACKEND:
+        raise DataError(f"HFCF_DIST_BACKEND={asked}: hfcf trains on the CPU, where only {BACKEND} works (NCCL needs "
+                        "CUDA tensors); unset it")
     if not dist.is_initialized():
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
-    return World(dist.get_rank(), dist.get_world_size(), backend)
+        dist.init_process_group(BACKEND, timeout=timedelta(minutes=timeout_minutes))
+    return World(dist.get_rank(), dist.get_world_size(), BACKEND)
+
+
+def check_batch(world, kind, bs):
+    """Refuse a global batch too small for every rank to take two rows of it."""
+    if world.distributed and bs < 2 * world.size:
+        raise DataError(f"{kind}: a batch of {bs} cannot give each of {world.size} processes two rows; "
+                        f"raise --bs to at least {2 * world.size}")
 
 
 def leave(world):

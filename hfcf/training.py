@@ -275,6 +275,10 @@ class Recipe:
     def check(self, kind, settings):
         """Refuse settings of this kind that cannot train (the shared checks are in `check_settings`)."""
 
+    def fit_wd(self, settings, dls):
+        """The `wd` that `fit_one_cycle` gets."""
+        return settings.wd
+
     def export(self, learn, train, chosen, n_users):
         """The trained weights under hfcf.nn's key names."""
         raise NotImplementedError
@@ -473,7 +477,7 @@ def fast_dropout(module):
 
 class DataParallel(Callback):
     """Wrap the Learner's model in DistributedDataParallel while fitting (fastai's `DistributedTrainer` without its
-    CUDA-only assumptions). Buffers are not broadcast each step: the top-N model's user vectors are filled in
+    CUDA assumptions: hfcf trains on the CPU, over Gloo). Buffers are not broadcast each step: the top-N model's user vectors are filled in
     after training, and each rank's BatchNorm statistics follow its own share (rank 0's are saved)."""
 
     def __init__(self, world):
@@ -481,8 +485,7 @@ class DataParallel(Callback):
 
     def before_fit(self):
         self.inner = self.learn.model
-        device = [torch.cuda.current_device()] if self.world.backend == "nccl" else None
-        self.learn.model = DistributedDataParallel(self.inner, device_ids=device, broadcast_buffers=False)
+        self.learn.model = DistributedDataParallel(self.inner, broadcast_buffers=False)
 
     def after_fit(self):
         self.learn.model = self.inner
@@ -510,7 +513,7 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     if not world.is_main or not sys.stderr.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = _epoch_logger(kind, learn, log if world.is_main else lambda *_: None)
-    wd = recipe.fit_wd(settings, dls) if hasattr(recipe, "fit_wd") else settings.wd
+    wd = recipe.fit_wd(settings, dls)
     start = time.perf_counter()
     learn.fit_one_cycle(settings.epochs, settings.lr, wd=wd)
     seconds = time.perf_counter() - start
@@ -528,6 +531,7 @@ def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, 
     """Fit each model in `kinds` on the same ratings; returns {kind: Fitted}."""
     for kind in kinds:
         check_settings(kind, settings[kind])
+        distributed.check_batch(world, kind, settings[kind].bs)
     encoded, fitted = {}, {}
     for kind in kinds:
         recipe = RECIPES[kind]

@@ -120,3 +120,13 @@ def test_one_process_is_not_distributed(monkeypatch):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.join() is distributed.SINGLE and not distributed.SINGLE.distributed
+
+
+def test_a_batch_too_small_for_every_rank_and_nccl_are_refused(tmp_path):
+    run = subprocess.run(torchrun("--data", "synthetic", "--models", "dot", "--bs", "3", "--out", str(tmp_path / "m")),
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "raise --bs to at least 4" in run.stderr
+    run = subprocess.run(torchrun("--data", "synthetic", "--out", str(tmp_path / "m")), cwd=ROOT,
+                         env={**ENV, "HFCF_DIST_BACKEND": "nccl"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "hfcf trains on the CPU, where only gloo works" in run.stderr
+    assert not (tmp_path / "m").exists()
