@@ -158,8 +158,13 @@ class Recommender:
         row = self.users.index(user)
         key = str(self.users.keys[row])
         seen = self._item_rows(exclude) if exclude is not None else self._seen.get(key, [])
-        picks, scores = self._top(self._scores(row), n, seen)
         history = self._rated.get(key)
+        if history is not None and self.scorer.encodes_history:
+            # From the attached ratings, as the reasons are: the trained vector saw only the training split.
+            scores = self.scorer.fold_in(self._seen[key], history[1], None)[1]
+        else:
+            scores = self._scores(row)
+        picks, scores = self._top(scores, n, seen)
         return self._table(picks, scores, lambda rows: self._rating_scorer().user_scores(row)[rows],
                            history and (self.items.rows(history[0]), history[1], history[0]))
 
@@ -172,7 +177,7 @@ class Recommender:
         counts = self._item_counts(required=False)
         if counts is not None:
             frame["ratings"] = counts[picks].astype(int)
-        if history is not None and hasattr(self.scorer, "reason_strengths"):
+        if history is not None and self.scorer.encodes_history:
             frame["because"] = self._reasons(picks, *history)
         return frame
 

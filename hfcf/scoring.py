@@ -14,6 +14,7 @@ class Scorer:
 
     predicts_ratings = True
     score_name = "predicted"
+    encodes_history = False  # True when a user's scores are a function of their ratings (fold-in is exact)
 
     def __init__(self, module, y_range):
         self.module, (self.low, self.high) = module, y_range
@@ -120,6 +121,7 @@ class TopNScorer(Scorer):
 
     predicts_ratings = False
     score_name = "score"
+    encodes_history = True
 
     def __init__(self, module, y_range):
         super().__init__(module, y_range)

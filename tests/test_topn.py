@@ -168,3 +168,16 @@ def test_movielens_picks_differ_between_users_and_neighbours_are_well_known(ml10
     counts = Counter(dataset.ratings["title"])
     neighbours = rec.similar("Toy Story (1995)", 10)
     assert min(counts[title] for title in neighbours["title"]) >= 20
+
+
+def test_picks_and_reasons_come_from_the_same_ratings(synthetic_model, synthetic_dataset):
+    """With every rating attached (more than the training split the stored vectors saw), the picks are ranked
+    from those ratings, so the reasons explain the scores that ranked them."""
+    rec = Recommender.from_pretrained(synthetic_model[0]).attach_history(synthetic_dataset.ratings)
+    ratings = synthetic_dataset.ratings
+    for user in rec.users.ids()[:10]:
+        rated = ratings[ratings["user"] == user]
+        expected = rec.fold_in(dict(zip(rated["title"], rated["rating"])), n=5).recommendations
+        picks = rec.recommend(user, n=5)
+        assert picks["title"].tolist() == expected["title"].tolist()
+        assert picks["because"].tolist() == expected["because"].tolist()
