@@ -5,6 +5,7 @@ The two chapter-8 rating models, `DotModel` and `NeuralModel`, use explicit name
 from fastai's `EmbeddingDotBias` and `EmbeddingNN` (a `TabularModel` built with `bn_cont=False`), so the same
 tensors load into either implementation. `TopNModel` ranks what a user will choose next; fastai trains it as is.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,6 +87,18 @@ class NeuralModel(nn.Module):
         return self.item_embedding.weight
 
 
+def rating_weights(ratings, y_range):
+    """A rated title's weight in a `TopNModel` user vector: its rating on the model's scale, float32."""
+    low, high = y_range
+    return (np.asarray(ratings, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+
+
+def bag_owners(offsets, n_entries):
+    """For `F.embedding_bag`'s flat layout: the bag (user) each of the `n_entries` entries belongs to."""
+    lengths = torch.diff(offsets, append=offsets.new_tensor([n_entries]))
+    return torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device), lengths)
+
+
 class TopNModel(nn.Module):
     """What a user will choose next, from what they chose before: a low-rank item-to-item autoencoder.
 
@@ -109,8 +122,7 @@ class TopNModel(nn.Module):
         """One vector per user from their rated titles, in `F.embedding_bag`'s flat layout with rating weights."""
         if self.training and self.history_dropout > 0:
             weights = weights * (torch.rand_like(weights) >= self.history_dropout)
-        lengths = torch.diff(offsets, append=offsets.new_tensor([len(items)]))
-        owners = torch.repeat_interleave(torch.arange(len(offsets), device=items.device), lengths)
+        owners = bag_owners(offsets, len(items))
         norms = torch.zeros(len(offsets), device=weights.device).index_add_(0, owners, weights * weights).sqrt()
         scaled = weights / norms.clamp_min(1e-12)[owners]
         return F.embedding_bag(items, self.item_inputs.weight, offsets, mode="sum", per_sample_weights=scaled)

@@ -8,6 +8,8 @@ user is to choose a title next (higher is likelier; not a rating).
 import numpy as np
 import torch
 
+from .nn import rating_weights
+
 
 class Scorer:
     """The interface every kind provides. Rows are embedding rows: row 0 (`#na#`) is scored but never shown."""
@@ -137,8 +139,8 @@ class TopNScorer(Scorer):
         return self.user_vectors @ self.outputs[column] + self.bias[column]
 
     def weights(self, ratings):
-        """A rated title's weight in the user's vector: its rating on the model's scale, as in training."""
-        return (np.asarray(ratings, dtype=np.float32) - self.low) / (self.high - self.low)
+        """A rated title's weight in the user's vector, as in training."""
+        return rating_weights(ratings, (self.low, self.high))
 
     def fold_in(self, rows, ratings, l2=None):
         weights = self.weights(ratings)

@@ -140,8 +140,7 @@ class Histories:
         user_rows, item_rows = users.rows(frame["user"]), items.rows(frame["title"])
         order = np.argsort(user_rows, kind="stable")
         starts = np.concatenate([[0], np.cumsum(np.bincount(user_rows, minlength=len(users)))])
-        low, high = y_range
-        weights = (frame["rating"].to_numpy(dtype=np.float32)[order] - low) / (high - low)
+        weights = hfnn.rating_weights(frame["rating"].to_numpy()[order], y_range)
         return cls(torch.as_tensor(starts, dtype=torch.long), torch.as_tensor(item_rows[order], dtype=torch.long),
                    torch.as_tensor(weights, dtype=torch.float32))
 
@@ -181,8 +180,7 @@ class HistoryBatches:
             batch = distributed.shard(rows[start:end], self.world)
             items, weights, offsets = self.inputs.batch(batch)
             targets, _, target_offsets = self.targets.batch(batch)
-            lengths = torch.diff(target_offsets, append=target_offsets.new_tensor([len(targets)]))
-            yield items, weights, offsets, targets, torch.repeat_interleave(torch.arange(len(batch)), lengths)
+            yield items, weights, offsets, targets, hfnn.bag_owners(target_offsets, len(targets))
 
     def to(self, device):
         self.inputs, self.targets, self.rows = self.inputs.to(device), self.targets.to(device), self.rows.to(device)
@@ -232,8 +230,7 @@ class PrecisionAtK(Metric):
         items, _, offsets = learn.xb
         targets, owners = learn.yb
         scores = getattr(learn.model, "module", learn.model).scores(learn.pred)  # unwrapped from DDP
-        lengths = torch.diff(offsets, append=offsets.new_tensor([len(items)]))
-        scores[torch.repeat_interleave(torch.arange(len(offsets)), lengths), items] = -math.inf
+        scores[hfnn.bag_owners(offsets, len(items)), items] = -math.inf  # titles rated in training
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[owners, targets] = True
         top = scores.topk(min(self.k, scores.shape[1]), dim=1).indices  # a catalogue may be smaller than k
@@ -272,7 +269,7 @@ class Recipe:
         """Settings as saved in config.json: only those this kind uses."""
         raise NotImplementedError
 
-    def check(self, kind, settings):
+    def check(self, settings):
         """Refuse settings of this kind that cannot train (the shared checks are in `check_settings`)."""
 
     def fit_wd(self, settings, dls):
@@ -313,7 +310,7 @@ class DotRecipe(RatingRecipe):
             chosen.pop(key)
         return chosen
 
-    def check(self, kind, settings):
+    def check(self, settings):
         if settings.n_factors < 1:
             raise DataError(f"dot: --factors must be at least 1 (got {settings.n_factors})")
 
@@ -338,7 +335,7 @@ class NeuralRecipe(RatingRecipe):
         chosen["item_size"] = settings.item_size or emb_sz_rule(len(items))
         return chosen
 
-    def check(self, kind, settings):
+    def check(self, settings):
         if settings.bs < 2:
             raise DataError(f"nn: --bs must be at least 2: its BatchNorm layers need two ratings a batch "
                             f"(got {settings.bs})")
@@ -385,7 +382,7 @@ class TopNRecipe(Recipe):
         return {key: value for key, value in asdict(settings).items()
                 if key in ("epochs", "lr", "wd", "bs", "n_factors", "embed_p", "sqr_mom")}
 
-    def check(self, kind, settings):
+    def check(self, settings):
         if settings.n_factors < 1:
             raise DataError(f"topn: --factors must be at least 1 (got {settings.n_factors})")
         if not 0 <= settings.embed_p < 1:
@@ -432,7 +429,7 @@ def check_settings(kind, settings):
                         f"(got bs={settings.bs}, lr={settings.lr}, wd={settings.wd})")
     if not 0 < settings.sqr_mom < 1:
         raise DataError(f"{kind}: sqr_mom must lie between 0 and 1 (got {settings.sqr_mom})")
-    RECIPES[kind].check(kind, settings)
+    RECIPES[kind].check(settings)
 
 def _epoch_logger(kind, learn, log):
     """Plain one-line-per-epoch log for non-terminals, where fastprogress's bar floods the output."""
