@@ -232,7 +232,9 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
     df["timestamp"] = _seconds(df["timestamp"], source)
     df, notes = _merge_duplicates(df, on_duplicate, source)
     titles, title_notes = _unique_titles(df["item"], df["title"])
-    df["title"] = df["item"].map(titles).astype(str)
+    # A Categorical: one code per rating instead of a Python string, and vocab look-ups once per title.
+    codes, uniques = pd.factorize(df["item"])
+    df["title"] = pd.Categorical.from_codes(codes, categories=[titles[item] for item in uniques])
     for column, noun in (("user", "users"), ("item", "items")):
         count = df[column].nunique()
         if count < 2:

@@ -8,6 +8,7 @@ import re
 import unicodedata
 
 import numpy as np
+import pandas as pd
 
 from .errors import UnknownItemError, UnknownUserError
 
@@ -40,11 +41,26 @@ def _check_query(query, what):
             f"that {what} is {len(str(query)):,} characters long; the longest accepted is {MAX_QUERY_LENGTH}")
 
 
-def _rows(index, keys, what, error):
-    try:
-        return np.fromiter((index[key] for key in keys), dtype=np.int64)
-    except KeyError as missing:
-        raise error(f"{what} {missing.args[0]!r} is not in the vocabulary") from None
+def _bulk_rows(keys, values, what, error, as_text=False):
+    """Rows of many keys at once, hashed in C (a pandas Index): 25 million ratings in about a second.
+
+    A Categorical column (hfcf's titles) is looked up once per category. With `as_text`, ids that do not match as
+    they are (a column of numbers against string ids, say) are matched again by their string form.
+    """
+    index = pd.Index(keys[1:])
+    values = pd.Series(values) if not isinstance(values, pd.Series) else values
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        per_category = index.get_indexer(values.cat.categories)
+        codes = values.cat.codes.to_numpy()
+        rows = np.where(codes >= 0, per_category[codes], -1)
+    else:
+        rows = index.get_indexer(values.to_numpy())
+    if as_text and (rows < 0).any():
+        rows = pd.Index([str(key) for key in keys[1:]]).get_indexer(values.astype(str).str.strip().to_numpy())
+    if (rows < 0).any():
+        missing = values.iloc[int(np.flatnonzero(rows < 0)[0])]
+        raise error(f"{what} {missing!r} is not in the vocabulary")
+    return rows.astype(np.int64) + 1  # row 0 is #na#
 
 
 def from_ratings(ratings):
@@ -65,7 +81,7 @@ class UserVocab:
 
     def rows(self, users):
         """Rows of many exact ids at once (training data); unknown ids raise."""
-        return _rows(self._index, map(str, users), "user", UnknownUserError)
+        return _bulk_rows(self.keys, users, "user", UnknownUserError, as_text=True)
 
     def index(self, user):
         _check_query(user, "user")
@@ -103,7 +119,7 @@ class ItemVocab:
 
     def rows(self, titles):
         """Rows of many exact titles at once (training data); unknown titles raise."""
-        return _rows(self._exact, titles, "title", UnknownItemError)
+        return _bulk_rows(self.keys, titles, "title", UnknownItemError)
 
     def index(self, title):
         """The row of `title`: exact, then normalized, then without the year; else suggestions."""

@@ -63,7 +63,8 @@ def cluster_share(titles, cluster, truth):
 
 def rated_by(user, synthetic_dataset):
     ratings = synthetic_dataset.ratings
-    return ratings[ratings["user"] == user].set_index("title")["rating"]
+    rated = ratings[ratings["user"] == user]
+    return rated.set_index(rated["title"].astype(str))["rating"]  # titles are a Categorical in hfcf's frames
 
 
 # --- the tabs, through build_demo -------------------------------------------------------------------------
