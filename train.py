@@ -68,8 +68,9 @@ def parser():
     model.add_argument("--wd", type=float, help="weight decay")
     model.add_argument("--set", type=per_model, action="append", metavar="MODEL.SETTING=VALUE",
                        help=f"one model's setting, after the flags above: e.g. --set nn.epochs=20 --set "
-                       f"topn.n_factors=128 --set nn.layers=100,50 (settings: {', '.join(SETTINGS)}); "
-                       "the card records what each model used")
+                       f"topn.n_factors=128 --set nn.layers=100,50 --set dot.lazy=false (settings: "
+                       f"{', '.join(SETTINGS)}); defaults depend on the data's size (from 1M ratings: large batches "
+                       "and lazy Adam); the card records what each model used")
     model.add_argument("--y-range", type=comma_list(float), default=(0.0, 5.5),
                        help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
     model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
@@ -82,7 +83,16 @@ def parser():
     return p
 
 
-SETTINGS = ("epochs", "lr", "wd", "bs", "n_factors", "layers", "user_size", "item_size", "embed_p", "sqr_mom")
+SETTINGS = ("epochs", "lr", "wd", "bs", "n_factors", "layers", "user_size", "item_size", "embed_p", "sqr_mom",
+            "lazy")
+
+
+def flag(text):
+    """`true`/`false` (or 1/0, yes/no) for a boolean setting: `bool("false")` would be True."""
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.strip().lower() not in words:
+        raise ValueError(text)
+    return words[text.strip().lower()]
 
 
 def per_model(text):
@@ -95,7 +105,7 @@ def per_model(text):
     return kind, key, value.strip()
 
 
-def model_settings(args, n_train):
+def model_settings(args, n_train, n_users=None):
     """Each model's defaults for `n_train` ratings, then the flags given for every model, then `--set`'s."""
     from hfcf import training
 
@@ -103,11 +113,12 @@ def model_settings(args, n_train):
              "lr": args.lr, "wd": args.wd}
     overrides = {key: value for key, value in given.items() if value is not None}
     chosen = {kind: dataclasses.replace(settings, **overrides)
-              for kind, settings in training.defaults_for(n_train).items()}
+              for kind, settings in training.defaults_for(n_train, n_users).items()}
     for kind, key, text in args.set or ():
         current = getattr(chosen[kind], key)
         try:
-            value = comma_list(int)(text) if isinstance(current, tuple) else type(current)(text)
+            value = comma_list(int)(text) if isinstance(current, tuple) else \
+                flag(text) if isinstance(current, bool) else type(current)(text)
         except (ValueError, argparse.ArgumentTypeError):
             raise DataError(f"--set {kind}.{key}={text}: expected a value like the default, {current!r}") from None
         chosen[kind] = dataclasses.replace(chosen[kind], **{key: value})
@@ -147,7 +158,7 @@ def main(argv=None):
         dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate, y_range=args.y_range,
                             **table_columns(args))
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
-        settings = model_settings(args, len(split.train))
+        settings = model_settings(args, len(split.train), split.train["user"].nunique())
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
                                 args.force, args.repo_id, world=world, dataset_id=args.dataset_id)
         trained = True

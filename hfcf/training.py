@@ -24,7 +24,7 @@ from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback
 from fastai.learner import CastToTensor, Learner, Metric
 from fastai.metrics import rmse
-from fastai.optimizer import Adam
+from fastai.optimizer import Adam, Optimizer
 from fastai.tabular.model import emb_sz_rule, tabular_config
 from fastai.torch_core import set_seed
 
@@ -47,6 +47,9 @@ class ModelSettings:
     item_size: int = 0
     embed_p: float = 0.0      # EmbeddingNN dropout on the embeddings; topn: on a user's rated titles (training only)
     sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
+    # Rating models: update only the embedding rows a batch touches (`LazyAdam`); `wd` is then an L2 penalty per
+    # rating. Off: fastai's Adam over every parameter each step, `wd` decoupled weight decay (as the book).
+    lazy: bool = False
 
 
 # Tuned on MovieLens 100k (a random 15% of u1.base held out; BENCHMARKS.md has the search and the five-fold check).
@@ -59,17 +62,84 @@ DEFAULTS = {
 }
 
 
+# From LARGE_DATA training ratings up, fastai's dense Adam step (every row of every table, each step) costs more than
+# the batch itself, so the rating models switch to large batches and lazy updates. Tuned on power-law synthetic sets
+# of 0.6M to 7M ratings with planted taste (bench/scale.py), checked on 1M to 25M: BENCHMARKS.md.
+LARGE_DATA = 1_000_000
+LARGE_DEFAULTS = {
+    "dot": ModelSettings(epochs=4, lr=3e-2, wd=0.1, bs=0, n_factors=32, sqr_mom=0.9, lazy=True),
+    # Dropout on the embeddings cost more accuracy than it saved at this size; the layers' L2 does the regularising.
+    "nn": ModelSettings(epochs=8, lr=3e-3, wd=0.1, bs=0, layers=(128,), user_size=32, item_size=32, embed_p=0.0,
+                        lazy=True),
+    "topn": ModelSettings(epochs=10, lr=3e-3, wd=10.0, bs=0, n_factors=128, embed_p=0.5),
+}
+LARGE_STEPS_PER_EPOCH = 100  # batch size = training ratings / this, in powers of two from 8,192 to 65,536
 MIN_STEPS_PER_EPOCH = 16  # the tuned batch sizes give MovieLens 100k 20 to 80 steps an epoch
 
 
-def defaults_for(n_train):
-    """DEFAULTS with each batch size capped so that `n_train` ratings still make MIN_STEPS_PER_EPOCH steps an epoch.
+def defaults_for(n_train, n_users=None):
+    """Each model's default settings for `n_train` training ratings (from `n_users` users).
 
-    The batch sizes were tuned on 80,000 ratings; on a few thousand they would leave a handful of steps in all
-    (the synthetic set's 4,800 training ratings learnt nothing at bs 1,024 and the clusters at bs 300).
+    Up to LARGE_DATA, DEFAULTS with each batch size capped so that `n_train` ratings still make MIN_STEPS_PER_EPOCH
+    steps an epoch: the batch sizes were tuned on 80,000 ratings, and on a few thousand they would leave a handful of
+    steps in all (the synthetic set's 4,800 training ratings learnt nothing at bs 1,024 and the clusters at bs 300).
+    From LARGE_DATA, LARGE_DEFAULTS with a batch of about 1/LARGE_STEPS_PER_EPOCH of the data (the same number of
+    steps, and so of penalty and learning-rate schedule, per epoch at every size), and for the top-N model about
+    as many steps an epoch in users as the rating models take.
     """
-    cap = max(32, n_train // MIN_STEPS_PER_EPOCH)
-    return {kind: replace(settings, bs=min(settings.bs, cap)) for kind, settings in DEFAULTS.items()}
+    if n_train < LARGE_DATA:
+        cap = max(32, n_train // MIN_STEPS_PER_EPOCH)
+        return {kind: replace(settings, bs=min(settings.bs, cap)) for kind, settings in DEFAULTS.items()}
+    bs = int(min(65536, max(8192, 2 ** round(math.log2(n_train / LARGE_STEPS_PER_EPOCH)))))
+    users = n_users or n_train // 100
+    user_bs = int(min(8192, max(512, 2 ** round(math.log2(users / LARGE_STEPS_PER_EPOCH)))))
+    return {kind: replace(settings, bs=user_bs if kind == "topn" else bs) for kind, settings in LARGE_DEFAULTS.items()}
+
+
+def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, **kwargs):
+    """fastai optimizer callback: Adam whose step costs what a batch touched, not the size of the tables.
+
+    For an embedding with a sparse gradient, only the rows the batch looked up are updated ("lazy" Adam, as
+    TensorFlow's LazyAdam): their moments and weights move, the others wait for a batch that has them. `wd` is an
+    L2 penalty per rating: a touched row's gradient gains `wd * row * (its ratings in the batch / batch size)`,
+    the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
+    A dense parameter (the nn's layers) takes a plain Adam step with L2 `wd * p` on its gradient.
+    """
+    if grad_avg is None:
+        grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
+    step += 1
+    debias_mom, debias_sqr = 1 - mom ** step, 1 - sqr_mom ** step
+    grad = p.grad
+    if grad.is_sparse:
+        looked_up = grad._indices()[0]
+        rows, position, counts = torch.unique(looked_up, return_inverse=True, return_counts=True)
+        summed = torch.zeros(len(rows), p.shape[1], dtype=p.dtype).index_add_(0, position, grad._values())
+        weights = p.data[rows]
+        if do_wd and wd:
+            summed.addcmul_(weights, (counts * (wd / len(looked_up))).to(p.dtype)[:, None])
+        avg = grad_avg[rows].mul_(mom).add_(summed, alpha=1 - mom)
+        sqr = sqr_avg[rows].mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
+        grad_avg[rows], sqr_avg[rows] = avg, sqr
+        p.data[rows] = weights.addcdiv_(avg, (sqr / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom)
+    else:
+        if do_wd and wd:
+            grad = grad.add(p.data, alpha=wd)
+        grad_avg.mul_(mom).add_(grad, alpha=1 - mom)
+        sqr_avg.mul_(sqr_mom).addcmul_(grad, grad, value=1 - sqr_mom)
+        p.data.addcdiv_(grad_avg, (sqr_avg / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom)
+    return {"step": step, "grad_avg": grad_avg, "sqr_avg": sqr_avg}
+
+
+def LazyAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.0):
+    """A fastai `Optimizer` taking `lazy_adam_step`: `fit_one_cycle` schedules its lr and momentum as Adam's."""
+    return Optimizer(params, [lazy_adam_step], lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+
+def sparse_embeddings(model):
+    """Make every embedding of `model` give sparse gradients (rows looked up, not whole tables), for `LazyAdam`."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = True
 
 
 @dataclass
@@ -292,8 +362,16 @@ class RatingRecipe(Recipe):
                                    TensorBatches(*valid, 8192, shuffle=False), users, items)
 
     def common(self, settings, y_range):
+        optimizer = LazyAdam if settings.lazy else Adam
         return dict(y_range=y_range, loss_func=mse, metrics=rmse,
-                    opt_func=partial(Adam, sqr_mom=settings.sqr_mom))
+                    opt_func=partial(optimizer, sqr_mom=settings.sqr_mom))
+
+    def learner(self, dls, settings, chosen, y_range):
+        learn = self.collab_learner(dls, settings, chosen, y_range)
+        if settings.lazy:
+            sparse_embeddings(learn.model)
+        learn.create_opt()
+        return learn
 
     def export(self, learn, train, chosen, n_users):
         return hfnn.from_fastai_keys(self.kind, learn.model.state_dict(), len(chosen.get("layers", ())))
@@ -315,11 +393,13 @@ class DotRecipe(RatingRecipe):
             raise DataError(f"dot: --factors must be at least 1 (got {settings.n_factors})")
 
     def learner(self, dls, settings, chosen, y_range):
-        learn = collab_learner(dls, n_factors=settings.n_factors, **self.common(settings, y_range))
-        learn.create_opt()
+        learn = super().learner(dls, settings, chosen, y_range)
         for bias in (learn.model.u_bias.weight, learn.model.i_bias.weight):
             learn.opt.state[bias]["do_wd"] = False
         return learn
+
+    def collab_learner(self, dls, settings, chosen, y_range):
+        return collab_learner(dls, n_factors=settings.n_factors, **self.common(settings, y_range))
 
 
 class NeuralRecipe(RatingRecipe):
@@ -344,13 +424,12 @@ class NeuralRecipe(RatingRecipe):
         if not 0 <= settings.embed_p < 1:
             raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {settings.embed_p})")
 
-    def learner(self, dls, settings, chosen, y_range):
+    def collab_learner(self, dls, settings, chosen, y_range):
         emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
         config = tabular_config(bn_cont=False, embed_p=settings.embed_p)
         learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), config=config,
                                **self.common(settings, y_range))
         fast_dropout(learn.model)
-        learn.create_opt()
         return learn
 
 
@@ -387,6 +466,9 @@ class TopNRecipe(Recipe):
             raise DataError(f"topn: --factors must be at least 1 (got {settings.n_factors})")
         if not 0 <= settings.embed_p < 1:
             raise DataError(f"topn: history dropout must be at least 0 and below 1 (got {settings.embed_p})")
+        if settings.lazy:
+            raise DataError("topn: lazy updates are for the rating models (dot, nn), whose embeddings a batch "
+                            "touches only in part; leave out --set topn.lazy")
 
     def learner(self, dls, settings, chosen, y_range):
         model = hfnn.TopNModel(len(dls.classes["user"]), len(dls.classes["title"]), settings.n_factors)
@@ -430,6 +512,7 @@ def check_settings(kind, settings):
     if not 0 < settings.sqr_mom < 1:
         raise DataError(f"{kind}: sqr_mom must lie between 0 and 1 (got {settings.sqr_mom})")
     RECIPES[kind].check(settings)
+
 
 def _epoch_logger(kind, learn, log):
     """Plain one-line-per-epoch log for non-terminals, where fastprogress's bar floods the output."""

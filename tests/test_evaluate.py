@@ -55,3 +55,25 @@ def test_ranking_leaves_out_what_each_user_rated_in_training():
     quality = evaluate.ranking(lambda rows: np.tile(scores, (len(rows), 1)), np.array([1]), np.array([1]),
                                np.array([1, 2]), np.array([2, 1]), n_items=5, k=1)
     assert quality["precision@1"] == 1.0  # user 1 gets 2 (held out), user 2 gets 1 (held out)
+
+
+def _additive(rng, n, user_sd, item_sd, noise, n_users=300, n_items=200):
+    """`n` ratings 3 + user offset + item offset + noise, with the offsets drawn once per seed."""
+    user_offset, item_offset = rng.normal(0, user_sd, n_users), rng.normal(0, item_sd, n_items)
+    users, items = rng.integers(1, n_users, n), rng.integers(1, n_items, n)
+    return users, items, 3 + user_offset[users] + item_offset[items] + rng.normal(0, noise, n)
+
+
+@pytest.mark.parametrize("user_sd, item_sd", [(0.0, 0.0), (0.5, 0.5)])
+def test_the_bias_baseline_is_never_worse_than_the_global_mean(user_sd, item_sd):
+    """Issue 11: with a fixed shrinkage the bias baseline lost to the global mean on sparse, bias-free data.
+    Ratings are drawn fresh for scoring, from the same offsets (the same seed's table)."""
+    users, items, ratings = _additive(np.random.default_rng(0), 3000, user_sd, item_sd, noise=1.0)
+    test_users, test_items, test_ratings = _additive(np.random.default_rng(0), 6000, user_sd, item_sd, noise=1.0)
+    test_users, test_items, test_ratings = test_users[3000:], test_items[3000:], test_ratings[3000:]
+    biased = evaluate.rmse(evaluate.bias_only(users, items, ratings, test_users, test_items, 300, 200), test_ratings)
+    mean = evaluate.rmse(evaluate.global_mean(ratings, len(test_ratings)), test_ratings)
+    assert biased <= mean + 1e-9
+    if user_sd:  # real offsets: the biases must find them, not fall back to the mean
+        assert biased < mean - 0.1
+        assert evaluate.choose_shrinkage(users, items, ratings, 300, 200) is not None

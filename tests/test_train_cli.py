@@ -220,3 +220,11 @@ def test_the_card_claims_only_what_is_true_of_the_data(tmp_path):
         assert "movielens" not in front.lower()
         assert ("\ndatasets:\n- someone/book-ratings\n" in front) == bool(datasets)
         assert ("\ndatasets:" in front) == bool(datasets)  # never a file name where a Hub dataset id belongs
+
+
+def test_set_takes_true_and_false_for_a_switch(tmp_path, capsys):
+    args = train.parser().parse_args(["--set", "dot.lazy=false", "--set", "nn.lazy=yes"])
+    chosen = train.model_settings(args, 5_000_000)
+    assert (chosen["dot"].lazy, chosen["nn"].lazy) == (False, True)
+    assert train.main(["--data", "synthetic", "--set", "dot.lazy=maybe", "--out", str(tmp_path / "model")]) == 2
+    assert "expected a value like the default, False" in capsys.readouterr().err

@@ -1,0 +1,85 @@
+"""hfcf's training pieces on tiny inputs with known answers: the lazy Adam step and the size-aware defaults."""
+import numpy as np
+import pytest
+import torch
+
+from hfcf import training
+
+
+def test_lazy_adam_without_penalty_matches_torch_sparse_adam():
+    """On a sparse gradient, `LazyAdam` is Adam on the rows looked up (repeated rows summed): torch's SparseAdam."""
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Embedding(6, 3, sparse=True), torch.nn.Embedding(6, 3, sparse=True)
+    theirs.weight.data.copy_(ours.weight.data)
+    start = ours.weight.detach().clone()
+    # eps tiny: SparseAdam adds it before the bias correction, fastai's Adam (and ours) after
+    lazy = training.LazyAdam([ours.weight], lr=0.1, mom=0.9, sqr_mom=0.99, eps=1e-10)
+    reference = torch.optim.SparseAdam([theirs.weight], lr=0.1, betas=(0.9, 0.99), eps=1e-10)
+    batches = [torch.tensor([1, 1, 2]), torch.tensor([2, 4]), torch.tensor([1, 4, 4, 4])]
+    for rows in batches:
+        target = torch.arange(len(rows) * 3, dtype=torch.float32).reshape(len(rows), 3) / 5
+        lazy.zero_grad()
+        ((ours(rows) - target) ** 2).sum().backward()
+        lazy.step()
+        reference.zero_grad()
+        ((theirs(rows) - target) ** 2).sum().backward()
+        reference.step()
+        torch.testing.assert_close(ours.weight.data, theirs.weight.data)
+    untouched = [0, 3, 5]
+    assert torch.equal(ours.weight.data[untouched], start[untouched])  # rows no batch looked up never move
+    assert torch.count_nonzero(lazy.state[ours.weight]["grad_avg"][untouched]) == 0
+
+
+def test_lazy_adam_penalty_is_per_rating():
+    """wd is the gradient of wd/2 * mean over the batch of |row|^2: a row looked up twice in a batch of four
+    gains wd * row * 2/4. With a zero loss gradient, Adam's first step is then -lr * sign(row)."""
+    embedding = torch.nn.Embedding(3, 2, sparse=True)
+    embedding.weight.data = torch.tensor([[1.0, -2.0], [0.5, -0.25], [3.0, 4.0]])
+    rows = torch.tensor([1, 1, 2, 2])
+    lazy = training.LazyAdam([embedding.weight], lr=0.01, wd=0.5, eps=1e-12)
+    lazy.zero_grad()
+    (embedding(rows) * 0).sum().backward()
+    lazy.step()
+    expected = torch.tensor([[1.0, -2.0], [0.5 - 0.01, -0.25 + 0.01], [3.0 - 0.01, 4.0 - 0.01]])
+    torch.testing.assert_close(embedding.weight.data, expected, atol=1e-6, rtol=0)
+    state = lazy.state[embedding.weight]
+    torch.testing.assert_close(state["grad_avg"][1] / 0.1, 0.5 * embedding.weight.new_tensor([0.5, -0.25]) * 2 / 4)
+
+
+def test_lazy_adam_on_a_dense_parameter_is_adam_with_l2():
+    """The nn's layers get dense gradients: plain Adam with wd * p added to the gradient, as torch's Adam."""
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    theirs.load_state_dict(ours.state_dict())
+    lazy = training.LazyAdam(list(ours.parameters()), lr=0.05, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.1)
+    reference = torch.optim.Adam(theirs.parameters(), lr=0.05, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, optimizer in ((ours, lazy), (theirs, reference)):
+            optimizer.zero_grad()
+            (model(x) ** 2).mean().backward()
+            optimizer.step()
+    for mine, reference_parameter in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(mine.data, reference_parameter.data)
+
+
+def test_small_data_keeps_the_tuned_defaults_with_batches_capped():
+    small = training.defaults_for(80_000)
+    assert small == training.DEFAULTS  # MovieLens 100k's tuned settings, untouched
+    tiny = training.defaults_for(4_800)
+    assert all(settings.bs <= 300 for settings in tiny.values())
+    assert not any(settings.lazy for settings in tiny.values())
+
+
+@pytest.mark.parametrize("n_train, bs", [(1_000_000, 8192), (2_000_000, 16384), (5_000_000, 65536),
+                                         (20_000_000, 65536), (200_000_000, 65536)])
+def test_large_data_takes_about_a_hundred_steps_an_epoch_with_lazy_updates(n_train, bs):
+    chosen = training.defaults_for(n_train, n_users=n_train // 140)
+    assert chosen["dot"].bs == chosen["nn"].bs == bs
+    assert chosen["dot"].lazy and chosen["nn"].lazy and not chosen["topn"].lazy
+    assert 512 <= chosen["topn"].bs <= 8192
+
+
+def test_topn_refuses_lazy_updates():
+    with pytest.raises(training.DataError, match="leave out --set topn.lazy"):
+        training.check_settings("topn", training.ModelSettings(epochs=1, lr=1e-3, wd=0.0, bs=64, n_factors=8, lazy=True))
