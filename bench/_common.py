@@ -46,9 +46,7 @@ def canonical(path, fold):
 
 def vocabularies(split):
     """User and item vocabularies over both sides of a split, as train.py builds them."""
-    import pandas as pd
-
-    return vocab.from_ratings(pd.concat([split.train, split.valid]))
+    return vocab.from_ratings(split.train, split.valid)
 
 
 def fit_and_score(split, settings, kinds=("dot", "nn"), seed=SEED):
@@ -110,3 +108,42 @@ def run(main):
         main()
     except HfcfError as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def power_law_ratings(n_ratings, seed=0, factors=8, noise=0.75):
+    """Exactly `n_ratings` distinct (user, title) ratings whose users and titles follow power laws (few very active
+    users, few blockbusters; about MovieLens 25M's shape at 25M: 178k users x 27k titles), drawn from a planted
+    low-rank taste model plus Gaussian noise, clipped to 0.5..5. Seeded; int32 ids from 1 and float32 ratings.
+
+    Returns (frame, the RMSE of the planted model itself on these ratings: the floor no model can beat).
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_users, n_items = max(100, int(n_ratings / 140)), max(50, int(n_ratings ** 0.6))
+    if n_ratings > n_users * n_items // 2:
+        raise ValueError(f"{n_ratings} ratings would fill more than half of {n_users} x {n_items} pairs")
+    activity = rng.pareto(1.2, n_users) + 1
+    popularity = (1 / np.arange(1, n_items + 1) ** 0.9)[rng.permutation(n_items)]
+    pairs = np.empty(0, np.int64)
+    while len(pairs) < n_ratings:  # repeated pairs are dropped, so draw again until there are enough distinct ones
+        wanted = int((n_ratings - len(pairs)) * 1.2) + 1000
+        users = rng.choice(n_users, wanted, p=activity / activity.sum())
+        items = rng.choice(n_items, wanted, p=popularity / popularity.sum())
+        pairs = np.unique(np.concatenate([pairs, users.astype(np.int64) * n_items + items]))
+    pairs = rng.permutation(pairs)[:n_ratings]  # a random subset: sorted order would favour the low user ids
+    users, items = (pairs // n_items).astype(np.int32), (pairs % n_items).astype(np.int32)
+    taste_u = rng.normal(0, 0.5, (n_users, factors)).astype(np.float32)
+    taste_i = rng.normal(0, 0.5, (n_items, factors)).astype(np.float32)
+    bias_u, bias_i = rng.normal(0, 0.3, n_users), rng.normal(0, 0.4, n_items)
+    signal = np.empty(n_ratings, np.float32)
+    for start in range(0, n_ratings, 1 << 20):  # in chunks: a (25M, factors) product would take GBs
+        rows = slice(start, start + (1 << 20))
+        u, i = users[rows], items[rows]
+        signal[rows] = 3.5 + bias_u[u] + bias_i[i] + np.einsum("ij,ij->i", taste_u[u], taste_i[i])
+    ratings = np.clip(signal + rng.normal(0, noise, n_ratings).astype(np.float32), 0.5, 5.0)
+    floor = float(np.sqrt(np.mean((np.clip(signal, 0.5, 5.0) - ratings).astype(np.float64) ** 2)))
+    order = np.lexsort((items, users))
+    frame = pd.DataFrame({"user": users[order] + 1, "item": items[order] + 1, "rating": ratings[order]})
+    return frame, floor

@@ -17,31 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def power_law_ratings(n_ratings, seed=0, factors=8):
-    """About `n_ratings` ratings (repeated user-title pairs drawn are dropped) whose users and titles follow power
-    laws (few very active users, few blockbusters), from a planted low-rank taste model plus noise;
-    (frame, the RMSE of the planted model itself: the floor no model can beat)."""
-    rng = np.random.default_rng(seed)
-    n_users, n_items = max(100, int(n_ratings / 140)), max(50, int(n_ratings ** 0.6))
-    activity = rng.pareto(1.2, n_users) + 1
-    popularity = 1 / np.arange(1, n_items + 1) ** 0.9
-    users = rng.choice(n_users, int(n_ratings * 1.1), p=activity / activity.sum())
-    items = rng.permutation(n_items)[rng.choice(n_items, len(users), p=popularity / popularity.sum())]
-    pairs = np.unique(users.astype(np.int64) * n_items + items)[:n_ratings]
-    users, items = pairs // n_items, pairs % n_items
-    taste_u, taste_i = rng.normal(0, 0.5, (n_users, factors)), rng.normal(0, 0.5, (n_items, factors))
-    bias_u, bias_i = rng.normal(0, 0.3, n_users), rng.normal(0, 0.4, n_items)
-    noise = 0.75
-    signal = 3.5 + bias_u[users] + bias_i[items] + (taste_u[users] * taste_i[items]).sum(1)
-    ratings = np.clip(signal + rng.normal(0, noise, len(users)), 0.5, 5.0).astype(np.float32)
-    frame = pd.DataFrame({"user": users.astype(np.int32) + 1, "item": items.astype(np.int32) + 1, "rating": ratings})
-    return frame, float(np.sqrt(np.mean((np.clip(signal, 0.5, 5.0) - ratings) ** 2)))
+from _common import ROOT, power_law_ratings
 
 
 def run(command, env, out):

@@ -16,6 +16,7 @@ ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
                  "nn": "fastai `EmbeddingNN` (embeddings + MLP)",
                  "topn": "hfcf `TopNModel` (item-to-item autoencoder of what users chose, fitted by a fastai Learner)"}
 RANKING_K = 10
+RANKING_USERS = 10_000  # top-k lists scored for at most this many users (a seeded sample beyond)
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
@@ -84,8 +85,9 @@ def evaluate_models(fitted, split, users, items, y_range):
     popularity = np.bincount(train_items, minlength=len(items)).astype(float)
     rankers = {"popularity": lambda rows: np.broadcast_to(popularity, (len(rows), len(items))),
                **{kind: scorer.scores_for for kind, scorer in scorers.items()}}
+    ranked = evaluate.ranked_users(valid_users, RANKING_USERS)
     ranking = {name: evaluate.ranking(scores_for, train_users, train_items, valid_users, valid_items, len(items),
-                                      RANKING_K) for name, scores_for in rankers.items()}
+                                      RANKING_K, ranked) for name, scores_for in rankers.items()}
     return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}, ranking
 
 
@@ -97,6 +99,9 @@ def rebuild(kind, model, users, items, y_range):
 
 
 def _rating_fit(s):
+    if s.get("lazy"):
+        return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with lazy Adam (only the embedding rows a "
+                f"batch touches are updated; wd is an L2 penalty per rating) beta2 {s['sqr_mom']}, batch size {s['bs']}")
     return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with Adam beta2 {s['sqr_mom']}, "
             f"batch size {s['bs']}")
 
@@ -146,7 +151,8 @@ def render_card(config, repo_id=None, example=None):
         split_description=config["split"]["description"],
         metric_rows=[{"name": key, **value} for key, value in metrics.items()],
         ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
-        k=RANKING_K, kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]}, architectures=ARCHITECTURES, models=config["models"],
+        k=RANKING_K, ranked_users=config["split"].get("ranked_users"),
+        valid_users=config["split"].get("n_valid_users"), kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]}, architectures=ARCHITECTURES, models=config["models"],
         y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
         settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)
@@ -162,8 +168,9 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
 
     if world.is_main:
         artifacts.check_output(out, force)
-    settings = {kind: (settings or training.defaults_for(len(split.train)))[kind] for kind in kinds}
-    users, items = vocab.from_ratings(pd.concat([split.train, split.valid]))
+    n_train_users = split.train["user"].nunique()
+    settings = {kind: (settings or training.defaults_for(len(split.train), n_train_users))[kind] for kind in kinds}
+    users, items = vocab.from_ratings(split.train, split.valid)
     distributed.check_same(world, "vocabularies", [users.keys, items.keys, len(split.train), len(split.valid)])
     log = log if world.is_main else (lambda *_: None)
     log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}"
@@ -178,6 +185,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     for name, value in ranking.items():
         log(f"{name:>15}: " + "  ".join(f"{metric} {number:.4f}" for metric, number in value.items()))
     ratings = dataset.ratings
+    n_valid_users = int(split.valid["user"].nunique())
     config = {
         "library": "hfcf", "format_version": artifacts.FORMAT_VERSION, "hfcf_version": __version__,
         "fastai_version": training.fastai_version(), "python_version": platform.python_version(),
@@ -195,7 +203,8 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
                     # how to read the same ratings again (the app's users' histories) and check they are the same
                     "read_as": dataset.read_as, "fingerprint": data.fingerprint(ratings)},
         "split": {**split.info, "description": split.description, "n_train": len(split.train),
-                  "n_valid": len(split.valid)},
+                  "n_valid": len(split.valid), "n_valid_users": n_valid_users,
+                  "ranked_users": min(n_valid_users, RANKING_USERS)},
         "metrics": metrics,
         "ranking": ranking,
         "train_seconds": round(time.perf_counter() - started, 2),
@@ -203,9 +212,10 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
                         "batches": "each model's bs is the global batch; each process takes 1/world_size of it "
                                    "and gradients are averaged (DistributedDataParallel)"},
     }
-    counts = pd.concat([split.train, split.valid])["title"].value_counts()
-    item_counts = [0] + [int(counts.get(title, 0)) for title in items.keys[1:]]
-    example = {"user": users.keys[1], "titles": [str(title) for title in counts.index[:2]]}  # its own data's
+    counts = sum(np.bincount(items.rows(side["title"]), minlength=len(items)) for side in (split.train, split.valid))
+    item_counts = counts.tolist()
+    most_rated = np.argsort(-counts, kind="stable")[:2]
+    example = {"user": users.keys[1], "titles": [str(items.keys[row]) for row in most_rated]}  # its own data's
     artifacts.save(out, config, users, items, item_counts, {kind: model.state_dict for kind, model in fitted.items()},
                    render_card(config, repo_id, example))
     log(f"wrote {out} ({', '.join(sorted(artifacts.WEIGHT_FILES[k] for k in kinds))}, config.json, vocab.json, "

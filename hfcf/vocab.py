@@ -63,10 +63,13 @@ def _bulk_rows(keys, values, what, error, as_text=False):
     return rows.astype(np.int64) + 1  # row 0 is #na#
 
 
-def from_ratings(ratings):
-    """Vocabularies of every user and title in a ratings frame, sorted, `#na#` first as fastai orders them."""
-    return UserVocab([NA, *sorted(ratings["user"].unique().tolist())]), \
-        ItemVocab([NA, *sorted(ratings["title"].unique().tolist())])
+def from_ratings(*frames):
+    """Vocabularies of every user and title in one or more ratings frames (a split's two sides: no concatenated
+    copy of millions of rows), sorted, `#na#` first as fastai orders them."""
+    def unique(column):
+        return set().union(*(frame[column].unique().tolist() for frame in frames))
+
+    return UserVocab([NA, *sorted(unique("user"))]), ItemVocab([NA, *sorted(unique("title"))])
 
 
 class UserVocab:

@@ -1,0 +1,83 @@
+"""What `python train.py` costs and learns as the data grows, on power-law synthetic ratings with planted taste.
+
+    .venv/bin/python bench/scale.py                         # 1M, 5M, 10M and 25M ratings (~30 min)
+    .venv/bin/python bench/scale.py --sizes 1000000 5000000
+    .venv/bin/python bench/scale.py --quick                 # 200k ratings: a smoke run
+
+Each size is generated (seeded, no download: `_common.power_law_ratings`, ~178k users x 27k titles at 25M),
+written as Parquet and trained by `train.py --data FILE` with its default settings and models, as a user would,
+under GNU time for wall time and peak RSS. Ratings/s is a model's training ratings x epochs / its fit time
+(validation passes included). Signal is the share of what biases leave that a model learns:
+(bias RMSE - model RMSE) / (bias RMSE - planted RMSE), where the planted model is the one the ratings were
+drawn from (its RMSE is the noise floor).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+from _common import ROOT, markdown_table, power_law_ratings
+
+
+def train(data, out, extra):
+    """(wall seconds, peak RSS in GB, config) of `train.py --data data --out out`."""
+    command = ["/usr/bin/time", "-f", "%e %M", sys.executable, "train.py", "--data", str(data), "--out", str(out),
+               *extra]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    wall, kilobytes = done.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(kilobytes) / 2**20, json.loads((out / "config.json").read_text())
+
+
+def main():
+    p = _common.parser(__doc__)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000, 25_000_000])
+    p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--models dot'")
+    args = p.parse_args()
+    sizes = [200_000] if args.quick else args.sizes
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for size in sizes:
+            started = time.perf_counter()
+            frame, floor = power_law_ratings(size, seed=_common.SEED)
+            data = Path(folder) / f"ratings-{size}.parquet"
+            frame.to_parquet(data, index=False)
+            generated = time.perf_counter() - started
+            n_users, n_items = frame["user"].nunique(), frame["item"].nunique()
+            del frame
+            wall, peak, config = train(data, Path(folder) / f"model-{size}", args.train_args.split())
+            metrics, n_train = config["metrics"], config["split"]["n_train"]
+            bias = metrics["user+item bias"]["rmse"]
+            speeds = {kind: n_train * model["epochs"] / model["fit_seconds"] for kind, model in config["models"].items()}
+
+            def signal(kind):
+                return f"{(bias - metrics[kind]['rmse']) / (bias - floor):.0%}" if kind in metrics else "-"
+
+            def rmse(name):
+                return f"{metrics[name]['rmse']:.4f}" if name in metrics else "-"
+
+            rows.append([f"{size / 1e6:g}M", f"{n_users:,} x {n_items:,}", f"{wall:.0f}", f"{peak:.2f}",
+                         " / ".join(f"{kind} {speed / 1e6:.2f}" for kind, speed in speeds.items()),
+                         rmse("global mean"), rmse("user+item bias"), f"{floor:.4f}",
+                         f"{rmse('dot')} ({signal('dot')})", f"{rmse('nn')} ({signal('nn')})",
+                         " / ".join(f"{kind} {model['ranking']['recall@10']:.3f}"
+                                    for kind, model in config["models"].items() if "ranking" in model)])
+            notes.append(f"{size / 1e6:g}M: generated in {generated:.0f} s; " + "; ".join(
+                f"{kind} {model['epochs']} epochs bs {model['bs']} {model['fit_seconds']:.0f} s"
+                for kind, model in config["models"].items()))
+            print(f"done {size:,}: {wall:.0f} s, {peak:.2f} GB", file=sys.stderr, flush=True)
+    print(markdown_table(["ratings", "users x titles", "train.py wall s", "peak RSS GB", "M ratings/s per epoch",
+                          "mean", "bias", "planted", "dot (signal)", "nn (signal)", "recall@10"], rows))
+    print()
+    print("\n".join(notes))
+    print(f"\n{_common.machine()}; train.py with its own thread settings")
+
+
+if __name__ == "__main__":
+    _common.run(main)
