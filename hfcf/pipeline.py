@@ -201,7 +201,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
                     "n_users": int(ratings["user"].nunique()), "n_items": int(ratings["title"].nunique()),
                     "rating_range": [float(ratings["rating"].min()), float(ratings["rating"].max())],
                     # how to read the same ratings again (the app's users' histories) and check they are the same
-                    "read_as": dataset.read_as, "fingerprint": data.fingerprint(ratings)},
+                    "read_as": dataset.read_as, "fingerprint": dataset.fingerprint or data.fingerprint(ratings)},
         "split": {**split.info, "description": split.description, "n_train": len(split.train),
                   "n_valid": len(split.valid), "n_valid_users": n_valid_users,
                   "ranked_users": min(n_valid_users, RANKING_USERS)},

@@ -116,7 +116,7 @@ def _check_fingerprint(dataset, config, source):
     recorded = config.get("fingerprint")
     if not recorded:
         return
-    found = data.fingerprint(dataset.ratings)
+    found = dataset.fingerprint or data.fingerprint(dataset.ratings)
     where = source or dataset.name
     if found["n_ratings"] != recorded["n_ratings"]:
         raise DataError(f"{where} holds {found['n_ratings']:,} ratings where the model was trained on "

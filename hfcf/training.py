@@ -65,11 +65,11 @@ DEFAULTS = {
 # From LARGE_DATA training ratings up, fastai's dense Adam step (every row of every table, each step) costs more than
 # the batch itself, so the rating models switch to large batches and lazy updates. Tuned on power-law synthetic sets
 # of 0.6M to 7M ratings with planted taste (bench/scale.py), checked on 1M to 25M: BENCHMARKS.md.
-LARGE_DATA = 1_000_000
+LARGE_DATA = 250_000
 LARGE_DEFAULTS = {
     "dot": ModelSettings(epochs=4, lr=3e-2, wd=0.1, bs=0, n_factors=32, sqr_mom=0.9, lazy=True),
     # Dropout on the embeddings cost more accuracy than it saved at this size; the layers' L2 does the regularising.
-    "nn": ModelSettings(epochs=8, lr=3e-3, wd=0.1, bs=0, layers=(128,), user_size=32, item_size=32, embed_p=0.0,
+    "nn": ModelSettings(epochs=16, lr=3e-3, wd=0.1, bs=0, layers=(128,), user_size=32, item_size=32, embed_p=0.0,
                         lazy=True),
     "topn": ModelSettings(epochs=10, lr=3e-3, wd=10.0, bs=0, n_factors=128, embed_p=0.5),
 }
@@ -114,13 +114,16 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
         looked_up = grad._indices()[0]
         rows, position, counts = torch.unique(looked_up, return_inverse=True, return_counts=True)
         summed = torch.zeros(len(rows), p.shape[1], dtype=p.dtype).index_add_(0, position, grad._values())
-        weights = p.data[rows]
+        # index_select / index_copy_ rather than tensor[rows]: advanced indexing's gather and index_put cost
+        # twice as much on CPU, and these rows are unique.
+        weights = p.data.index_select(0, rows)
         if do_wd and wd:
             summed.addcmul_(weights, (counts * (wd / len(looked_up))).to(p.dtype)[:, None])
-        avg = grad_avg[rows].mul_(mom).add_(summed, alpha=1 - mom)
-        sqr = sqr_avg[rows].mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
-        grad_avg[rows], sqr_avg[rows] = avg, sqr
-        p.data[rows] = weights.addcdiv_(avg, (sqr / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom)
+        avg = grad_avg.index_select(0, rows).mul_(mom).add_(summed, alpha=1 - mom)
+        sqr = sqr_avg.index_select(0, rows).mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
+        grad_avg.index_copy_(0, rows, avg)
+        sqr_avg.index_copy_(0, rows, sqr)
+        p.data.index_copy_(0, rows, weights.addcdiv_(avg, (sqr / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom))
     else:
         if do_wd and wd:
             grad = grad.add(p.data, alpha=wd)
@@ -192,9 +195,10 @@ class TensorBatches:
 
 
 def encode(frame, users, items):
-    """(x, y) tensors: x holds (user row, item row) pairs, y the ratings."""
-    x = np.stack([users.rows(frame["user"]), items.rows(frame["title"])], axis=1)
-    return torch.as_tensor(x, dtype=torch.long), torch.tensor(frame["rating"].to_numpy(), dtype=torch.float32)
+    """(x, y) tensors: x holds (user row, item row) pairs as int32 (half the memory of int64; embeddings take
+    either), y the ratings as float32."""
+    x = np.stack([users.rows(frame["user"]), items.rows(frame["title"])], axis=1).astype(np.int32)
+    return torch.from_numpy(x), torch.tensor(frame["rating"].to_numpy(), dtype=torch.float32)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import threading
 import types
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -146,7 +147,7 @@ def test_a_single_user_or_item_is_refused(rows, noun):
 def test_validate_output_columns_and_types():
     clean, _ = data.validate(frame([["7", "b", "4", None], ["8", "a", 3, None]], ["user", "item", "rating", "x"]))
     assert list(clean.columns) == data.COLUMNS
-    assert clean["user"].dtype == "int64" and clean["item"].tolist() == ["b", "a"]
+    assert clean["user"].dtype == "int32" and clean["item"].tolist() == ["b", "a"]
     assert clean["rating"].dtype == "float64" and clean["timestamp"].isna().all()
     assert clean["title"].tolist() == ["b", "a"]
 
@@ -181,7 +182,7 @@ def test_movielens_100k_reader(tmp_path):
     dataset = data.movielens_100k(fake_ml100k(tmp_path / "ml-100k"))
     assert dataset.ratings["title"].tolist() == ["Misérables, Les (1995)", "Misérables, Les (1995)",
                                                  "Chasing Amy (1997)", "Chasing Amy (1997) [item 30]", "40"]
-    assert dataset.ratings["user"].dtype == "int64" and dataset.ratings["timestamp"].iloc[0] == 881250949.0
+    assert dataset.ratings["user"].dtype == "int32" and dataset.ratings["timestamp"].iloc[0] == 881250949.0
     assert dataset.name == "MovieLens 100k" and "no redistribution" in dataset.licence
     assert "Harper" in dataset.citation and "2827872" in dataset.citation and "100k" in dataset.url
     assert "1 items share a title with a lower item id; they got the suffix ' [item <id>]'" in dataset.notes
@@ -599,3 +600,23 @@ def test_latest_small_is_fetched_once_for_the_app(no_fastai, server, monkeypatch
     monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "elsewhere"))
     with pytest.raises(DataError, match="could not download MovieLens latest-small from .*pass the ml-latest-small"):
         data.movielens_latest_small_copy()
+
+
+def test_whole_number_ids_are_stored_in_32_bits_when_they_fit_with_the_same_fingerprint():
+    """Issue 11: half the memory for 25M ratings' ids; ids past 32 bits stay 64-bit, and the fingerprint that
+    ties a model to its ratings file does not depend on how the ids are stored."""
+    small, _ = data.validate(frame([[1, 10, 4.0], [2, 10, 3.0], [2, 11, 5.0]], ["user", "item", "rating"]))
+    large, _ = data.validate(frame([[1, 10, 4.0], [2**40, 10, 3.0], [2**40, 11, 5.0]], ["user", "item", "rating"]))
+    assert (small["user"].dtype, small["item"].dtype, large["user"].dtype) == ("int32", "int32", "int64")
+    assert data.fingerprint(small) == data.fingerprint(small.astype({"user": "int64", "item": "int64"}))
+
+
+def test_a_repeated_pair_is_found_among_many_distinct_ones():
+    users, items = np.repeat(np.arange(1, 301), 40), np.tile(np.arange(1, 41), 300)
+    ratings = np.full(len(users), 3.0)
+    clean, notes = data.validate(pd.DataFrame({"user": users, "item": items, "rating": ratings}))
+    assert len(clean) == len(users) and not any("duplicate" in note for note in notes)
+    users[5000] = users[7000]
+    items[5000] = items[7000]
+    with pytest.raises(DataError, match="1 duplicate \\(user, item\\) pairs in 2 rows"):
+        data.validate(pd.DataFrame({"user": users, "item": items, "rating": ratings}))
