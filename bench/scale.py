@@ -66,14 +66,13 @@ def main():
                          " / ".join(f"{kind} {speed / 1e6:.2f}" for kind, speed in speeds.items()),
                          rmse("global mean"), rmse("user+item bias"), f"{floor:.4f}",
                          f"{rmse('dot')} ({signal('dot')})", f"{rmse('nn')} ({signal('nn')})",
-                         " / ".join(f"{kind} {model['ranking']['recall@10']:.3f}"
-                                    for kind, model in config["models"].items() if "ranking" in model)])
+                         " / ".join(f"{name} {value['recall@10']:.3f}" for name, value in config["ranking"].items())])
             notes.append(f"{size / 1e6:g}M: generated in {generated:.0f} s; " + "; ".join(
                 f"{kind} {model['epochs']} epochs bs {model['bs']} {model['fit_seconds']:.0f} s"
                 for kind, model in config["models"].items()))
             print(f"done {size:,}: {wall:.0f} s, {peak:.2f} GB", file=sys.stderr, flush=True)
     print(markdown_table(["ratings", "users x titles", "train.py wall s", "peak RSS GB", "M ratings/s per epoch",
-                          "mean", "bias", "planted", "dot (signal)", "nn (signal)", "recall@10"], rows))
+                          "mean", "bias", "planted", "dot (signal)", "nn (signal)", "recall@10 (popularity / models)"], rows))
     print()
     print("\n".join(notes))
     print(f"\n{_common.machine()}; train.py with its own thread settings")
