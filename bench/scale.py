@@ -11,6 +11,7 @@ under GNU time for wall time and peak RSS. Ratings/s is a model's training ratin
 (bias RMSE - model RMSE) / (bias RMSE - planted RMSE), where the planted model is the one the ratings were
 drawn from (its RMSE is the noise floor).
 """
+import argparse
 import json
 import os
 import subprocess
@@ -35,44 +36,55 @@ def train(data, out, extra):
     return float(wall), int(kilobytes) / 2**20, json.loads((out / "config.json").read_text())
 
 
+HEADERS = ["ratings", "users x titles", "train.py wall s", "peak RSS GB", "M ratings/s per epoch", "mean", "bias",
+           "planted", "dot (signal)", "nn (signal)", "recall@10 (popularity / models)"]
+
+
+def measure(size, folder, extra):
+    """(table row, footnote) for `size` generated ratings trained by train.py with `extra` arguments."""
+    started = time.perf_counter()
+    frame, floor = power_law_ratings(size, seed=_common.SEED)
+    data = folder / f"ratings-{size}.parquet"
+    frame.to_parquet(data, index=False)
+    generated = time.perf_counter() - started
+    shape = f"{frame['user'].nunique():,} x {frame['item'].nunique():,}"
+    del frame  # not held while train.py runs beside it
+    wall, peak, config = train(data, folder / f"model-{size}", extra)
+    metrics, models, n_train = config["metrics"], config["models"], config["split"]["n_train"]
+    bias = metrics["user+item bias"]["rmse"]
+
+    def rmse(name):
+        return f"{metrics[name]['rmse']:.4f}" if name in metrics else "-"
+
+    def with_signal(kind):
+        return f"{rmse(kind)} ({(bias - metrics[kind]['rmse']) / (bias - floor):.0%})" if kind in metrics else "-"
+
+    row = [f"{size / 1e6:g}M", shape, f"{wall:.0f}", f"{peak:.2f}",
+           " / ".join(f"{kind} {n_train * model['epochs'] / model['fit_seconds'] / 1e6:.2f}"
+                      for kind, model in models.items()),
+           rmse("global mean"), rmse("user+item bias"), f"{floor:.4f}", with_signal("dot"), with_signal("nn"),
+           " / ".join(f"{name} {value['recall@10']:.3f}" for name, value in config["ranking"].items())]
+    fits = [f"{kind} {model['epochs']} epochs bs {model['bs']} {model['fit_seconds']:.0f} s"
+            for kind, model in models.items()]
+    note = f"{size / 1e6:g}M: generated in {generated:.0f} s; " + "; ".join(fits)
+    return row, note
+
+
 def main():
-    p = _common.parser(__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000, 25_000_000])
-    p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--models dot'")
+    p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--models dot,nn'")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 200k ratings")
     args = p.parse_args()
-    sizes = [200_000] if args.quick else args.sizes
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as folder:
-        for size in sizes:
-            started = time.perf_counter()
-            frame, floor = power_law_ratings(size, seed=_common.SEED)
-            data = Path(folder) / f"ratings-{size}.parquet"
-            frame.to_parquet(data, index=False)
-            generated = time.perf_counter() - started
-            n_users, n_items = frame["user"].nunique(), frame["item"].nunique()
-            del frame
-            wall, peak, config = train(data, Path(folder) / f"model-{size}", args.train_args.split())
-            metrics, n_train = config["metrics"], config["split"]["n_train"]
-            bias = metrics["user+item bias"]["rmse"]
-            speeds = {kind: n_train * model["epochs"] / model["fit_seconds"] for kind, model in config["models"].items()}
-
-            def signal(kind):
-                return f"{(bias - metrics[kind]['rmse']) / (bias - floor):.0%}" if kind in metrics else "-"
-
-            def rmse(name):
-                return f"{metrics[name]['rmse']:.4f}" if name in metrics else "-"
-
-            rows.append([f"{size / 1e6:g}M", f"{n_users:,} x {n_items:,}", f"{wall:.0f}", f"{peak:.2f}",
-                         " / ".join(f"{kind} {speed / 1e6:.2f}" for kind, speed in speeds.items()),
-                         rmse("global mean"), rmse("user+item bias"), f"{floor:.4f}",
-                         f"{rmse('dot')} ({signal('dot')})", f"{rmse('nn')} ({signal('nn')})",
-                         " / ".join(f"{name} {value['recall@10']:.3f}" for name, value in config["ranking"].items())])
-            notes.append(f"{size / 1e6:g}M: generated in {generated:.0f} s; " + "; ".join(
-                f"{kind} {model['epochs']} epochs bs {model['bs']} {model['fit_seconds']:.0f} s"
-                for kind, model in config["models"].items()))
-            print(f"done {size:,}: {wall:.0f} s, {peak:.2f} GB", file=sys.stderr, flush=True)
-    print(markdown_table(["ratings", "users x titles", "train.py wall s", "peak RSS GB", "M ratings/s per epoch",
-                          "mean", "bias", "planted", "dot (signal)", "nn (signal)", "recall@10 (popularity / models)"], rows))
+        for size in [200_000] if args.quick else args.sizes:
+            row, note = measure(size, Path(folder), args.train_args.split())
+            rows.append(row)
+            notes.append(note)
+            print(f"done {size:,}: {row[2]} s, {row[3]} GB", file=sys.stderr, flush=True)
+    print(markdown_table(HEADERS, rows))
     print()
     print("\n".join(notes))
     print(f"\n{_common.machine()}; train.py with its own thread settings")

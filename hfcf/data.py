@@ -544,8 +544,6 @@ def _merge_duplicates(df, policy, source):
     if not _has_repeated_pairs(df["user"], df["item"]):
         return df, []
     repeated = df.duplicated(["user", "item"], keep=False)
-    if not repeated.any():
-        return df, []
     pairs = df.loc[repeated, ["user", "item"]].drop_duplicates()
     rows = int(repeated.sum())
     if policy == "error":

@@ -28,36 +28,49 @@ def fit_biases(users, items, ratings, n_users, n_items, reg_user=15.0, reg_item=
     `users`/`items` are row indices. Returns (mean, user_bias, item_bias); rows never seen stay 0.
     """
     mean = float(np.mean(ratings))
+    centred = ratings - mean
+    # The shrunk denominators are the same every iteration: counted once (at 20M ratings a count is ~0.1 s).
+    user_denominator = reg_user + np.bincount(users, minlength=n_users)
+    item_denominator = reg_item + np.bincount(items, minlength=n_items)
     user_bias = np.zeros(n_users)
     for _ in range(iterations):
-        item_bias = _shrunk_means(items, ratings - mean - user_bias[users], n_items, reg_item)
-        user_bias = _shrunk_means(users, ratings - mean - item_bias[items], n_users, reg_user)
+        item_bias = _shrunk_means(items, centred - user_bias[users], item_denominator)
+        user_bias = _shrunk_means(users, centred - item_bias[items], user_denominator)
     return mean, user_bias, item_bias
 
 
-def _shrunk_means(rows, values, size, reg):
-    """Per-row sum of `values` over (reg + count); 0 for rows with no values."""
-    denominator = reg + np.bincount(rows, minlength=size)
-    return np.divide(np.bincount(rows, values, size), denominator, out=np.zeros(size), where=denominator > 0)
+def _shrunk_means(rows, values, denominator):
+    """Per-row sum of `values` over its `denominator` (reg + count); 0 for rows with no values."""
+    sums = np.bincount(rows, values, len(denominator))
+    return np.divide(sums, denominator, out=np.zeros(len(denominator)), where=denominator > 0)
 
 
 SHRINKAGE = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # ratings' worth of pull towards 0 (reg_user = reg_item)
+FALLBACK_SHRINKAGE = 15.0  # when a tenth of the ratings is too few to choose on: fit_biases' default for users
 
 
 def choose_shrinkage(users, items, ratings, n_users, n_items, seed=0, holdout=0.1):
     """The bias regulariser that predicts a random tenth of the training ratings best when fitted on the rest;
-    None when no regulariser beats the global mean there (biases that would only add noise)."""
+    None when no regulariser beats the global mean there (biases that would only add noise).
+
+    The held-out error is U-shaped in the regulariser (too little overfits rare users and titles, too much is
+    the mean), so the scan up SHRINKAGE stops once the error rises past its best: 3 to 4 fits, not 7, which at
+    20M training ratings is most of the evaluation's time.
+    """
     ratings = np.asarray(ratings, float)
     inner = np.random.default_rng(seed).random(len(ratings)) < holdout
     if inner.sum() < 2 or (~inner).sum() < 2:
-        return 15.0
-    best, best_error = None, rmse(np.full(inner.sum(), ratings[~inner].mean()), ratings[inner])
+        return FALLBACK_SHRINKAGE
+    fit_users, fit_items, fit_ratings = users[~inner], items[~inner], ratings[~inner]
+    best, best_error = None, rmse(np.full(inner.sum(), fit_ratings.mean()), ratings[inner])
     for reg in SHRINKAGE:
-        mean, user_bias, item_bias = fit_biases(users[~inner], items[~inner], ratings[~inner], n_users, n_items,
+        mean, user_bias, item_bias = fit_biases(fit_users, fit_items, fit_ratings, n_users, n_items,
                                                 reg_user=reg, reg_item=reg)
         error = rmse(mean + user_bias[users[inner]] + item_bias[items[inner]], ratings[inner])
         if error < best_error:
             best, best_error = reg, error
+        elif best is not None:
+            break
     return best
 
 

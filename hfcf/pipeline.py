@@ -99,10 +99,9 @@ def rebuild(kind, model, users, items, y_range):
 
 
 def _rating_fit(s):
-    if s.get("lazy"):
-        return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with lazy Adam (only the embedding rows a "
-                f"batch touches are updated; wd is an L2 penalty per rating) beta2 {s['sqr_mom']}, batch size {s['bs']}")
-    return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with Adam beta2 {s['sqr_mom']}, "
+    optimizer = ("lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
+                 if s.get("lazy") else "Adam")
+    return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with {optimizer} beta2 {s['sqr_mom']}, "
             f"batch size {s['bs']}")
 
 
@@ -151,8 +150,9 @@ def render_card(config, repo_id=None, example=None):
         split_description=config["split"]["description"],
         metric_rows=[{"name": key, **value} for key, value in metrics.items()],
         ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
-        k=RANKING_K, ranked_users=config["split"].get("ranked_users"),
-        valid_users=config["split"].get("n_valid_users"), kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]}, architectures=ARCHITECTURES, models=config["models"],
+        k=RANKING_K, ranked_users=config["split"].get("ranked_users"), valid_users=config["split"].get("n_valid_users"),
+        kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]},
+        architectures=ARCHITECTURES, models=config["models"],
         y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
         settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)
@@ -168,8 +168,8 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
 
     if world.is_main:
         artifacts.check_output(out, force)
-    n_train_users = split.train["user"].nunique()
-    settings = {kind: (settings or training.defaults_for(len(split.train), n_train_users))[kind] for kind in kinds}
+    settings = settings or training.defaults_for(len(split.train), split.train["user"].nunique())
+    settings = {kind: settings[kind] for kind in kinds}
     users, items = vocab.from_ratings(split.train, split.valid)
     distributed.check_same(world, "vocabularies", [users.keys, items.keys, len(split.train), len(split.valid)])
     log = log if world.is_main else (lambda *_: None)

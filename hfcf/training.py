@@ -372,6 +372,10 @@ class RatingRecipe(Recipe):
         return dict(y_range=y_range, loss_func=mse, metrics=rmse,
                     opt_func=partial(optimizer, sqr_mom=settings.sqr_mom))
 
+    def collab_learner(self, dls, settings, chosen, y_range):
+        """fastai's `collab_learner` for this kind, before its optimizer is made."""
+        raise NotImplementedError
+
     def learner(self, dls, settings, chosen, y_range):
         learn = self.collab_learner(dls, settings, chosen, y_range)
         if settings.lazy:

@@ -82,4 +82,5 @@ def test_large_data_takes_about_a_hundred_steps_an_epoch_with_lazy_updates(n_tra
 
 def test_topn_refuses_lazy_updates():
     with pytest.raises(training.DataError, match="leave out --set topn.lazy"):
-        training.check_settings("topn", training.ModelSettings(epochs=1, lr=1e-3, wd=0.0, bs=64, n_factors=8, lazy=True))
+        training.check_settings("topn", training.ModelSettings(epochs=1, lr=1e-3, wd=0.0, bs=64, n_factors=8,
+                                                               lazy=True))
