@@ -1,13 +1,15 @@
-"""Command-line tools that need no training: publish a model folder that train.py wrote.
+"""Command-line tools that need no training: publish a model folder that train.py wrote; link a Space to it.
 
     python -m hfcf push FOLDER --repo-id you/name [--private]
+    python -m hfcf link-space you/name [--readme README.md]
 
-Exit status: 0 pushed, 2 bad input (nothing sent), 1 a Hub failure.
+Exit status: 0 done, 2 bad input (nothing sent), 1 a Hub failure.
 """
 import argparse
 import sys
+from pathlib import Path
 
-from .errors import DataError, HfcfError
+from .errors import ArtifactError, DataError, HfcfError
 
 
 def parser():
@@ -18,24 +20,61 @@ def parser():
     push.add_argument("--repo-id", required=True, help="Hub repo to push to, e.g. you/movielens-cf")
     push.add_argument("--private", action="store_true",
                       help="create the repo as private; refused when it already exists and is public")
+    link = commands.add_parser("link-space", help="write a model repo into a Space README's `models:` front matter")
+    link.add_argument("repo_id", help="the model repo the Space serves, e.g. you/movielens-cf")
+    link.add_argument("--readme", default="README.md", help="the Space's README.md (default: ./README.md)")
     return p
+
+
+def link_space(repo_id, readme):
+    """Point the Space's front matter at the model it serves (`models:` links it on the Hub), keeping the rest."""
+    from huggingface_hub import SpaceCard
+
+    from . import hub
+
+    name, revision = hub.split_revision(repo_id)
+    hub.check_repo_id(name, "the model repo id")
+    if not Path(readme).is_file():  # SpaceCard.load would take a missing path for a repo id and ask the Hub
+        raise DataError(f"{readme} does not exist; pass the Space's README with --readme")
+    try:
+        card = SpaceCard.load(readme)
+        card.data.models = [name]
+        card.save(readme)
+    except OSError as err:
+        raise DataError(f"cannot update {readme}: {err.strerror or err}; pass the Space's README with --readme") \
+            from None
+    print(f"{readme}: models: [{card.data.models[0]}]. On the Space, also set the variable HFCF_MODEL={repo_id} "
+          "(Settings, Variables) so the app serves it.")
+
+
+def push(folder, repo_id, private):
+    from . import artifacts, hub, pipeline
+
+    hub.check_can_push(repo_id, private)
+    artifacts.load(folder)  # a corrupt or foreign folder is refused here, not published
+    card = pipeline.card_for_repo(folder, repo_id)
+    if card is None:
+        print(f"{folder}/README.md was edited after training: published as it is", file=sys.stderr)
+    else:  # the card names the repo it lives in: its title, links and usage snippet
+        artifacts.write_text_atomically(Path(folder) / "README.md", card)
+    result = hub.push(folder, repo_id, private=private)
+    print(f"pushed commit {result.commit_sha} to {result.repo_url}\n{result.url}\n"
+          f"To serve it from a Space: python -m hfcf link-space {repo_id}, and set HFCF_MODEL={repo_id} there")
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    from . import artifacts, hub
-
     try:
-        hub.check_can_push(args.repo_id, args.private)
-        artifacts.load(args.folder)  # a corrupt or foreign folder is refused here, not published
-        result = hub.push(args.folder, args.repo_id, private=args.private)
-    except (DataError, artifacts.ArtifactError) as err:
+        if args.command == "push":
+            push(args.folder, args.repo_id, args.private)
+        else:
+            link_space(args.repo_id, args.readme)
+    except (DataError, ArtifactError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except HfcfError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"pushed commit {result.commit_sha} to {result.repo_url}\n{result.url}")
     return 0
 
 

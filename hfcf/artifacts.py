@@ -55,6 +55,16 @@ class ModelFolder:
         return tuple(self.config["y_range"])
 
 
+def write_text_atomically(path, text):
+    """Replace a file in one step (a sibling temporary file, then a rename): never half-written."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
+                                     encoding="utf-8") as file:
+        file.write(text)
+    os.chmod(file.name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+    os.replace(file.name, path)
+
+
 def sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as file:

@@ -40,17 +40,22 @@ class PushResult:
     repo_url: str
 
 
-def check_can_push(repo_id, private=False, endpoint=None):
-    """Refuse a push that cannot work or would publish wrongly, before any training is spent on it: no or a
-    malformed repo id, no token, a token the Hub refuses, or --private for a repo that exists and is public."""
-    if not repo_id:
-        raise DataError("--push needs --repo-id owner/name")
+def check_repo_id(repo_id, what="the repo id"):
+    """Refuse anything but 'owner/name' (a Hub model repo id), naming the argument that holds it."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
         repo_id = None
     if not repo_id or repo_id.count("/") != 1:
-        raise DataError("--repo-id must look like owner/name (letters, digits, '-', '_', '.')")
+        raise DataError(f"{what} must look like owner/name (letters, digits, '-', '_', '.')")
+
+
+def check_can_push(repo_id, private=False, endpoint=None):
+    """Refuse a push that cannot work or would publish wrongly, before any training is spent on it: no or a
+    malformed repo id, no token, a token the Hub refuses, or --private for a repo that exists and is public."""
+    if not repo_id:
+        raise DataError("--push needs --repo-id owner/name")
+    check_repo_id(repo_id, "--repo-id")
     if get_token() is None:
         raise DataError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN "
                         "(hfcf never takes a token on the command line)")

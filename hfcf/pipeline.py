@@ -1,4 +1,5 @@
 """Ratings -> split -> fastai fit -> evaluation -> model folder: the one path train.py and the app's bootstrap share."""
+import json
 import platform
 import re
 import time
@@ -11,7 +12,6 @@ import pandas as pd
 from . import __version__, artifacts, data, distributed, evaluate, scoring, vocab
 from . import nn as hfnn
 
-PROJECT_URL = "https://github.com/hfcf/hfcf"
 ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
                  "nn": "fastai `EmbeddingNN` (embeddings + MLP)",
                  "topn": "hfcf `TopNModel` (item-to-item autoencoder of what users chose, fitted by a fastai Learner)"}
@@ -116,6 +116,21 @@ SETTINGS_TEXT = {
 }
 
 
+def project_url():
+    """hfcf's home page, from the one place it is set: `[project.urls] Homepage` in pyproject.toml (installed
+    metadata when hfcf is installed, the file beside the package when it runs from a checkout)."""
+    from importlib import metadata
+
+    try:
+        entries = metadata.metadata("hfcf").get_all("Project-URL") or []
+        urls = dict(entry.split(", ", 1) for entry in entries)
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        urls = tomllib.loads((TEMPLATE.parent / "pyproject.toml").read_text())["project"]["urls"]
+    return urls["Homepage"]
+
+
 def settings_text(kind, settings):
     """One line describing how a model was built and trained, from its config.json entry."""
     return SETTINGS_TEXT[kind](settings)
@@ -146,7 +161,7 @@ def render_card(config, repo_id=None, example=None):
                               datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None)
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id or "you/name",
-        project_url=PROJECT_URL, fastai_version=config["fastai_version"], dataset=dataset,
+        project_url=project_url(), fastai_version=config["fastai_version"], dataset=dataset,
         split_description=config["split"]["description"],
         metric_rows=[{"name": key, **value} for key, value in metrics.items()],
         ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
@@ -156,6 +171,30 @@ def render_card(config, repo_id=None, example=None):
         y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
         settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)
+
+
+def card_example(user_keys, item_keys, item_counts):
+    """The card's usage snippet names the model's own first user and two most-rated titles, not MovieLens's."""
+    most_rated = np.argsort(-np.asarray(item_counts), kind="stable")[:2]
+    return {"user": user_keys[1], "titles": [str(item_keys[row]) for row in most_rated]}
+
+
+def card_for_repo(folder, repo_id):
+    """The card of a model folder with `repo_id` written into its title, links and snippet, to publish it there.
+
+    None when the card is not the one hfcf rendered (edited by hand): it is then published as it is.
+    """
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    keys = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    example = card_example(keys["users"], keys["items"], keys["item_counts"])
+    current = (folder / "README.md").read_text(encoding="utf-8")
+    rendered_for = ModelCard(current).data.model_name
+    if current != render_card(config, rendered_for if "/" in str(rendered_for) else None, example):
+        return None
+    return render_card(config, repo_id, example)
 
 
 def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_range=(0.0, 5.5), seed=42,
@@ -214,10 +253,8 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     }
     counts = sum(np.bincount(items.rows(side["title"]), minlength=len(items)) for side in (split.train, split.valid))
     item_counts = counts.tolist()
-    most_rated = np.argsort(-counts, kind="stable")[:2]
-    example = {"user": users.keys[1], "titles": [str(items.keys[row]) for row in most_rated]}  # its own data's
     artifacts.save(out, config, users, items, item_counts, {kind: model.state_dict for kind, model in fitted.items()},
-                   render_card(config, repo_id, example))
+                   render_card(config, repo_id, card_example(users.keys, items.keys, item_counts)))
     log(f"wrote {out} ({', '.join(sorted(artifacts.WEIGHT_FILES[k] for k in kinds))}, config.json, vocab.json, "
         "README.md)")
     config["fitted"] = fitted  # in memory only, for callers that check parity with fastai

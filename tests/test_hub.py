@@ -3,6 +3,7 @@
 import hashlib
 import os
 import socket
+from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
@@ -343,8 +344,18 @@ def test_a_trained_folder_is_published_without_retraining(server, synthetic_mode
 
     use_endpoint(monkeypatch, server.endpoint)
     out = shutil.copytree(synthetic_model[0], tmp_path / "model")
+    assert "you/name" in (out / "README.md").read_text()  # trained without --repo-id: a placeholder
     assert hfcf_main(["push", str(out), "--repo-id", REPO]) == 0
-    assert f"pushed commit {server.head(REPO)}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"pushed commit {server.head(REPO)}" in printed and f"python -m hfcf link-space {REPO}" in printed
+    card = (out / "README.md").read_text()
+    assert "you/name" not in card and f'from_pretrained("{REPO}")' in card and f"\n# {REPO}\n" in card
+    assert server.files(REPO)["README.md"] == card.encode()  # the Hub holds the card with its own repo id
+    assert hfcf_main(["push", str(out), "--repo-id", "alice/second"]) == 0  # re-rendered for another repo
+    assert 'from_pretrained("alice/second")' in (out / "README.md").read_text()
+    (out / "README.md").write_text((out / "README.md").read_text() + "\nMy own notes.\n")
+    assert hfcf_main(["push", str(out), "--repo-id", "alice/third"]) == 0  # an edited card is published as is
+    assert "My own notes" in (out / "README.md").read_text() and "edited after training" in capsys.readouterr().err
     (out / "vocab.json").write_text((out / "vocab.json").read_text().replace("Cluster", "Klaster"))
     assert hfcf_main(["push", str(out), "--repo-id", "alice/other"]) == 2  # a damaged folder is not published
     assert "vocab.json does not match" in capsys.readouterr().err and "alice/other" not in server.repos
@@ -377,3 +388,24 @@ def test_a_damaged_cached_file_is_named_and_force_download_repairs_it(server, sy
     repaired = Recommender.from_pretrained(REPO, force_download=True)
     assert repaired.revision == sha and repaired.recommend(repaired.users.ids()[0], 3).shape[0] == 3
     assert Recommender.from_pretrained(REPO).revision == sha  # the cache is whole again
+
+
+def test_link_space_writes_the_model_into_the_spaces_front_matter(tmp_path, capsys):
+    from hfcf.__main__ import main as hfcf_main
+
+    readme = tmp_path / "README.md"
+    readme.write_text("---\ntitle: hfcf\nsdk: gradio\napp_file: app.py\n---\n\n# hfcf\n\nText kept.\n")
+    assert hfcf_main(["link-space", "alice/cf@v1", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "models:\n- alice/cf\n" in text and "sdk: gradio" in text and text.endswith("Text kept.\n")
+    assert "HFCF_MODEL=alice/cf@v1" in capsys.readouterr().out
+    assert hfcf_main(["link-space", "not a repo", "--readme", str(readme)]) == 2
+    assert hfcf_main(["link-space", "alice/cf", "--readme", str(tmp_path / "missing.md")]) == 2
+    assert "--readme" in capsys.readouterr().err
+
+
+def test_this_repos_readme_has_no_placeholder_model():
+    from huggingface_hub import SpaceCard
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    assert not SpaceCard.load(readme).data.models  # linked by `python -m hfcf link-space`, never a placeholder
