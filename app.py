@@ -14,7 +14,7 @@ import os
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # off unless the user turned it on
-# One math thread per request unless told otherwise: on a small, busy CPU box, OpenBLAS and torch threads spin
+# One math thread per request unless told otherwise: on a small, busy CPU box, OpenBLAS threads spin
 # against each other (the PCA map's SVD took 0.7 s with 2 OpenBLAS threads here, 4 ms with 1).
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")

@@ -95,6 +95,13 @@ def start_server(model, port, user, log):
             time.sleep(0.2)
 
 
+def import_seconds(module):
+    """Wall seconds of `python -c "import MODULE"`: the part of a cold start no app code can remove."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
 def requests(url, user):
     """(name, api_name, inputs) for every endpoint, on a user and the most-rated title of the served model."""
     probe = client(url)
@@ -173,6 +180,7 @@ def main(argv=None):
 
     users = json.loads((Path(args.model) / "vocab.json").read_text())["users"]
     user = str(users[min(42, len(users) - 1)])
+    floor = import_seconds("gradio")
     with tempfile.NamedTemporaryFile("w", prefix="hfcf-app-", suffix=".log", delete=False) as log:
         process, cold, url = start_server(args.model, free_port(), user, log)
     try:
@@ -202,6 +210,7 @@ def main(argv=None):
           "16 concurrent callers | HTTP, 1 caller | server CPU per call (ms) |")
     print("|---|---|---|---|---|")
     print(f"| cold start: process start to first answer | {cold:.1f} s | | | |")
+    print(f"| of which no app can save: `python -c 'import gradio'` | {floor:.1f} s | | | |")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"| 100 requests submitted at once (mixed endpoints) | | {answered} answered, {failed} failed, "

@@ -21,7 +21,7 @@ GRID = {"wd": (5.0, 10.0, 20.0), "lr": (1e-3, 3e-3, 1e-2), "n_factors": (128, 25
 def main():
     p = _common.parser(__doc__)
     args = p.parse_args()
-    from hfcf import evaluate, pipeline, scoring, training, vocab
+    from hfcf import evaluate, scoring, training, vocab
 
     dataset = _common.movielens(args.data)
     outer_train, _ = per_user_split(dataset.ratings, TRAIN_SHARE, 42)
@@ -38,8 +38,7 @@ def main():
         settings = dataclasses.replace(default, **change)
         fitted = training.fit(["topn"], {"topn": settings}, train, valid, users, items, _common.Y_RANGE,
                               _common.SEED, log=_common.quiet)["topn"]
-        module = pipeline.rebuild("topn", fitted, users, items, _common.Y_RANGE)
-        scorer = scoring.scorer("topn", module, _common.Y_RANGE)
+        scorer = scoring.scorer("topn", fitted.state_dict, _common.Y_RANGE)
         quality = evaluate.ranking(scorer.scores_for, train_users, train_items, valid_users, valid_items,
                                    len(items), 10)
         rows.append([change["wd"], change["lr"], change["n_factors"], quality["precision@10"], quality["ndcg@10"],

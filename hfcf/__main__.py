@@ -48,15 +48,15 @@ def link_space(repo_id, readme):
 
 
 def push(folder, repo_id, private):
-    from . import artifacts, hub, pipeline
+    from . import artifacts, card, hub
 
     hub.check_can_push(repo_id, private)
     artifacts.load(folder)  # a corrupt or foreign folder is refused here, not published
-    card = pipeline.card_for_repo(folder, repo_id)
-    if card is None:
+    published = card.card_for_repo(folder, repo_id)
+    if published is None:
         print(f"{folder}/README.md was edited after training: published as it is", file=sys.stderr)
     else:  # the card names the repo it lives in: its title, links and usage snippet
-        artifacts.write_text_atomically(Path(folder) / "README.md", card)
+        artifacts.write_text_atomically(Path(folder) / "README.md", published)
     result = hub.push(folder, repo_id, private=private)
     print(f"pushed commit {result.commit_sha} to {result.repo_url}\n{result.url}\n"
           f"To serve it from a Space: python -m hfcf link-space {repo_id}, and set HFCF_MODEL={repo_id} there")

@@ -23,11 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save_file
 
-from . import nn as hfnn
+from . import scoring
 from .errors import ArtifactError, DataError
 from .vocab import NA, ItemVocab, UserVocab
 
@@ -47,7 +47,7 @@ class ModelFolder:
     config: dict
     users: UserVocab
     items: ItemVocab
-    modules: dict  # kind -> eval-mode hfcf.nn module
+    weights: dict  # kind -> {tensor name: numpy array}, as scoring.SCORERS[kind] reads them
     item_counts: list
 
     @property
@@ -128,6 +128,7 @@ def _build_and_swap(folder, config, users, items, item_counts, weights, card):
         config["vocab_sha256"] = hashlib.sha256(vocab_text.encode()).hexdigest()
         for kind, state in weights.items():
             path = building / WEIGHT_FILES[kind]
+            state = {name: np.asarray(scoring.as_numpy(value), order="C") for name, value in state.items()}
             save_file(state, path, metadata={"format": "pt", "hfcf_format_version": str(FORMAT_VERSION),
                                              "hfcf_settings_sha256": settings_digest(config, kind)})
             config["models"][kind].update(file=path.name, sha256=sha256(path))
@@ -274,8 +275,8 @@ def load(folder):
         raise ArtifactError(f"{folder / 'vocab.json'} does not match the sha256 in config.json: edited or corrupt, "
                             "so its titles and ids cannot be trusted to label the embedding rows")
     users, items, item_counts = _check_vocab(vocab)
-    modules = {kind: _load_module(folder, kind, config, users, items) for kind in config["models"]}
-    return ModelFolder(folder, config, users, items, modules, item_counts)
+    weights = {kind: _load_weights(folder, kind, config, users, items) for kind in config["models"]}
+    return ModelFolder(folder, config, users, items, weights, item_counts)
 
 
 def _read_json(path):
@@ -318,14 +319,13 @@ def _check_vocab(vocab):
     return UserVocab(users), ItemVocab(items), counts
 
 
-_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-           "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "U8": torch.uint8,
-           "BOOL": torch.bool}  # safetensors' header names
+_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8", "I16": "int16",
+           "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}  # safetensors' header names
 
 
-def _load_module(folder, kind, config, users, items):
-    """One verified module: the file's hash, then its header against the config (no tensor allocated yet),
-    then the values."""
+def _load_weights(folder, kind, config, users, items):
+    """One model's verified weights: the file's hash, then its header against the tensors the config's settings
+    need (no tensor allocated yet), then the values."""
     settings = config["models"][kind]
     path = folder / WEIGHT_FILES[kind]
     if not path.is_file():
@@ -340,30 +340,42 @@ def _load_module(folder, kind, config, users, items):
         raise ArtifactError(f"the {kind} entry of config.json in {folder} is not the one {path.name} was written "
                             "with (edited, or from another model): its settings cannot be trusted to rebuild it")
     try:
-        with torch.device("meta"):  # shapes only: a tampered n_factors must not allocate gigabytes first
-            expected = hfnn.build(kind, settings, len(users), len(items), config["y_range"]).state_dict()
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        expected = _expected_tensors(kind, settings, len(users), len(items))
+    except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"config.json {kind} settings cannot build the model: {err!r}") from None
     stored = {key: entry for key, entry in header.items() if key != "__metadata__"}
     missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing or extra:
         raise ArtifactError(f"{path.name} keys do not match the {kind} model: missing {missing}, extra {extra}")
     for key, entry in stored.items():
-        want = expected[key]
+        want_dtype, want_shape = expected[key]
         dtype, shape = _DTYPES.get(entry.get("dtype")), tuple(entry.get("shape", ()))
-        if dtype != want.dtype or shape != tuple(want.shape):
+        if dtype != want_dtype or shape != want_shape:
             raise ArtifactError(f"{path.name} {key} is {dtype or entry.get('dtype')} {shape}; the config and vocab "
-                                f"({len(users)} users, {len(items)} items) need {want.dtype} {tuple(want.shape)}")
+                                f"({len(users)} users, {len(items)} items) need {want_dtype} {want_shape}")
     try:
         state = load_safetensors(data)
     except Exception as err:  # safetensors raises its own error types for malformed data
         raise ArtifactError(f"{path.name} is not a valid safetensors file: {err}") from None
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+    for key, array in state.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ArtifactError(f"{path.name} {key} holds NaN or infinite values")
-    module = hfnn.build(kind, settings, len(users), len(items), config["y_range"])
-    module.load_state_dict(state, strict=True)
-    return module.eval()
+    return state
+
+
+def _expected_tensors(kind, settings, n_users, n_items):
+    """What `kind`'s weights file must hold, refusing settings that are not positive whole numbers."""
+    for name in ("n_factors", "user_size", "item_size"):
+        if name in settings and not _positive_int(settings[name]):
+            raise ValueError(f"{name} must be a whole number >= 1 (got {settings[name]!r})")
+    if "layers" in settings and not (isinstance(settings["layers"], list) and settings["layers"]
+                                     and all(map(_positive_int, settings["layers"]))):
+        raise ValueError(f"layers must be a list of whole numbers >= 1 (got {settings['layers']!r})")
+    return scoring.SCORERS[kind].tensors(settings, n_users, n_items)
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _read_header(name, data):

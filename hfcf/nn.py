@@ -5,7 +5,6 @@ The two chapter-8 rating models, `DotModel` and `NeuralModel`, use explicit name
 from fastai's `EmbeddingDotBias` and `EmbeddingNN` (a `TabularModel` built with `bn_cont=False`), so the same
 tensors load into either implementation. `TopNModel` ranks what a user will choose next; fastai trains it as is.
 """
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,12 +84,6 @@ class NeuralModel(nn.Module):
     @property
     def item_embeddings(self):
         return self.item_embedding.weight
-
-
-def rating_weights(ratings, y_range):
-    """A rated title's weight in a `TopNModel` user vector: its rating on the model's scale, float32."""
-    low, high = y_range
-    return (np.asarray(ratings, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
 
 
 def bag_owners(offsets, n_entries):
@@ -187,10 +180,3 @@ def to_fastai_keys(kind, state_dict, n_hidden=0):
     """Rename our state dict to fastai's key names."""
     ours = {value: key for key, value in _names(kind, n_hidden).items()}
     return {ours[key]: value for key, value in state_dict.items()}
-
-
-@torch.no_grad()
-def predict(module, users, items):
-    """Predicted ratings for paired row indices (array-likes of equal length)."""
-    users, items = torch.as_tensor(users, dtype=torch.long), torch.as_tensor(items, dtype=torch.long)
-    return module(users, items).numpy()

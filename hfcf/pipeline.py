@@ -1,23 +1,15 @@
 """Ratings -> split -> fastai fit -> evaluation -> model folder: the one path train.py and the app's bootstrap share."""
-import json
 import platform
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import __version__, artifacts, data, distributed, evaluate, scoring, vocab
-from . import nn as hfnn
+from . import __version__, artifacts, card, data, distributed, evaluate, scoring, vocab
 
-ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
-                 "nn": "fastai `EmbeddingNN` (embeddings + MLP)",
-                 "topn": "hfcf `TopNModel` (item-to-item autoencoder of what users chose, fitted by a fastai Learner)"}
-RANKING_K = 10
 RANKING_USERS = 10_000  # top-k lists scored for at most this many users (a seeded sample beyond)
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
 @dataclass
@@ -75,11 +67,10 @@ def evaluate_models(fitted, split, users, items, y_range):
                    "user+item bias": evaluate.bias_only(train_users, train_items, split.train["rating"].to_numpy(),
                                                         valid_users, valid_items, len(users), len(items),
                                                         clip=y_range)}
-    scorers = {kind: scoring.scorer(kind, rebuild(kind, model, users, items, y_range), y_range)
-               for kind, model in fitted.items()}
+    scorers = {kind: scoring.scorer(kind, model.state_dict, y_range) for kind, model in fitted.items()}
     for kind, scorer in scorers.items():
         if scorer.predicts_ratings:
-            predictions[kind] = hfnn.predict(scorer.module, valid_users, valid_items)
+            predictions[kind] = scorer.predict(valid_users, valid_items)
     if {"dot", "nn"} <= set(fitted):
         predictions["ensemble"] = (predictions["dot"] + predictions["nn"]) / 2
     popularity = np.bincount(train_items, minlength=len(items)).astype(float)
@@ -87,114 +78,8 @@ def evaluate_models(fitted, split, users, items, y_range):
                **{kind: scorer.scores_for for kind, scorer in scorers.items()}}
     ranked = evaluate.ranked_users(valid_users, RANKING_USERS)
     ranking = {name: evaluate.ranking(scores_for, train_users, train_items, valid_users, valid_items, len(items),
-                                      RANKING_K, ranked) for name, scores_for in rankers.items()}
+                                      card.RANKING_K, ranked) for name, scores_for in rankers.items()}
     return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}, ranking
-
-
-def rebuild(kind, model, users, items, y_range):
-    """The plain-torch module of a `training.Fitted` model, in eval mode."""
-    module = hfnn.build(kind, model.settings, len(users), len(items), y_range)
-    module.load_state_dict(model.state_dict)
-    return module.eval()
-
-
-def _rating_fit(s):
-    optimizer = ("lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
-                 if s.get("lazy") else "Adam")
-    return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with {optimizer} beta2 {s['sqr_mom']}, "
-            f"batch size {s['bs']}")
-
-
-# kind -> one line describing how a model was built and trained, from its config.json entry
-SETTINGS_TEXT = {
-    "dot": lambda s: f"{s['n_factors']} factors, biases not weight-decayed, {_rating_fit(s)}",
-    "nn": lambda s: (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
-                     f"{s['layers']}, {_rating_fit(s)}"),
-    "topn": lambda s: (f"{s['n_factors']} factors, each rated title hidden from a user's input with chance "
-                       f"{s['embed_p']}, L2 penalty {s['wd']} (EASE's lambda); `fit_one_cycle({s['epochs']}, "
-                       f"{s['lr']})` with Adam beta2 {s['sqr_mom']}, {s['bs']} users a batch"),
-}
-
-
-def project_url():
-    """hfcf's home page, from the one place it is set: `[project.urls] Homepage` in pyproject.toml (installed
-    metadata when hfcf is installed, the file beside the package when it runs from a checkout)."""
-    from importlib import metadata
-
-    try:
-        entries = metadata.metadata("hfcf").get_all("Project-URL") or []
-        urls = dict(entry.split(", ", 1) for entry in entries)
-    except metadata.PackageNotFoundError:
-        import tomllib
-
-        urls = tomllib.loads((TEMPLATE.parent / "pyproject.toml").read_text())["project"]["urls"]
-    return urls["Homepage"]
-
-
-def settings_text(kind, settings):
-    """One line describing how a model was built and trained, from its config.json entry."""
-    return SETTINGS_TEXT[kind](settings)
-
-
-def render_card(config, repo_id=None, example=None):
-    """The model card: YAML front matter (library, tags, datasets, model-index) and text, from model_card.md.
-
-    `example` {"user": id, "titles": [two titles]} from this model's own vocabularies, for the usage snippet.
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    dataset, metrics, ranking = config["dataset"], config["metrics"], config.get("ranking", {})
-    name = repo_id or "hfcf collaborative-filtering models"
-    common = dict(dataset_type=dataset["id"], dataset_name=dataset["name"], dataset_split="held-out")
-    results = [EvalResult(task_type="tabular-regression", task_name="Rating prediction", metric_type=metric,
-                          metric_name=f"{metric.upper()} ({kind})", metric_value=metrics[kind][metric], **common)
-               for kind in config["models"] if kind in metrics for metric in ("rmse", "mae")]
-    results += [EvalResult(task_type="tabular-classification", task_name="Top-N recommendation", metric_type=metric,
-                           metric_name=f"{metric} ({kind})", metric_value=ranking[kind][metric], **common)
-                for kind in config["models"] if kind in ranking
-                for metric in (f"precision@{RANKING_K}", f"ndcg@{RANKING_K}")]
-    tags = ["fastai", "collaborative-filtering", "recommender-system", "safetensors", "tabular-regression"]
-    if dataset["name"].startswith("MovieLens"):  # only what is true of this model
-        tags.insert(3, "movielens")
-    card_data = ModelCardData(library_name="hfcf", license="other", model_name=name, eval_results=results or None,
-                              tags=tags, pipeline_tag="tabular-regression",
-                              datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None)
-    card = ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id or "you/name",
-        project_url=project_url(), fastai_version=config["fastai_version"], dataset=dataset,
-        split_description=config["split"]["description"],
-        metric_rows=[{"name": key, **value} for key, value in metrics.items()],
-        ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
-        k=RANKING_K, ranked_users=config["split"].get("ranked_users"), valid_users=config["split"].get("n_valid_users"),
-        kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]},
-        architectures=ARCHITECTURES, models=config["models"],
-        y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
-        settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
-    return str(card)
-
-
-def card_example(user_keys, item_keys, item_counts):
-    """The card's usage snippet names the model's own first user and two most-rated titles, not MovieLens's."""
-    most_rated = np.argsort(-np.asarray(item_counts), kind="stable")[:2]
-    return {"user": user_keys[1], "titles": [str(item_keys[row]) for row in most_rated]}
-
-
-def card_for_repo(folder, repo_id):
-    """The card of a model folder with `repo_id` written into its title, links and snippet, to publish it there.
-
-    None when the card is not the one hfcf rendered (edited by hand): it is then published as it is.
-    """
-    from huggingface_hub import ModelCard
-
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    keys = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    example = card_example(keys["users"], keys["items"], keys["item_counts"])
-    current = (folder / "README.md").read_text(encoding="utf-8")
-    rendered_for = ModelCard(current).data.model_name
-    if current != render_card(config, rendered_for if "/" in str(rendered_for) else None, example):
-        return None
-    return render_card(config, repo_id, example)
 
 
 def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_range=(0.0, 5.5), seed=42,
@@ -229,7 +114,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
         "library": "hfcf", "format_version": artifacts.FORMAT_VERSION, "hfcf_version": __version__,
         "fastai_version": training.fastai_version(), "python_version": platform.python_version(),
         "y_range": [float(y_range[0]), float(y_range[1])], "seed": seed,
-        "models": {kind: {"architecture": ARCHITECTURES[kind].split("`")[1], **model.settings,
+        "models": {kind: {"architecture": card.ARCHITECTURES[kind].split("`")[1], **model.settings,
                           "fit_seconds": model.fit_seconds,
                           **({"metrics": metrics[kind]} if kind in metrics else {}),
                           **({"ranking": ranking[kind]} if kind in ranking else {})}
@@ -254,7 +139,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     counts = sum(np.bincount(items.rows(side["title"]), minlength=len(items)) for side in (split.train, split.valid))
     item_counts = counts.tolist()
     artifacts.save(out, config, users, items, item_counts, {kind: model.state_dict for kind, model in fitted.items()},
-                   render_card(config, repo_id, card_example(users.keys, items.keys, item_counts)))
+                   card.render_card(config, repo_id, card.card_example(users.keys, items.keys, item_counts)))
     log(f"wrote {out} ({', '.join(sorted(artifacts.WEIGHT_FILES[k] for k in kinds))}, config.json, vocab.json, "
         "README.md)")
     config["fitted"] = fitted  # in memory only, for callers that check parity with fastai

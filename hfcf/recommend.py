@@ -1,4 +1,5 @@
-"""`Recommender`: what a trained model can answer, with torch, safetensors and huggingface_hub only (no fastai)."""
+"""`Recommender`: what a trained model can answer, with numpy, pandas, safetensors and huggingface_hub only (no torch,
+no fastai, no pickle)."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,31 @@ class FoldIn:
     recommendations: pd.DataFrame
 
 
+class History:
+    """The dataset's ratings (which never travel with a model) grouped by user once, for every model of a folder.
+
+    A user's rated item rows and ratings are one slice of two arrays sorted by user row: attaching millions of
+    ratings is one sort rather than a loop over users, and a request reads its slice. Ratings of users or titles
+    the model does not know are left out.
+    """
+
+    def __init__(self, ratings, users, items):
+        self.ratings = ratings
+        user_rows = users.rows(ratings["user"], unknown_as_na=True)
+        item_rows = items.rows(ratings["title"], unknown_as_na=True)
+        known = (user_rows > 0) & (item_rows > 0)
+        user_rows, item_rows = user_rows[known], item_rows[known]
+        order = np.argsort(user_rows, kind="stable")
+        self.item_rows = item_rows[order]
+        self.values = ratings["rating"].to_numpy()[known][order]
+        self.offsets = np.searchsorted(user_rows[order], np.arange(len(users) + 1))  # user row r: [r, r + 1)
+
+    def of(self, user_row):
+        """(item rows, ratings) the user gave, in the dataset's order; None when they rated nothing here."""
+        start, end = self.offsets[user_row], self.offsets[user_row + 1]
+        return (self.item_rows[start:end], self.values[start:end]) if end > start else None
+
+
 def check_n(n, most):
     """`n` as an int in 1..most, else a DataError giving the valid range."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (isinstance(n, float) and n.is_integer()):
@@ -39,25 +65,22 @@ class Recommender:
     (dot, else nn) for the predicted ratings shown beside its picks."""
 
     def __init__(self, folder, model=None, source=None, revision=None):
-        model = model or next(kind for kind in MODELS if kind in folder.modules)
-        if model not in folder.modules:
-            raise HfcfError(f"this repo has no {model!r} model; it has {sorted(folder.modules)}")
-        self.folder, self.model, self.module = folder, model, folder.modules[model]
+        model = model or next(kind for kind in MODELS if kind in folder.weights)
+        if model not in folder.weights:
+            raise HfcfError(f"this repo has no {model!r} model; it has {sorted(folder.weights)}")
+        self.folder, self.model = folder, model
         self.users, self.items, self.config = folder.users, folder.items, folder.config
         self.source, self.revision = source or str(folder.path), revision
         self.low, self.high = folder.y_range
-        # Frozen: concurrent fold-ins (app threads) must not race to accumulate gradients into shared weights.
-        for module in folder.modules.values():
-            module.requires_grad_(False)
-        self.scorer = scoring.scorer(model, self.module, folder.y_range)
+        self.scorer = scoring.scorer(model, folder.weights[model], folder.y_range)
         rating_kind = model if self.scorer.predicts_ratings else next(
-            (kind for kind in ("dot", "nn") if kind in folder.modules), None)
+            (kind for kind in ("dot", "nn") if kind in folder.weights), None)
         self.rating_model = rating_kind  # the kind behind the "predicted" column, or None
         self.rating = (self.scorer if rating_kind == model else
-                       scoring.scorer(rating_kind, folder.modules[rating_kind], folder.y_range) if rating_kind else None)
-        self._seen, self._rated = {}, {}
-        self._ratings = None
+                       scoring.scorer(rating_kind, folder.weights[rating_kind], folder.y_range) if rating_kind else None)
+        self._history = None
         self._counts = None
+        self._axes = None  # the embedding map's PCA, computed once
         embeddings = self.scorer.item_vectors()
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         self._unit_items = embeddings / np.where(norms == 0, 1, norms)
@@ -98,40 +121,43 @@ class Recommender:
 
     def sibling(self, model):
         """Another model of the same folder, sharing the loaded weights and the attached history."""
-        return Recommender(self.folder, model, self.source, self.revision).attach_history(self._ratings)
+        return Recommender(self.folder, model, self.source, self.revision).attach_history(self._history)
 
     # --- history: the dataset's ratings, which never travel with the model -------------------------------
     def attach_history(self, ratings):
-        """Remember who rated what (a ratings frame from `hfcf.data`): seen titles are left out of picks, the
-        history is shown, and the top-N model names the rated titles behind each pick."""
-        self._ratings, self._counts = ratings, None
-        self._seen, self._rated = {}, {}  # per user, grouped once: a request must not scan every rating
-        if ratings is not None:
-            known = ratings[ratings["title"].isin(self.items._exact)]
-            for user, rated in known.groupby(known["user"].astype(str)):
-                self._rated[user] = (rated["title"].to_numpy(), rated["rating"].to_numpy())
-                self._seen[user] = self.items.rows(rated["title"])
+        """Remember who rated what (a ratings frame from `hfcf.data`, or a `History` of this folder to share one):
+        seen titles are left out of picks, the history is shown, and the top-N model names the rated titles behind
+        each pick. None detaches it."""
+        self._counts = self._axes = None  # popularity may now come from these ratings
+        if ratings is None or isinstance(ratings, History):
+            self._history = ratings
+        else:
+            self._history = History(ratings, self.users, self.items)
         return self
+
+    def _rated(self, row):
+        """(item rows, ratings) of user `row` in the attached history, or None."""
+        return self._history.of(row) if self._history is not None else None
 
     def history(self, user):
         """What `user` rated in the attached dataset, beside the rating model's prediction (when the folder has a
         rating model), highest rating first."""
         row = self.users.index(user)
-        key = str(self.users.keys[row])
-        if key not in self._rated:
+        rated = self._rated(row)
+        if rated is None:
             return pd.DataFrame(columns=["title", "rating", "predicted"])
-        titles, ratings = self._rated[key]
-        frame = pd.DataFrame({"title": titles, "rating": ratings})
+        rows, ratings = rated
+        frame = pd.DataFrame({"title": [self.items.keys[r] for r in rows], "rating": ratings})
         if self.rating is None:  # a folder with a top-N model only: nothing predicts ratings
             return frame.sort_values("rating", ascending=False, ignore_index=True)
-        frame["predicted"] = self.rating.user_scores(row)[self._seen[key]].round(2)
+        frame["predicted"] = self.rating.user_scores(row)[rows].round(2)
         return frame.sort_values(["rating", "predicted"], ascending=False, ignore_index=True)
 
     # --- scores -----------------------------------------------------------------------------------------
     def _rating_scorer(self):
         if self.rating is None:
             raise HfcfError(f"predicted ratings come from a dot or nn model, and this repo has only "
-                            f"{', '.join(sorted(self.folder.modules))}")
+                            f"{', '.join(sorted(self.folder.weights))}")
         return self.rating
 
     def _scores(self, user_row):
@@ -156,17 +182,15 @@ class Recommender:
         they rated whose absence would lower the pick's score most.
         """
         row = self.users.index(user)
-        key = str(self.users.keys[row])
-        seen = self._item_rows(exclude) if exclude is not None else self._seen.get(key, [])
-        history = self._rated.get(key)
+        history = self._rated(row)
+        seen = self._item_rows(exclude) if exclude is not None else history[0] if history is not None else []
         if history is not None and self.scorer.encodes_history:
             # From the attached ratings, as the reasons are: the trained vector saw only the training split.
-            scores = self.scorer.fold_in(self._seen[key], history[1], None)[1]
+            scores = self.scorer.fold_in(*history, None)[1]
         else:
             scores = self._scores(row)
         picks, scores = self._top(scores, n, seen)
-        return self._table(picks, scores, lambda rows: self._rating_scorer().user_scores(row)[rows],
-                           history and (self.items.rows(history[0]), history[1], history[0]))
+        return self._table(picks, scores, lambda rows: self._rating_scorer().user_scores(row)[rows], history)
 
     def _table(self, picks, scores, rating_of, history=None):
         """The frame for `picks`: see `recommend` for the columns."""
@@ -181,13 +205,14 @@ class Recommender:
             frame["because"] = self._reasons(picks, *history)
         return frame
 
-    def _reasons(self, picks, history_rows, ratings, titles):
+    def _reasons(self, picks, history_rows, ratings):
         """For each pick, the rated titles whose absence would lower its score most (when it would), largest first."""
         if len(picks) == 0:
             return []
         shares = self.scorer.reason_strengths(history_rows, ratings, picks)
         best = np.argsort(-shares, axis=1, kind="stable")[:, :REASONS]
-        return ["; ".join(str(titles[j]) for j in order if shares[i, j] > 0) for i, order in enumerate(best)]
+        return ["; ".join(str(self.items.keys[history_rows[j]]) for j in order if shares[i, j] > 0)
+                for i, order in enumerate(best)]
 
     def similar(self, item, n=10, min_ratings=None):
         """The `n` titles nearest to `item` by cosine similarity of this model's item embeddings.
@@ -242,9 +267,9 @@ class Recommender:
 
     def item_biases(self):
         """Every title's learnt bias from the dot model, highest first (the book's "not your kind of movie" list)."""
-        if "dot" not in self.folder.modules:
+        if "dot" not in self.folder.weights:
             raise HfcfError("item biases come from the dot model, which this repo does not have")
-        bias = self.folder.modules["dot"].item_bias.weight.detach().numpy()[1:, 0]
+        bias = self.folder.weights["dot"]["item_bias.weight"][1:, 0]
         frame = pd.DataFrame({"title": self.items.keys[1:], "bias": bias.round(4)})
         return frame.sort_values("bias", ascending=False, ignore_index=True)
 
@@ -258,15 +283,22 @@ class Recommender:
         n_items = check_n(n_items, len(self.items) - 1)
         if not 1 <= components <= self._unit_items.shape[1]:
             raise DataError(f"components must be between 1 and {self._unit_items.shape[1]} (got {components})")
-        order = np.argsort(-counts[1:], kind="stable")[:max(pool, n_items)] + 1
-        embeddings = self.scorer.item_vectors()[order]
-        centered = embeddings - embeddings.mean(axis=0)
-        _, _, axes = np.linalg.svd(centered, full_matrices=False)
-        coordinates = centered[:n_items] @ axes[:components].T
+        order, mean, axes = self._principal_axes(counts, max(pool, n_items))
+        coordinates = (self.scorer.item_vectors()[order[:n_items]] - mean) @ axes[:components].T
         frame = pd.DataFrame(coordinates.round(4), columns=[f"pc{i + 1}" for i in range(components)])
         frame.insert(0, "title", [self.items.keys[r] for r in order[:n_items]])
         frame["ratings"] = counts[order[:n_items]].astype(int)
         return frame
+
+    def _principal_axes(self, counts, pool):
+        """(the `pool` most-rated item rows, their mean embedding, principal axes): one SVD per model and pool size,
+        remembered (150 ms for 1,000 titles of 256 numbers on one core; the map is drawn on every page)."""
+        if self._axes is None or self._axes[0] != pool:
+            order = np.argsort(-counts[1:], kind="stable")[:pool] + 1
+            embeddings = self.scorer.item_vectors()[order]
+            mean = embeddings.mean(axis=0)
+            self._axes = pool, (order, mean, np.linalg.svd(embeddings - mean, full_matrices=False)[2])
+        return self._axes[1]
 
     # --- newcomers ----------------------------------------------------------------------------------------
     def fold_in(self, ratings, n=10, l2=1.0):
@@ -287,8 +319,7 @@ class Recommender:
         else:
             predicted = self.rating.fold_in(rows, targets, l2)[1]
             rating_of = predicted.__getitem__
-        titles = np.array([self.items.keys[r] for r in rows], dtype=object)
-        return FoldIn(vector, scores, self._table(picks, best, rating_of, (rows, targets, titles)))
+        return FoldIn(vector, scores, self._table(picks, best, rating_of, (rows, targets)))
 
     def _check_fold_in(self, ratings):
         """(item rows, ratings) of a newcomer's `{title: rating}` or (title, rating) pairs, checked before any work:
@@ -349,8 +380,8 @@ class Recommender:
         if self._counts is None:
             if self.folder.item_counts is not None:
                 self._counts = np.asarray(self.folder.item_counts, dtype=float)
-            elif self._ratings is not None:
-                counts = self._ratings["title"].value_counts()
+            elif self._history is not None:
+                counts = self._history.ratings["title"].value_counts()
                 self._counts = np.array([0] + [counts.get(title, 0) for title in self.items.keys[1:]], dtype=float)
             elif required:
                 raise HfcfError("the PCA map needs popularity: attach the dataset's ratings (attach_history) "

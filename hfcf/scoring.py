@@ -1,25 +1,39 @@
-"""One scorer per model kind: what a trained module answers, as numpy arrays over embedding rows; no fastai.
+"""One scorer per model kind: what a trained model answers, in numpy over its saved weights; no torch, no fastai.
 
 `Recommender` turns these arrays into tables and `pipeline` scores held-out data with them, so adding a kind
-means a module in hfcf.nn, a scorer here and a line in SCORERS, with no `if kind == ...` elsewhere.
+means a torch module in hfcf.nn (training), a scorer here (serving: the same forward pass, and the tensors its
+weights file holds) and a line in SCORERS, with no `if kind == ...` elsewhere. Serving without torch keeps the
+Space small: torch alone is ~280 MB of resident memory and 2 s of import.
 Rating models (dot, nn) score a predicted rating on the model's scale; the top-N model scores how likely a
 user is to choose a title next (higher is likelier; not a rating).
 """
 import numpy as np
-import torch
 
-from .nn import rating_weights
+BATCHNORM_EPS = 1e-5  # torch's BatchNorm1d default, which fastai's layers use
+PAIRS_PER_CHUNK = 1 << 18  # pairwise predictions in chunks: bounded memory at millions of held-out ratings
+
+
+def rating_weights(ratings, y_range):
+    """A rated title's weight in a top-N user vector: its rating on the model's scale, float32 (as in training)."""
+    low, high = y_range
+    return (np.asarray(ratings, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
 
 
 class Scorer:
-    """The interface every kind provides. Rows are embedding rows: row 0 (`#na#`) is scored but never shown."""
+    """The interface every kind provides, on the folder's weights as numpy arrays (`weights`: name -> array, the
+    names of hfcf.nn's torch modules). Rows are embedding rows: row 0 (`#na#`) is scored but never shown."""
 
     predicts_ratings = True
     score_name = "predicted"
     encodes_history = False  # True when a user's scores are a function of their ratings (fold-in is exact)
 
-    def __init__(self, module, y_range):
-        self.module, (self.low, self.high) = module, y_range
+    def __init__(self, weights, y_range):
+        self.low, self.high = y_range
+
+    @staticmethod
+    def tensors(settings, n_users, n_items):
+        """{name: (dtype, shape)} the weights file must hold for these settings and vocab sizes."""
+        raise NotImplementedError
 
     def user_scores(self, row):
         """Every item row's score for one user row."""
@@ -33,28 +47,49 @@ class Scorer:
         """Every user row's score for one item row."""
         raise NotImplementedError
 
+    def predict(self, user_rows, item_rows):
+        """Predicted ratings for paired user and item rows (rating models only)."""
+        user_rows, item_rows = np.asarray(user_rows), np.asarray(item_rows)
+        out = np.empty(len(user_rows), dtype=np.float32)
+        for start in range(0, len(out), PAIRS_PER_CHUNK):
+            chunk = slice(start, start + PAIRS_PER_CHUNK)
+            out[chunk] = self.pair_scores(user_rows[chunk], item_rows[chunk])
+        return out
+
+    def pair_scores(self, user_rows, item_rows):
+        raise NotImplementedError
+
     def fold_in(self, rows, ratings, l2):
         """(user vector, every item row's score) for a newcomer who gave `ratings` to item `rows`."""
         raise NotImplementedError
 
     def item_vectors(self):
         """The item embeddings that similarity and the PCA map are computed from."""
-        with torch.no_grad():
-            return self.module.item_embeddings.numpy()
+        raise NotImplementedError
 
     def squash(self, raw):
         return self.low + (self.high - self.low) / (1 + np.exp(-raw))
 
 
-class DotScorer(Scorer):
-    """The dot model is a matrix-vector product: numpy beats torch's per-call overhead at this size."""
+def _float(*shape):
+    return ("float32", shape)
 
-    def __init__(self, module, y_range):
-        super().__init__(module, y_range)
-        self.item_factors = module.item_factors.weight.detach().numpy()
-        self.item_bias = module.item_bias.weight.detach().numpy()[:, 0]
-        self.user_factors = module.user_factors.weight.detach().numpy()
-        self.user_bias = module.user_bias.weight.detach().numpy()[:, 0]
+
+class DotScorer(Scorer):
+    """`EmbeddingDotBias`: a matrix-vector product and two biases through the sigmoid."""
+
+    def __init__(self, weights, y_range):
+        super().__init__(weights, y_range)
+        self.item_factors = weights["item_factors.weight"]
+        self.item_bias = weights["item_bias.weight"][:, 0]
+        self.user_factors = weights["user_factors.weight"]
+        self.user_bias = weights["user_bias.weight"][:, 0]
+
+    @staticmethod
+    def tensors(settings, n_users, n_items):
+        factors = settings["n_factors"]
+        return {"user_factors.weight": _float(n_users, factors), "item_factors.weight": _float(n_items, factors),
+                "user_bias.weight": _float(n_users, 1), "item_bias.weight": _float(n_items, 1)}
 
     def scores_for(self, rows):
         raw = self.user_factors[rows] @ self.item_factors.T + self.item_bias + self.user_bias[rows, None]
@@ -62,6 +97,13 @@ class DotScorer(Scorer):
 
     def users_for_item(self, column):
         return self.squash(self.user_factors @ self.item_factors[column] + self.user_bias + self.item_bias[column])
+
+    def pair_scores(self, user_rows, item_rows):
+        dot = np.einsum("ij,ij->i", self.user_factors[user_rows], self.item_factors[item_rows])
+        return self.squash(dot + self.user_bias[user_rows] + self.item_bias[item_rows])
+
+    def item_vectors(self):
+        return self.item_factors
 
     def fold_in(self, rows, ratings, l2):
         """Closed-form ridge for a user vector and bias on the fixed item factors and biases, fitted in the logit
@@ -76,42 +118,102 @@ class DotScorer(Scorer):
 
 
 class NeuralScorer(Scorer):
-    """EmbeddingNN scored from per-table projections of its first layer (see `NeuralModel.projections`)."""
+    """`EmbeddingNN`: concatenated embeddings through Linear -> ReLU -> BatchNorm layers and a linear output.
 
-    def __init__(self, module, y_range):
-        super().__init__(module, y_range)
-        with torch.no_grad():
-            self.user_part, self.item_part, self.user_weight = module.projections()
+    Its first layer is linear in the concatenated embeddings, so it is split into a user part and an item part,
+    projected once per table: scoring a user against every title is one addition plus the rest of the network,
+    and a newcomer's gradient flows only through those small layers. BatchNorm in eval mode is an affine map.
+    """
+
+    def __init__(self, weights, y_range):
+        super().__init__(weights, y_range)
+        self.user_embedding = weights["user_embedding.weight"]
+        self.item_embedding = weights["item_embedding.weight"]
+        self.layers = []  # (linear weight, BatchNorm scale, BatchNorm shift) per hidden layer
+        for i in range(sum(key.endswith(".linear.weight") for key in weights)):
+            norm = {part: weights[f"hidden.{i}.norm.{part}"] for part in ("weight", "bias", "running_mean",
+                                                                         "running_var")}
+            scale = norm["weight"] / np.sqrt(norm["running_var"] + BATCHNORM_EPS)
+            self.layers.append((weights[f"hidden.{i}.linear.weight"], scale, norm["bias"] - norm["running_mean"] * scale))
+        first = self.layers[0][0]
+        self.user_weight = first[:, :self.user_embedding.shape[1]]  # (first layer, user embedding size)
+        self.user_part = self.user_embedding @ self.user_weight.T
+        self.item_part = self.item_embedding @ first[:, self.user_embedding.shape[1]:].T
+        self.output_weight, self.output_bias = weights["output.weight"][0], weights["output.bias"][0]
+
+    @staticmethod
+    def tensors(settings, n_users, n_items):
+        sizes = [settings["user_size"] + settings["item_size"], *settings["layers"]]
+        found = {"user_embedding.weight": _float(n_users, settings["user_size"]),
+                 "item_embedding.weight": _float(n_items, settings["item_size"]),
+                 "output.weight": _float(1, sizes[-1]), "output.bias": _float(1)}
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            found[f"hidden.{i}.linear.weight"] = _float(n_out, n_in)
+            found.update({f"hidden.{i}.norm.{part}": _float(n_out)
+                          for part in ("weight", "bias", "running_mean", "running_var")})
+            found[f"hidden.{i}.norm.num_batches_tracked"] = ("int64", ())
+        return found
+
+    def head(self, first):
+        """The network from the first Linear's output (user part + item part) to the rating."""
+        return self.squash(self._logit(first)[0])
+
+    def _logit(self, first):
+        """The output before the sigmoid, and every layer's pre-activation (what backpropagation needs)."""
+        x, pre = first, []
+        for i, (weight, scale, shift) in enumerate(self.layers):
+            if i:
+                x = x @ weight.T
+            pre.append(x)
+            x = np.maximum(x, 0) * scale + shift
+        return x @ self.output_weight + self.output_bias, pre
+
+    def _gradient(self, first, target):
+        """d/d(first) of the mean squared error of `head(first)` against `target`: backpropagation by hand."""
+        logit, pre = self._logit(first)
+        predicted = self.squash(logit)
+        sigmoid = (predicted - self.low) / (self.high - self.low)
+        grad = (2 / len(target)) * (predicted - target) * (self.high - self.low) * sigmoid * (1 - sigmoid)
+        grad = grad[:, None] * self.output_weight
+        for i in reversed(range(len(self.layers))):
+            weight, scale, _ = self.layers[i]
+            grad = grad * scale * (pre[i] > 0)
+            if i:
+                grad = grad @ weight
+        return grad
 
     def scores_for(self, rows):
         scores = np.empty((len(rows), len(self.item_part)), dtype=np.float32)
         step = max(1, 2**17 // len(self.item_part))  # users per batch: bounds the MLP's activations to ~100 MB
-        with torch.no_grad():
-            for start in range(0, len(rows), step):
-                users = self.user_part[torch.as_tensor(rows[start:start + step])]
-                first = (users[:, None, :] + self.item_part[None]).flatten(0, 1)
-                scores[start:start + len(users)] = self.module.head(first).reshape(len(users), -1).numpy()
+        for start in range(0, len(rows), step):
+            users = self.user_part[rows[start:start + step]]
+            first = users[:, None, :] + self.item_part[None]
+            scores[start:start + len(users)] = self.head(first)
         return scores
 
     def users_for_item(self, column):
-        with torch.no_grad():
-            return self.module.head(self.user_part + self.item_part[column]).numpy()
+        return self.head(self.user_part + self.item_part[column])
 
-    def fold_in(self, rows, ratings, l2, steps=200):
-        """200 Adam steps on a fresh user embedding (started at the mean user) with the network frozen."""
-        start = self.module.user_embedding.weight.detach()[1:].mean(0)
-        vector = start.clone().requires_grad_(True)
-        target = torch.as_tensor(ratings, dtype=torch.float32)
-        item_part = self.item_part[torch.as_tensor(rows)]
-        optimizer = torch.optim.Adam([vector], lr=0.05)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            predicted = self.module.head(item_part + vector @ self.user_weight.T)
-            loss = ((predicted - target) ** 2).mean() + l2 * 1e-2 * ((vector - start) ** 2).sum()
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            return vector.detach().numpy(), self.module.head(self.item_part + vector @ self.user_weight.T).numpy()
+    def pair_scores(self, user_rows, item_rows):
+        return self.head(self.user_part[user_rows] + self.item_part[item_rows])
+
+    def item_vectors(self):
+        return self.item_embedding
+
+    def fold_in(self, rows, ratings, l2, steps=200, lr=0.05, betas=(0.9, 0.999), eps=1e-8):
+        """200 Adam steps (torch's update rule) on a fresh user embedding, started at the mean user, with the
+        network frozen: the squared error on their ratings plus an L2 pull towards the start."""
+        start = self.user_embedding[1:].mean(0)
+        vector, target, item_part = start.copy(), np.asarray(ratings, dtype=np.float32), self.item_part[rows]
+        mean, square = np.zeros_like(vector), np.zeros_like(vector)
+        for step in range(1, steps + 1):
+            grad = self._gradient(item_part + self.user_weight @ vector, target).sum(0) @ self.user_weight
+            grad = grad + 2 * l2 * 1e-2 * (vector - start)
+            mean = betas[0] * mean + (1 - betas[0]) * grad
+            square = betas[1] * square + (1 - betas[1]) * grad * grad
+            denominator = np.sqrt(square) / np.sqrt(1 - betas[1] ** step) + eps
+            vector = vector - (lr / (1 - betas[0] ** step)) * mean / denominator
+        return vector, self.head(self.item_part + self.user_weight @ vector)
 
 
 class TopNScorer(Scorer):
@@ -125,18 +227,27 @@ class TopNScorer(Scorer):
     score_name = "score"
     encodes_history = True
 
-    def __init__(self, module, y_range):
-        super().__init__(module, y_range)
-        self.inputs = module.item_inputs.weight.detach().numpy()
-        self.outputs = module.item_outputs.weight.detach().numpy()
-        self.bias = module.item_bias.weight.detach().numpy()[:, 0]
-        self.user_vectors = module.user_vectors.numpy()
+    def __init__(self, weights, y_range):
+        super().__init__(weights, y_range)
+        self.inputs = weights["item_inputs.weight"]
+        self.outputs = weights["item_outputs.weight"]
+        self.bias = weights["item_bias.weight"][:, 0]
+        self.user_vectors = weights["user_vectors"]
+
+    @staticmethod
+    def tensors(settings, n_users, n_items):
+        factors = settings["n_factors"]
+        return {"item_inputs.weight": _float(n_items, factors), "item_outputs.weight": _float(n_items, factors),
+                "item_bias.weight": _float(n_items, 1), "user_vectors": _float(n_users, factors)}
 
     def scores_for(self, rows):
         return self.user_vectors[rows] @ self.outputs.T + self.bias
 
     def users_for_item(self, column):
         return self.user_vectors @ self.outputs[column] + self.bias[column]
+
+    def item_vectors(self):
+        return np.concatenate([self.inputs, self.outputs], axis=1)
 
     def weights(self, ratings):
         """A rated title's weight in the user's vector, as in training."""
@@ -162,5 +273,11 @@ class TopNScorer(Scorer):
 SCORERS = {"dot": DotScorer, "nn": NeuralScorer, "topn": TopNScorer}
 
 
-def scorer(kind, module, y_range):
-    return SCORERS[kind](module, y_range)
+def scorer(kind, weights, y_range):
+    """The scorer of `kind` on its weights (name -> numpy array; torch tensors from training are converted)."""
+    return SCORERS[kind]({name: as_numpy(value) for name, value in weights.items()}, y_range)
+
+
+def as_numpy(value):
+    """A numpy array from a numpy array or a torch tensor (training's state dicts), without importing torch."""
+    return value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()

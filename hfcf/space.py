@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, HfcfError
-from .pipeline import settings_text
-from .recommend import MODELS, Recommender, check_n
+from .card import settings_text
+from .recommend import MODELS, History, Recommender, check_n
 
 LABELS = {"topn": "top-N", "dot": "dot product", "nn": "neural net"}
 BOTH = "both"  # the two rating models side by side
@@ -37,7 +37,7 @@ def load_recommenders(source):
 
     first = Recommender.from_pretrained(source, model=None)
     return {kind: first if kind == first.model else first.sibling(kind)
-            for kind in MODELS if kind in first.folder.modules}
+            for kind in MODELS if kind in first.folder.weights}
 
 
 def bootstrap(out=LOCAL_MODEL, log=print):
@@ -80,7 +80,8 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
     """
     from . import data
 
-    config = next(iter(recommenders.values())).config["dataset"]
+    first = next(iter(recommenders.values()))
+    config = first.config["dataset"]
     name, read_as = config.get("name", "unknown data"), config.get("read_as") or {}
     try:
         if ratings is not None:
@@ -104,8 +105,9 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
         log(f"users' ratings unavailable: {err}")
         return (f"Users' own ratings are not available here ({markdown_text(err)}), so the first tab shows "
                 "predictions only and top picks may include movies they have already rated.")
+    history = History(dataset.ratings, first.users, first.items)  # grouped once, shared by every model
     for recommender in recommenders.values():
-        recommender.attach_history(dataset.ratings)
+        recommender.attach_history(history)
     return ""
 
 
@@ -311,7 +313,7 @@ def embedding_map(recommenders, model="topn", n_items=50):
     import plotly.graph_objects as go
 
     recommender = recommenders[_kinds(recommenders, model)[0]]
-    frame = recommender.embedding_map(n_items, components=min(3, recommender.module.item_embeddings.shape[1]))
+    frame = recommender.embedding_map(n_items, components=min(3, recommender.scorer.item_vectors().shape[1]))
     frame = _tidy(frame)
     color = frame["pc3"].tolist() if "pc3" in frame else None
     y = frame["pc2"] if "pc2" in frame else pd.Series(0.0, index=frame.index)

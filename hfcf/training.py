@@ -28,7 +28,7 @@ from fastai.optimizer import Adam, Optimizer
 from fastai.tabular.model import emb_sz_rule, tabular_config
 from fastai.torch_core import set_seed
 
-from . import distributed
+from . import distributed, scoring
 from . import nn as hfnn
 from .errors import DataError, HfcfError
 
@@ -216,7 +216,7 @@ class Histories:
         user_rows, item_rows = users.rows(frame["user"]), items.rows(frame["title"])
         order = np.argsort(user_rows, kind="stable")
         starts = np.concatenate([[0], np.cumsum(np.bincount(user_rows, minlength=len(users)))])
-        weights = hfnn.rating_weights(frame["rating"].to_numpy()[order], y_range)
+        weights = scoring.rating_weights(frame["rating"].to_numpy()[order], y_range)
         return cls(torch.as_tensor(starts, dtype=torch.long), torch.as_tensor(item_rows[order], dtype=torch.long),
                    torch.as_tensor(weights, dtype=torch.float32))
 

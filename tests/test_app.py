@@ -318,14 +318,14 @@ def test_without_fastai_bootstrap_says_how_to_configure_a_model(monkeypatch, tmp
         space.bootstrap(tmp_path / "model", log=quiet)
 
 
-def test_the_app_imports_no_fastai_and_keeps_analytics_off(synthetic_model):
+def test_the_app_imports_no_fastai_nor_torch_and_keeps_analytics_off(synthetic_model):
     script = textwrap.dedent(f"""
         import os, sys
         import app
         from hfcf import space
         app.build_demo(space.load_recommenders({str(synthetic_model[0])!r}))
         assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
-        assert not [name for name in sys.modules if name.startswith("fastai")]
+        assert not [name for name in sys.modules if name.split(".")[0] in ("fastai", "torch")]
     """)
     env = {key: value for key, value in os.environ.items() if key != "GRADIO_ANALYTICS_ENABLED"}
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -560,7 +560,7 @@ def test_another_file_than_the_models_is_refused_with_the_mismatch(csv_model, tm
     (tmp_path / "fewer.csv").write_text("\n".join(lines[:-1]) + "\n")
     assert f"where the model was trained on {len(lines) - 1:,}" in space.load_history(
         recommenders, str(tmp_path / "fewer.csv"), log=quiet)
-    assert all(not recommender._rated for recommender in recommenders.values())
+    assert all(recommender._history is None for recommender in recommenders.values())
 
 
 def test_a_latest_small_model_finds_its_ratings_again(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hfcf import artifacts
+from hfcf import artifacts, scoring
 from hfcf import nn as hfnn
 
 fastai_collab = pytest.importorskip("fastai.collab")
@@ -44,7 +44,7 @@ def check_parity(out, config, split, rows=1000):
         module.load_state_dict(hfnn.to_fastai_keys(kind, state, n_hidden), strict=True)
         with torch.no_grad():
             fastai_predictions = module.eval()(x).flatten().numpy()
-        ours = hfnn.predict(folder.modules[kind], x[:, 0], x[:, 1])
+        ours = scoring.scorer(kind, folder.weights[kind], folder.y_range).predict(x[:, 0].numpy(), x[:, 1].numpy())
 
         np.testing.assert_allclose(fastai_predictions, learner_predictions, rtol=0, atol=1e-6, err_msg=kind)
         np.testing.assert_allclose(ours, fastai_predictions, rtol=0, atol=1e-5, err_msg=kind)
@@ -74,7 +74,7 @@ def test_top_n_learner_and_folder_agree(synthetic_model):
     with torch.no_grad():
         vectors = learner.model.eval().encode(*histories.batch(rows))
         expected = learner.model.scores(vectors).numpy()
-    np.testing.assert_allclose(rec.folder.modules["topn"].user_vectors[1:].numpy(), vectors.numpy(), atol=1e-6)
+    np.testing.assert_allclose(rec.folder.weights["topn"]["user_vectors"][1:], vectors.numpy(), atol=1e-6)
     np.testing.assert_allclose(rec.scorer.scores_for(rows.numpy()), expected, atol=1e-5)
     assert np.ptp(expected) > 0.5
 
@@ -87,3 +87,57 @@ def test_key_maps_round_trip():
     assert "layers.2.0.bias" in fastai_names and "layers.1.2.running_var" in fastai_names
     with pytest.raises(KeyError, match="bn_cont"):
         hfnn.from_fastai_keys("nn", {**fastai_names, "bn_cont.weight": torch.zeros(0)}, n_hidden=2)
+
+
+def random_module(kind, n_users=9, n_items=13):
+    """A torch module of `kind` with random weights, BatchNorm statistics included (not the identity)."""
+    torch.manual_seed(0)
+    settings = {"n_factors": 4, "user_size": 5, "item_size": 3, "layers": [8, 6]}
+    module = hfnn.build(kind, settings, n_users, n_items, (0.5, 5.5))
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.1 if "running_var" in name else torch.randn_like(tensor))
+    return settings, module.eval()
+
+
+@pytest.mark.parametrize("kind", ["dot", "nn", "topn"])
+def test_numpy_scorers_match_the_torch_modules(kind):
+    """Serving runs in numpy (no torch in the Space); training's torch modules are the reference."""
+    settings, module = random_module(kind)
+    state = module.state_dict()
+    expected = {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in state.items()}
+    assert scoring.SCORERS[kind].tensors(settings, 9, 13) == expected  # what a weights file must hold
+    scorer = scoring.scorer(kind, state, (0.5, 5.5))
+    users, items = torch.arange(9).repeat_interleave(13), torch.arange(13).repeat(9)
+    with torch.no_grad():
+        if kind == "topn":
+            reference = module.scores(module.user_vectors).numpy()
+        else:
+            reference = module(users, items).reshape(9, 13).numpy()
+            np.testing.assert_allclose(scorer.predict(users.numpy(), items.numpy()), reference.ravel(), atol=1e-5)
+    np.testing.assert_allclose(scorer.scores_for(np.arange(9)), reference, atol=1e-5)
+    np.testing.assert_allclose(scorer.users_for_item(4), reference[:, 4], atol=1e-5)
+
+
+def test_nn_fold_in_matches_torch_adam_on_the_frozen_network():
+    """NeuralScorer.fold_in backpropagates by hand; torch autograd + torch.optim.Adam is the reference."""
+    _, module = random_module("nn")
+    rows, ratings, l2 = np.array([2, 5, 7]), np.array([5.0, 1.0, 4.0], dtype=np.float32), 0.3
+    vector, scores = scoring.scorer("nn", module.state_dict(), (0.5, 5.5)).fold_in(rows, ratings, l2)
+
+    user_weight = module.hidden[0].linear.weight[:, :5].detach()
+    item_part = module.item_embedding.weight.detach() @ module.hidden[0].linear.weight[:, 5:].detach().T
+    start = module.user_embedding.weight.detach()[1:].mean(0)
+    theirs = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([theirs], lr=0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        predicted = module.head(item_part[rows] + theirs @ user_weight.T)
+        loss = ((predicted - torch.as_tensor(ratings)) ** 2).mean() + l2 * 1e-2 * ((theirs - start) ** 2).sum()
+        loss.backward()
+        optimizer.step()
+    assert np.abs(vector - start.numpy()).max() > 0.1  # it moved: the comparison below proves something
+    np.testing.assert_allclose(vector, theirs.detach().numpy(), atol=1e-4)
+    with torch.no_grad():
+        np.testing.assert_allclose(scores, module.head(item_part + theirs @ user_weight.T).numpy(), atol=1e-4)

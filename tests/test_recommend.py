@@ -168,8 +168,8 @@ SERVING_ONLY = textwrap.dedent("""
     import sys, importlib.abc
     class NoFastai(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("fastai", "fastcore", "fastprogress"):
-                raise ImportError(f"{name} is not installed (serving-only install)")
+            if name.split(".")[0] in ("fastai", "fastcore", "fastprogress", "torch"):
+                raise ImportError(f"{name} is not installed (serving-only install: no torch, no fastai)")
     sys.meta_path.insert(0, NoFastai())
     import hfcf.recommend
     assert "fastai" not in sys.modules
@@ -182,7 +182,7 @@ SERVING_ONLY = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_loading_and_answering_need_no_fastai(synthetic_model, model):
+def test_loading_and_answering_need_neither_torch_nor_fastai(synthetic_model, model):
     done = subprocess.run([sys.executable, "-c", SERVING_ONLY, str(synthetic_model[0]), model],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -220,3 +220,23 @@ def test_similar_titles_share_genres_on_movielens_100k(ml100k_model, ml100k):
     chance = [np.mean([(genres[popular[i]] & genres[title]).any() for i in rng.choice(len(popular), 10)])
               for title in popular]
     assert np.mean(shared) > np.mean(chance) + 0.08, (np.mean(shared), np.mean(chance))
+
+
+def test_history_groups_each_users_ratings_once_and_skips_what_the_model_does_not_know(synthetic_model,
+                                                                                       synthetic_dataset):
+    import pandas as pd
+
+    from hfcf.recommend import History
+
+    first = Recommender.from_pretrained(synthetic_model[0])
+    ratings = synthetic_dataset.ratings
+    extra = pd.DataFrame({"user": [ratings["user"].iloc[0], "no such user"],
+                          "title": ["no such title", ratings["title"].iloc[0]], "rating": [5.0, 5.0]})
+    history = History(pd.concat([ratings, extra], ignore_index=True), first.users, first.items)
+    for user, rated in list(ratings.groupby("user"))[:25]:
+        rows, values = history.of(first.users.index(user))
+        assert [first.items.keys[r] for r in rows] == rated["title"].tolist()  # the dataset's order, nothing else
+        np.testing.assert_array_equal(values, rated["rating"].to_numpy())
+    assert history.offsets[-1] == len(ratings)  # the two unknown rows were left out
+    first.attach_history(history)
+    assert first.sibling("dot")._history is history  # shared, not regrouped per model

@@ -42,7 +42,7 @@ def test_retraining_into_a_model_folder_keeps_what_hfcf_did_not_write(cloned_rep
     assert theirs(cloned_repo) == before
     assert (cloned_repo / "dot.safetensors").read_bytes() != old_weights
     assert not (cloned_repo / "nn.safetensors").exists()  # hfcf's own old files go: they would contradict config
-    assert sorted(artifacts.load(cloned_repo).modules) == ["dot"]
+    assert sorted(artifacts.load(cloned_repo).weights) == ["dot"]
     assert [p.name for p in cloned_repo.parent.iterdir()] == ["model"]  # no leftovers beside it
 
 
@@ -73,7 +73,7 @@ KILL_AT_RENAME = textwrap.dedent("""
             os._exit(137)  # as kill -9: no cleanup, no finally
         real(src, dst)
     artifacts.os.replace = replace
-    weights = {kind: module.state_dict() for kind, module in folder.modules.items()}
+    weights = folder.weights
     artifacts.save(sys.argv[1], folder.config, folder.users, folder.items, folder.item_counts, weights, "card")
 """)
 
@@ -228,5 +228,5 @@ def test_save_refuses_a_file_where_the_folder_should_be(synthetic_model, tmp_pat
     folder = artifacts.load(synthetic_model[0])
     with pytest.raises(Exception, match="is a file, not a folder"):
         artifacts.save(target, folder.config, folder.users, folder.items, folder.item_counts,
-                       {kind: module.state_dict() for kind, module in folder.modules.items()}, "card")
+                       folder.weights, "card")
     assert target.read_text() == "a file"

@@ -79,7 +79,7 @@ def test_a_newcomer_who_rated_one_cluster_gets_that_cluster(rec, truth):
 
 def test_fold_in_is_exactly_how_known_users_were_encoded(rec, synthetic_model):
     _, _, split = synthetic_model
-    stored = rec.folder.modules["topn"].user_vectors.numpy()
+    stored = rec.folder.weights["topn"]["user_vectors"]
     for user, rated in list(split.train.groupby("user"))[:20]:
         folded = rec.fold_in(dict(zip(rated["title"], rated["rating"])))
         np.testing.assert_allclose(folded.user_vector, stored[rec.users.index(user)], atol=1e-5)

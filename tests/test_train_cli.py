@@ -142,7 +142,7 @@ def test_train_py_end_to_end_on_synthetic_data(tmp_path):
     assert "\r" not in done.stdout + done.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["models"]["dot"]["epochs"] == 2
-    assert sorted(artifacts.load(out).modules) == ["dot", "nn", "topn"]
+    assert sorted(artifacts.load(out).weights) == ["dot", "nn", "topn"]
 
 
 def test_valid_pct_0_trains_on_every_rating_and_says_no_metrics_were_computed(tmp_path, synthetic_dataset):
@@ -158,7 +158,7 @@ def test_valid_pct_0_trains_on_every_rating_and_says_no_metrics_were_computed(tm
     assert "nothing was held out, so this card reports no held-out metrics" in card
     assert "model-index" not in card and "| RMSE |" not in card
     assert "valid_loss" not in done.stdout  # nothing to validate on
-    assert sorted(artifacts.load(out).modules) == ["dot", "nn", "topn"]
+    assert sorted(artifacts.load(out).weights) == ["dot", "nn", "topn"]
 
 
 @pytest.mark.integration

@@ -1,5 +1,4 @@
 """hfcf's training pieces on tiny inputs with known answers: the lazy Adam step and the size-aware defaults."""
-import numpy as np
 import pytest
 import torch
 

@@ -1,0 +1,112 @@
+"""The model card: README.md of a model folder (YAML front matter for the Hub, then text), from model_card.md.
+
+Rendered at training time from config.json, and again at push time so that it names the repo it is published to.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+RANKING_K = 10  # the cut-off of the ranking metrics on the card
+TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
+                 "nn": "fastai `EmbeddingNN` (embeddings + MLP)",
+                 "topn": "hfcf `TopNModel` (item-to-item autoencoder of what users chose, fitted by a fastai Learner)"}
+
+def _rating_fit(s):
+    optimizer = ("lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
+                 if s.get("lazy") else "Adam")
+    return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with {optimizer} beta2 {s['sqr_mom']}, "
+            f"batch size {s['bs']}")
+
+
+# kind -> one line describing how a model was built and trained, from its config.json entry
+SETTINGS_TEXT = {
+    "dot": lambda s: f"{s['n_factors']} factors, biases not weight-decayed, {_rating_fit(s)}",
+    "nn": lambda s: (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
+                     f"{s['layers']}, {_rating_fit(s)}"),
+    "topn": lambda s: (f"{s['n_factors']} factors, each rated title hidden from a user's input with chance "
+                       f"{s['embed_p']}, L2 penalty {s['wd']} (EASE's lambda); `fit_one_cycle({s['epochs']}, "
+                       f"{s['lr']})` with Adam beta2 {s['sqr_mom']}, {s['bs']} users a batch"),
+}
+
+
+def project_url():
+    """hfcf's home page, from the one place it is set: `[project.urls] Homepage` in pyproject.toml (installed
+    metadata when hfcf is installed, the file beside the package when it runs from a checkout)."""
+    from importlib import metadata
+
+    try:
+        entries = metadata.metadata("hfcf").get_all("Project-URL") or []
+        urls = dict(entry.split(", ", 1) for entry in entries)
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        urls = tomllib.loads((TEMPLATE.parent / "pyproject.toml").read_text())["project"]["urls"]
+    return urls["Homepage"]
+
+
+def settings_text(kind, settings):
+    """One line describing how a model was built and trained, from its config.json entry."""
+    return SETTINGS_TEXT[kind](settings)
+
+
+def render_card(config, repo_id=None, example=None):
+    """The model card: YAML front matter (library, tags, datasets, model-index) and text, from model_card.md.
+
+    `example` {"user": id, "titles": [two titles]} from this model's own vocabularies, for the usage snippet.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    dataset, metrics, ranking = config["dataset"], config["metrics"], config.get("ranking", {})
+    name = repo_id or "hfcf collaborative-filtering models"
+    common = dict(dataset_type=dataset["id"], dataset_name=dataset["name"], dataset_split="held-out")
+    results = [EvalResult(task_type="tabular-regression", task_name="Rating prediction", metric_type=metric,
+                          metric_name=f"{metric.upper()} ({kind})", metric_value=metrics[kind][metric], **common)
+               for kind in config["models"] if kind in metrics for metric in ("rmse", "mae")]
+    results += [EvalResult(task_type="tabular-classification", task_name="Top-N recommendation", metric_type=metric,
+                           metric_name=f"{metric} ({kind})", metric_value=ranking[kind][metric], **common)
+                for kind in config["models"] if kind in ranking
+                for metric in (f"precision@{RANKING_K}", f"ndcg@{RANKING_K}")]
+    tags = ["fastai", "collaborative-filtering", "recommender-system", "safetensors", "tabular-regression"]
+    if dataset["name"].startswith("MovieLens"):  # only what is true of this model
+        tags.insert(3, "movielens")
+    card_data = ModelCardData(library_name="hfcf", license="other", model_name=name, eval_results=results or None,
+                              tags=tags, pipeline_tag="tabular-regression",
+                              datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None)
+    card = ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id or "you/name",
+        project_url=project_url(), fastai_version=config["fastai_version"], dataset=dataset,
+        split_description=config["split"]["description"],
+        metric_rows=[{"name": key, **value} for key, value in metrics.items()],
+        ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
+        k=RANKING_K, ranked_users=config["split"].get("ranked_users"), valid_users=config["split"].get("n_valid_users"),
+        kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]},
+        architectures=ARCHITECTURES, models=config["models"],
+        y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
+        settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
+    return str(card)
+
+
+def card_example(user_keys, item_keys, item_counts):
+    """The card's usage snippet names the model's own first user and two most-rated titles, not MovieLens's."""
+    most_rated = np.argsort(-np.asarray(item_counts), kind="stable")[:2]
+    return {"user": user_keys[1], "titles": [str(item_keys[row]) for row in most_rated]}
+
+
+def card_for_repo(folder, repo_id):
+    """The card of a model folder with `repo_id` written into its title, links and snippet, to publish it there.
+
+    None when the card is not the one hfcf rendered (edited by hand): it is then published as it is.
+    """
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    keys = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    example = card_example(keys["users"], keys["items"], keys["item_counts"])
+    current = (folder / "README.md").read_text(encoding="utf-8")
+    rendered_for = ModelCard(current).data.model_name
+    if current != render_card(config, rendered_for if "/" in str(rendered_for) else None, example):
+        return None
+    return render_card(config, repo_id, example)
