@@ -84,7 +84,7 @@ def parser():
 
 
 SETTINGS = ("epochs", "lr", "wd", "bs", "n_factors", "layers", "user_size", "item_size", "embed_p", "sqr_mom",
-            "lazy")
+            "lazy", "batchnorm")
 
 
 def flag(text):

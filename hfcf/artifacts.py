@@ -371,6 +371,8 @@ def _expected_tensors(kind, settings, n_users, n_items):
     if "layers" in settings and not (isinstance(settings["layers"], list) and settings["layers"]
                                      and all(map(_positive_int, settings["layers"]))):
         raise ValueError(f"layers must be a list of whole numbers >= 1 (got {settings['layers']!r})")
+    if not isinstance(settings.get("batchnorm", True), bool):
+        raise ValueError(f"batchnorm must be true or false (got {settings['batchnorm']!r})")
     return scoring.SCORERS[kind].tensors(settings, n_users, n_items)
 
 

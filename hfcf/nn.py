@@ -37,12 +37,13 @@ class DotModel(nn.Module):
 
 
 class Hidden(nn.Module):
-    """Linear (no bias) -> ReLU -> BatchNorm, fastai's `LinBnDrop(lin_first=True)` without dropout."""
+    """Linear (no bias) -> ReLU -> BatchNorm, fastai's `LinBnDrop(lin_first=True)` without dropout; without
+    BatchNorm (`batchnorm=False`), Linear with a bias -> ReLU, as fastai builds it then."""
 
-    def __init__(self, n_in, n_out):
+    def __init__(self, n_in, n_out, batchnorm=True):
         super().__init__()
-        self.linear = nn.Linear(n_in, n_out, bias=False)
-        self.norm = nn.BatchNorm1d(n_out)
+        self.linear = nn.Linear(n_in, n_out, bias=not batchnorm)
+        self.norm = nn.BatchNorm1d(n_out) if batchnorm else nn.Identity()
 
     def forward(self, x):
         return self.norm(torch.relu(self.linear(x)))
@@ -51,12 +52,12 @@ class Hidden(nn.Module):
 class NeuralModel(nn.Module):
     """Concatenated user and item embeddings through an MLP (fastai `EmbeddingNN`)."""
 
-    def __init__(self, n_users, n_items, user_size, item_size, layers, y_range):
+    def __init__(self, n_users, n_items, user_size, item_size, layers, y_range, batchnorm=True):
         super().__init__()
         self.user_embedding = nn.Embedding(n_users, user_size)
         self.item_embedding = nn.Embedding(n_items, item_size)
         sizes = [user_size + item_size, *layers]
-        self.hidden = nn.ModuleList(Hidden(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(Hidden(a, b, batchnorm) for a, b in zip(sizes[:-1], sizes[1:]))
         self.output = nn.Linear(sizes[-1], 1)
         self.y_range = tuple(y_range)
 
@@ -79,7 +80,10 @@ class NeuralModel(nn.Module):
         """
         user_weight, item_weight = self.hidden[0].linear.weight.split(
             [self.user_embedding.embedding_dim, self.item_embedding.embedding_dim], dim=1)
-        return self.user_embedding.weight @ user_weight.T, self.item_embedding.weight @ item_weight.T, user_weight
+        item_part = self.item_embedding.weight @ item_weight.T
+        if self.hidden[0].linear.bias is not None:  # the bias goes with the item part: still one addition a pair
+            item_part = item_part + self.hidden[0].linear.bias
+        return self.user_embedding.weight @ user_weight.T, item_part, user_weight
 
     @property
     def item_embeddings(self):
@@ -136,7 +140,7 @@ class TopNModel(nn.Module):
 ARCHITECTURES = {
     "dot": lambda s, n_users, n_items, y_range: DotModel(n_users, n_items, s["n_factors"], y_range),
     "nn": lambda s, n_users, n_items, y_range: NeuralModel(n_users, n_items, s["user_size"], s["item_size"],
-                                                           s["layers"], y_range),
+                                                           s["layers"], y_range, s.get("batchnorm", True)),
     "topn": lambda s, n_users, n_items, y_range: TopNModel(n_users, n_items, s["n_factors"]),
 }
 
@@ -153,30 +157,33 @@ _DOT_NAMES = {"u_weight.weight": "user_factors.weight", "i_weight.weight": "item
 _NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def _nn_names(n_hidden):
-    """fastai TabularModel key -> our key, for an MLP with `n_hidden` hidden layers."""
+def _nn_names(n_hidden, batchnorm=True):
+    """fastai TabularModel key -> our key, for an MLP with `n_hidden` hidden layers (with or without BatchNorm)."""
     names = {"embeds.0.weight": "user_embedding.weight", "embeds.1.weight": "item_embedding.weight"}
     for i in range(n_hidden):
         names[f"layers.{i}.0.weight"] = f"hidden.{i}.linear.weight"
-        names.update({f"layers.{i}.2.{part}": f"hidden.{i}.norm.{part}" for part in _NORM_PARTS})
+        if batchnorm:
+            names.update({f"layers.{i}.2.{part}": f"hidden.{i}.norm.{part}" for part in _NORM_PARTS})
+        else:
+            names[f"layers.{i}.0.bias"] = f"hidden.{i}.linear.bias"
     names.update({f"layers.{n_hidden}.0.weight": "output.weight", f"layers.{n_hidden}.0.bias": "output.bias"})
     return names
 
 
-def _names(kind, n_hidden):
-    return _DOT_NAMES if kind == "dot" else _nn_names(n_hidden)
+def _names(kind, n_hidden, batchnorm=True):
+    return _DOT_NAMES if kind == "dot" else _nn_names(n_hidden, batchnorm)
 
 
-def from_fastai_keys(kind, state_dict, n_hidden=0):
+def from_fastai_keys(kind, state_dict, n_hidden=0, batchnorm=True):
     """Rename a fastai state dict to ours; a key we do not expect is an error, not silently dropped."""
-    names = _names(kind, n_hidden)
+    names = _names(kind, n_hidden, batchnorm)
     unexpected = sorted(set(state_dict) - set(names))
     if unexpected:
         raise KeyError(f"unexpected fastai {kind} keys {unexpected}; was the model built with bn_cont=False?")
     return {names[key]: value for key, value in state_dict.items()}
 
 
-def to_fastai_keys(kind, state_dict, n_hidden=0):
+def to_fastai_keys(kind, state_dict, n_hidden=0, batchnorm=True):
     """Rename our state dict to fastai's key names."""
-    ours = {value: key for key, value in _names(kind, n_hidden).items()}
+    ours = {value: key for key, value in _names(kind, n_hidden, batchnorm).items()}
     return {ours[key]: value for key, value in state_dict.items()}

@@ -118,28 +118,38 @@ class DotScorer(Scorer):
 
 
 class NeuralScorer(Scorer):
-    """`EmbeddingNN`: concatenated embeddings through Linear -> ReLU -> BatchNorm layers and a linear output.
+    """`EmbeddingNN`: concatenated embeddings through Linear -> ReLU -> BatchNorm layers (or Linear with a bias ->
+    ReLU, `batchnorm: false`) and a linear output.
 
-    Its first layer is linear in the concatenated embeddings, so it is split into a user part and an item part,
-    projected once per table: scoring a user against every title is one addition plus the rest of the network,
-    and a newcomer's gradient flows only through those small layers. BatchNorm in eval mode is an affine map.
+    Its first layer is linear in the concatenated embeddings, so it is split into a user part and an item part (with
+    the layer's bias), projected once per table: scoring a user against every title is one addition plus the rest
+    of the network, and a newcomer's gradient flows only through those small layers. BatchNorm in eval mode is an
+    affine map, folded into the next layer's weights and bias: what is left is Linear and ReLU.
     """
 
     def __init__(self, weights, y_range):
         super().__init__(weights, y_range)
         self.user_embedding = weights["user_embedding.weight"]
         self.item_embedding = weights["item_embedding.weight"]
-        self.layers = []  # (linear weight, BatchNorm scale, BatchNorm shift) per hidden layer
-        for i in range(sum(key.endswith(".linear.weight") for key in weights)):
-            norm = {part: weights[f"hidden.{i}.norm.{part}"] for part in ("weight", "bias", "running_mean",
-                                                                         "running_var")}
-            scale = norm["weight"] / np.sqrt(norm["running_var"] + BATCHNORM_EPS)
-            self.layers.append((weights[f"hidden.{i}.linear.weight"], scale, norm["bias"] - norm["running_mean"] * scale))
-        first = self.layers[0][0]
+        # (weight, bias) of each layer after the first and of the output, the previous layer's BatchNorm folded in:
+        # W @ (relu(x) * scale + shift) + b == (W * scale) @ relu(x) + (W @ shift + b).
+        self.layers = []
+        n_hidden = sum(key.endswith(".linear.weight") for key in weights)
+        for i in range(1, n_hidden + 1):
+            name = f"hidden.{i}.linear" if i < n_hidden else "output"
+            weight, bias = weights[f"{name}.weight"], weights.get(f"{name}.bias", np.zeros(1, np.float32))
+            if f"hidden.{i - 1}.norm.weight" in weights:
+                norm = {part: weights[f"hidden.{i - 1}.norm.{part}"] for part in ("weight", "bias", "running_mean",
+                                                                                 "running_var")}
+                scale = norm["weight"] / np.sqrt(norm["running_var"] + BATCHNORM_EPS)
+                weight, bias = weight * scale, bias + weight @ (norm["bias"] - norm["running_mean"] * scale)
+            self.layers.append((weight, bias))
+        self.output_weight, self.output_bias = self.layers.pop()
+        self.output_weight, self.output_bias = self.output_weight[0], self.output_bias[0]
+        first, first_bias = weights["hidden.0.linear.weight"], weights.get("hidden.0.linear.bias", np.float32(0))
         self.user_weight = first[:, :self.user_embedding.shape[1]]  # (first layer, user embedding size)
         self.user_part = self.user_embedding @ self.user_weight.T
-        self.item_part = self.item_embedding @ first[:, self.user_embedding.shape[1]:].T
-        self.output_weight, self.output_bias = weights["output.weight"][0], weights["output.bias"][0]
+        self.item_part = self.item_embedding @ first[:, self.user_embedding.shape[1]:].T + first_bias
 
     @staticmethod
     def tensors(settings, n_users, n_items):
@@ -149,9 +159,12 @@ class NeuralScorer(Scorer):
                  "output.weight": _float(1, sizes[-1]), "output.bias": _float(1)}
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             found[f"hidden.{i}.linear.weight"] = _float(n_out, n_in)
-            found.update({f"hidden.{i}.norm.{part}": _float(n_out)
-                          for part in ("weight", "bias", "running_mean", "running_var")})
-            found[f"hidden.{i}.norm.num_batches_tracked"] = ("int64", ())
+            if settings.get("batchnorm", True):  # absent from folders written before it was a setting
+                found.update({f"hidden.{i}.norm.{part}": _float(n_out)
+                              for part in ("weight", "bias", "running_mean", "running_var")})
+                found[f"hidden.{i}.norm.num_batches_tracked"] = ("int64", ())
+            else:
+                found[f"hidden.{i}.linear.bias"] = _float(n_out)
         return found
 
     def head(self, first):
@@ -160,13 +173,10 @@ class NeuralScorer(Scorer):
 
     def _logit(self, first):
         """The output before the sigmoid, and every layer's pre-activation (what backpropagation needs)."""
-        x, pre = first, []
-        for i, (weight, scale, shift) in enumerate(self.layers):
-            if i:
-                x = x @ weight.T
-            pre.append(x)
-            x = np.maximum(x, 0) * scale + shift
-        return x @ self.output_weight + self.output_bias, pre
+        pre = [first]  # the first layer's product and bias are in `first` already
+        for weight, bias in self.layers:
+            pre.append(np.maximum(pre[-1], 0) @ weight.T + bias)
+        return np.maximum(pre[-1], 0) @ self.output_weight + self.output_bias, pre
 
     def _gradient(self, first, target):
         """d/d(first) of the mean squared error of `head(first)` against `target`: backpropagation by hand."""
@@ -174,12 +184,9 @@ class NeuralScorer(Scorer):
         predicted = self.squash(logit)
         sigmoid = (predicted - self.low) / (self.high - self.low)
         grad = (2 / len(target)) * (predicted - target) * (self.high - self.low) * sigmoid * (1 - sigmoid)
-        grad = grad[:, None] * self.output_weight
-        for i in reversed(range(len(self.layers))):
-            weight, scale, _ = self.layers[i]
-            grad = grad * scale * (pre[i] > 0)
-            if i:
-                grad = grad @ weight
+        grad = (grad[:, None] * self.output_weight) * (pre[-1] > 0)
+        for (weight, _), below in zip(reversed(self.layers), reversed(pre[:-1])):
+            grad = (grad @ weight) * (below > 0)
         return grad
 
     def scores_for(self, rows):

@@ -46,6 +46,7 @@ class ModelSettings:
     user_size: int = 0        # EmbeddingNN embedding sizes; 0 means fastai's `emb_sz_rule`
     item_size: int = 0
     embed_p: float = 0.0      # EmbeddingNN dropout on the embeddings; topn: on a user's rated titles (training only)
+    batchnorm: bool = True    # EmbeddingNN: BatchNorm after each hidden layer (fastai's default); off: Linear biases
     sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
     # Rating models: update only the embedding rows a batch touches (`LazyAdam`); `wd` is then an L2 penalty per
     # rating. Off: fastai's Adam over every parameter each step, `wd` decoupled weight decay (as the book).
@@ -384,7 +385,8 @@ class RatingRecipe(Recipe):
         return learn
 
     def export(self, learn, train, chosen, n_users):
-        return hfnn.from_fastai_keys(self.kind, learn.model.state_dict(), len(chosen.get("layers", ())))
+        return hfnn.from_fastai_keys(self.kind, learn.model.state_dict(), len(chosen.get("layers", ())),
+                                     chosen.get("batchnorm", True))
 
 
 class DotRecipe(RatingRecipe):
@@ -394,7 +396,7 @@ class DotRecipe(RatingRecipe):
 
     def resolved(self, settings, users, items):
         chosen = asdict(settings)
-        for key in ("layers", "user_size", "item_size", "embed_p"):
+        for key in ("layers", "user_size", "item_size", "embed_p", "batchnorm"):
             chosen.pop(key)
         return chosen
 
@@ -426,7 +428,7 @@ class NeuralRecipe(RatingRecipe):
         return chosen
 
     def check(self, settings):
-        if settings.bs < 2:
+        if settings.batchnorm and settings.bs < 2:
             raise DataError(f"nn: --bs must be at least 2: its BatchNorm layers need two ratings a batch "
                             f"(got {settings.bs})")
         if not settings.layers or min(settings.layers) < 1:
@@ -436,7 +438,7 @@ class NeuralRecipe(RatingRecipe):
 
     def collab_learner(self, dls, settings, chosen, y_range):
         emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
-        config = tabular_config(bn_cont=False, embed_p=settings.embed_p)
+        config = tabular_config(bn_cont=False, use_bn=settings.batchnorm, embed_p=settings.embed_p)
         learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), config=config,
                                **self.common(settings, y_range))
         fast_dropout(learn.model)

@@ -19,7 +19,8 @@ def fastai_module(kind, settings, n_users, n_items, y_range):
 
     emb_szs = [(n_users, settings["user_size"]), (n_items, settings["item_size"])]
     return fastai_collab.EmbeddingNN(emb_szs, list(settings["layers"]),
-                                     **tabular_config(bn_cont=False, y_range=tuple(y_range)))
+                                     **tabular_config(bn_cont=False, use_bn=settings.get("batchnorm", True),
+                                                      y_range=tuple(y_range)))
 
 
 def held_out(folder, split, rows=1000):
@@ -41,7 +42,8 @@ def check_parity(out, config, split, rows=1000):
         n_hidden = len(folder.config["models"][kind].get("layers", []))
         module = fastai_module(kind, folder.config["models"][kind], len(folder.users), len(folder.items),
                                folder.y_range)
-        module.load_state_dict(hfnn.to_fastai_keys(kind, state, n_hidden), strict=True)
+        batchnorm = folder.config["models"][kind].get("batchnorm", True)
+        module.load_state_dict(hfnn.to_fastai_keys(kind, state, n_hidden, batchnorm), strict=True)
         with torch.no_grad():
             fastai_predictions = module.eval()(x).flatten().numpy()
         ours = scoring.scorer(kind, folder.weights[kind], folder.y_range).predict(x[:, 0].numpy(), x[:, 1].numpy())
@@ -53,6 +55,22 @@ def check_parity(out, config, split, rows=1000):
 
 def test_parity_on_synthetic_model(synthetic_model):
     check_parity(*synthetic_model)
+
+
+def test_parity_of_an_nn_without_batchnorm(synthetic_dataset, tmp_path):
+    """`batchnorm: false` (the large-data nn): fastai's Linear layers then carry biases, and the folder keeps them."""
+    import dataclasses
+
+    from hfcf import pipeline
+
+    settings = {kind: dataclasses.replace(training.DEFAULTS[kind], epochs=8, bs=256, lr=1e-2, batchnorm=False)
+                for kind in ("dot", "nn")}
+    split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
+    config = pipeline.train_and_save(synthetic_dataset, split, tmp_path / "model", kinds=("dot", "nn"),
+                                     settings=settings, seed=0, log=lambda *_: None)
+    assert config["models"]["nn"]["batchnorm"] is False and "batchnorm" not in config["models"]["dot"]
+    assert "hidden.0.linear.bias" in artifacts.load(tmp_path / "model").weights["nn"]
+    check_parity(tmp_path / "model", config, split)
 
 
 @pytest.mark.integration
@@ -87,12 +105,16 @@ def test_key_maps_round_trip():
     assert "layers.2.0.bias" in fastai_names and "layers.1.2.running_var" in fastai_names
     with pytest.raises(KeyError, match="bn_cont"):
         hfnn.from_fastai_keys("nn", {**fastai_names, "bn_cont.weight": torch.zeros(0)}, n_hidden=2)
+    plain = hfnn.NeuralModel(5, 7, 4, 6, [8, 4], (0, 5.5), batchnorm=False).state_dict()
+    fastai_names = hfnn.to_fastai_keys("nn", plain, n_hidden=2, batchnorm=False)
+    assert "layers.1.0.bias" in fastai_names and not any("running" in key for key in fastai_names)
+    assert hfnn.from_fastai_keys("nn", fastai_names, n_hidden=2, batchnorm=False).keys() == plain.keys()
 
 
-def random_module(kind, n_users=9, n_items=13):
+def random_module(kind, n_users=9, n_items=13, batchnorm=True):
     """A torch module of `kind` with random weights, BatchNorm statistics included (not the identity)."""
     torch.manual_seed(0)
-    settings = {"n_factors": 4, "user_size": 5, "item_size": 3, "layers": [8, 6]}
+    settings = {"n_factors": 4, "user_size": 5, "item_size": 3, "layers": [8, 6], "batchnorm": batchnorm}
     module = hfnn.build(kind, settings, n_users, n_items, (0.5, 5.5))
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
@@ -101,10 +123,10 @@ def random_module(kind, n_users=9, n_items=13):
     return settings, module.eval()
 
 
-@pytest.mark.parametrize("kind", ["dot", "nn", "topn"])
-def test_numpy_scorers_match_the_torch_modules(kind):
+@pytest.mark.parametrize("kind,batchnorm", [("dot", True), ("nn", True), ("nn", False), ("topn", True)])
+def test_numpy_scorers_match_the_torch_modules(kind, batchnorm):
     """Serving runs in numpy (no torch in the Space); training's torch modules are the reference."""
-    settings, module = random_module(kind)
+    settings, module = random_module(kind, batchnorm=batchnorm)
     state = module.state_dict()
     expected = {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in state.items()}
     assert scoring.SCORERS[kind].tensors(settings, 9, 13) == expected  # what a weights file must hold
@@ -120,14 +142,14 @@ def test_numpy_scorers_match_the_torch_modules(kind):
     np.testing.assert_allclose(scorer.users_for_item(4), reference[:, 4], atol=1e-5)
 
 
-def test_nn_fold_in_matches_torch_adam_on_the_frozen_network():
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_nn_fold_in_matches_torch_adam_on_the_frozen_network(batchnorm):
     """NeuralScorer.fold_in backpropagates by hand; torch autograd + torch.optim.Adam is the reference."""
-    _, module = random_module("nn")
+    _, module = random_module("nn", batchnorm=batchnorm)
     rows, ratings, l2 = np.array([2, 5, 7]), np.array([5.0, 1.0, 4.0], dtype=np.float32), 0.3
     vector, scores = scoring.scorer("nn", module.state_dict(), (0.5, 5.5)).fold_in(rows, ratings, l2)
 
-    user_weight = module.hidden[0].linear.weight[:, :5].detach()
-    item_part = module.item_embedding.weight.detach() @ module.hidden[0].linear.weight[:, 5:].detach().T
+    _, item_part, user_weight = (part.detach() for part in module.projections())
     start = module.user_embedding.weight.detach()[1:].mean(0)
     theirs = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([theirs], lr=0.05)
