@@ -12,7 +12,6 @@ titles have most of them, as in MovieLens), attached as the app attaches them. L
 no torch and runs one math thread. Times are medians over `--calls` calls with a user or title drawn at random.
 """
 import argparse
-import json
 import os
 import resource
 import statistics

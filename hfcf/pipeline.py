@@ -103,6 +103,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     fitted = training.fit(kinds, settings, split.train, split.valid, users, items, y_range, seed, log, world)
     if not world.is_main:
         return None
+    training.release_freed_memory()  # what the fits freed, before evaluation allocates its own
     metrics, ranking = evaluate_models(fitted, split, users, items, y_range)
     for name, value in metrics.items():
         log(f"{name:>15}: RMSE {value['rmse']:.4f}  MAE {value['mae']:.4f}")

@@ -7,6 +7,7 @@ its Adam, Recorder and metrics, `EmbeddingDotBias` and `EmbeddingNN`. One `Recip
 its data, Learner and weights are made; adding a kind adds a recipe and a line in `RECIPES`.
 With models this small, fastai's per-batch costs are what is left to cut (see `fit_one`).
 """
+import ctypes
 import math
 import sys
 import time
@@ -583,6 +584,34 @@ class DataParallel(Callback):
         self.learn.model = self.inner
 
 
+def release_freed_memory():
+    """Give the memory that torch and numpy have freed back to the operating system (glibc's `malloc_trim`).
+
+    glibc keeps freed heap pages for reuse, and with tensors of changing sizes coming and going every batch a
+    process's resident memory climbs epoch after epoch: the top-N fit on 5M ratings grew 0.1 GB an epoch (5.8 GB
+    by its tenth epoch at 10M) and stayed flat with a trim. Does nothing where there is no glibc.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+class ReleaseFreedMemory(Callback):
+    """`release_freed_memory` after every epoch: a few milliseconds, against GBs of retained heap at scale."""
+
+    order = 100
+
+    def after_epoch(self):
+        release_freed_memory()
+
+
 def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print, world=distributed.SINGLE):
     """Fit one model with fastai's `fit_one_cycle` on data from its recipe's `encode`; refuses a diverged loss.
 
@@ -597,6 +626,7 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     chosen = recipe.resolved(settings, users, items)
     learn = recipe.learner(dls, settings, chosen, y_range)
     learn.remove_cb(CastToTensor)
+    learn.add_cb(ReleaseFreedMemory())
     if world.distributed:
         learn.add_cb(DataParallel(world))
     if len(dls.valid) == 0:  # --valid-pct 0: nothing held out, so no validation loss or metric to record
