@@ -24,7 +24,7 @@ def _rating_fit(s):
 SETTINGS_TEXT = {
     "dot": lambda s: f"{s['n_factors']} factors, biases not weight-decayed, {_rating_fit(s)}",
     "nn": lambda s: (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
-                     f"{s['layers']}{'' if s.get('batchnorm', True) else ' without BatchNorm'}, {_rating_fit(s)}"),
+                     f"{s['layers']}{'' if s.get('batchnorm', True) else ' without BatchNorm (L2 on the embeddings only)'}, {_rating_fit(s)}"),
     "topn": lambda s: (f"{s['n_factors']} factors, each rated title hidden from a user's input with chance "
                        f"{s['embed_p']}, L2 penalty {s['wd']} (EASE's lambda); `fit_one_cycle({s['epochs']}, "
                        f"{s['lr']})` with Adam beta2 {s['sqr_mom']}, {s['bs']} users a batch"),

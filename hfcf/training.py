@@ -445,6 +445,15 @@ class NeuralRecipe(RatingRecipe):
         fast_dropout(learn.model)
         return learn
 
+    def learner(self, dls, settings, chosen, y_range):
+        learn = super().learner(dls, settings, chosen, y_range)
+        if not settings.batchnorm:  # BatchNorm made the layers indifferent to an L2 on them; without it, it stalls them
+            for layer in learn.model.layers.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    for param in layer.parameters():
+                        learn.opt.state[param]["do_wd"] = False
+        return learn
+
 
 class TopNRecipe(Recipe):
     """`TopNModel` in a plain fastai `Learner`: batches of users, `ChoiceLoss`, Adam with L2 on the item vectors.

@@ -83,3 +83,22 @@ def test_topn_refuses_lazy_updates():
     with pytest.raises(training.DataError, match="leave out --set topn.lazy"):
         training.check_settings("topn", training.ModelSettings(epochs=1, lr=1e-3, wd=0.0, bs=64, n_factors=8,
                                                                lazy=True))
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_an_nn_without_batchnorm_puts_its_l2_on_the_embeddings_only(synthetic_dataset, batchnorm):
+    """Without BatchNorm an L2 on the dense layers held the nn at the biases (BENCHMARKS.md, Scale); with it, the
+    layers are indifferent to their weights' scale and keep fastai's weight decay."""
+    import dataclasses
+
+    from hfcf import pipeline, vocab
+
+    split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
+    users, items = vocab.from_ratings(split.train, split.valid)
+    settings = dataclasses.replace(training.DEFAULTS["nn"], epochs=1, bs=256, batchnorm=batchnorm, lazy=True)
+    fitted = training.fit(["nn"], {"nn": settings}, split.train, split.valid, users, items, (0.5, 5.5), 0,
+                          log=lambda *_: None)["nn"]
+    model, state = fitted.learner.model, fitted.learner.opt.state
+    dense = [layer.weight for layer in model.layers.modules() if isinstance(layer, torch.nn.Linear)]  # biases: never
+    assert dense and all(state[p].get("do_wd", True) is batchnorm for p in dense)
+    assert all(state[p].get("do_wd", True) for p in model.embeds.parameters())
