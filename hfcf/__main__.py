@@ -32,7 +32,7 @@ def link_space(repo_id, readme):
 
     from . import hub
 
-    name, revision = hub.split_revision(repo_id)
+    name, _ = hub.split_revision(repo_id)
     hub.check_repo_id(name, "the model repo id")
     if not Path(readme).is_file():  # SpaceCard.load would take a missing path for a repo id and ask the Hub
         raise DataError(f"{readme} does not exist; pass the Space's README with --readme")
@@ -51,8 +51,8 @@ def push(folder, repo_id, private):
     from . import artifacts, card, hub
 
     hub.check_can_push(repo_id, private)
-    artifacts.load(folder)  # a corrupt or foreign folder is refused here, not published
-    published = card.card_for_repo(folder, repo_id)
+    loaded = artifacts.load(folder)  # a corrupt or foreign folder is refused here, not published
+    published = card.card_for_repo(loaded, repo_id)
     if published is None:
         print(f"{folder}/README.md was edited after training: published as it is", file=sys.stderr)
     else:  # the card names the repo it lives in: its title, links and usage snippet

@@ -2,7 +2,6 @@
 
 Rendered at training time from config.json, and again at push time so that it names the repo it is published to.
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,15 @@ def _rating_fit(s):
             f"batch size {s['bs']}")
 
 
+def _without_batchnorm(s):
+    return "" if s.get("batchnorm", True) else " without BatchNorm (L2 on the embeddings only)"
+
+
 # kind -> one line describing how a model was built and trained, from its config.json entry
 SETTINGS_TEXT = {
     "dot": lambda s: f"{s['n_factors']} factors, biases not weight-decayed, {_rating_fit(s)}",
     "nn": lambda s: (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
-                     f"{s['layers']}{'' if s.get('batchnorm', True) else ' without BatchNorm (L2 on the embeddings only)'}, {_rating_fit(s)}"),
+                     f"{s['layers']}{_without_batchnorm(s)}, {_rating_fit(s)}"),
     "topn": lambda s: (f"{s['n_factors']} factors, each rated title hidden from a user's input with chance "
                        f"{s['embed_p']}, L2 penalty {s['wd']} (EASE's lambda); `fit_one_cycle({s['epochs']}, "
                        f"{s['lr']})` with Adam beta2 {s['sqr_mom']}, {s['bs']} users a batch"),
@@ -95,18 +98,19 @@ def card_example(user_keys, item_keys, item_counts):
 
 
 def card_for_repo(folder, repo_id):
-    """The card of a model folder with `repo_id` written into its title, links and snippet, to publish it there.
+    """The card of a loaded model folder (`artifacts.ModelFolder`) with `repo_id` written into its title, links and
+    snippet, to publish it there.
 
-    None when the card is not the one hfcf rendered (edited by hand): it is then published as it is.
+    None when the card is not the one hfcf rendered (edited by hand, or from before vocab.json had item counts):
+    it is then published as it is.
     """
     from huggingface_hub import ModelCard
 
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    keys = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    example = card_example(keys["users"], keys["items"], keys["item_counts"])
-    current = (folder / "README.md").read_text(encoding="utf-8")
-    rendered_for = ModelCard(current).data.model_name
-    if current != render_card(config, rendered_for if "/" in str(rendered_for) else None, example):
+    if folder.item_counts is None:
         return None
-    return render_card(config, repo_id, example)
+    example = card_example(folder.users.keys, folder.items.keys, folder.item_counts)
+    current = (folder.path / "README.md").read_text(encoding="utf-8")
+    rendered_for = ModelCard(current).data.model_name
+    if current != render_card(folder.config, rendered_for if "/" in str(rendered_for) else None, example):
+        return None
+    return render_card(folder.config, repo_id, example)

@@ -42,7 +42,6 @@ class History:
         self.item_rows = item_rows[order]
         self.values = ratings["rating"].to_numpy()[known][order]
         self.offsets = np.searchsorted(user_rows[order], np.arange(len(users) + 1))  # user row r: [r, r + 1)
-        self.item_counts = np.bincount(self.item_rows, minlength=len(items))  # popularity, where vocab.json has none
 
     def of(self, user_row):
         """(item rows, ratings) the user gave, in the dataset's order; None when they rated nothing here."""
@@ -395,7 +394,7 @@ class Recommender:
             if self.folder.item_counts is not None:
                 self._counts = np.asarray(self.folder.item_counts, dtype=float)
             elif self._history is not None:
-                self._counts = self._history.item_counts.astype(float)
+                self._counts = np.bincount(self._history.item_rows, minlength=len(self.items)).astype(float)
             elif required:
                 raise HfcfError("the PCA map needs popularity: attach the dataset's ratings (attach_history) "
                                 "or use a model folder whose vocab.json has item_counts")

@@ -144,8 +144,8 @@ class NeuralScorer(Scorer):
                 scale = norm["weight"] / np.sqrt(norm["running_var"] + BATCHNORM_EPS)
                 weight, bias = weight * scale, bias + weight @ (norm["bias"] - norm["running_mean"] * scale)
             self.layers.append((weight, bias))
-        self.output_weight, self.output_bias = self.layers.pop()
-        self.output_weight, self.output_bias = self.output_weight[0], self.output_bias[0]
+        output_weight, output_bias = self.layers.pop()
+        self.output_weight, self.output_bias = output_weight[0], output_bias[0]
         first, first_bias = weights["hidden.0.linear.weight"], weights.get("hidden.0.linear.bias", np.float32(0))
         self.user_weight = first[:, :self.user_embedding.shape[1]]  # (first layer, user embedding size)
         self.user_part = self.user_embedding @ self.user_weight.T

@@ -600,16 +600,14 @@ def release_freed_memory():
     process's resident memory climbs epoch after epoch: the top-N fit on 5M ratings grew 0.1 GB an epoch (5.8 GB
     by its tenth epoch at 10M) and stayed flat with a trim. Does nothing where there is no glibc.
     """
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
-def _libc():
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
+try:
+    _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent on macOS and musl
+except OSError:
+    _MALLOC_TRIM = None
 
 
 class ReleaseFreedMemory(Callback):
