@@ -65,19 +65,27 @@ DEFAULTS = {
 
 
 # From LARGE_DATA training ratings up, fastai's dense Adam step (every row of every table, each step) costs more than
-# the batch itself, so the rating models switch to large batches and lazy updates. Tuned on power-law synthetic sets
-# of 0.6M to 7M ratings with planted taste (bench/scale.py), checked on 1M to 25M: BENCHMARKS.md. The switch is
-# well below 1M: on 1M power-law ratings (800k training) the 100k recipe caught 45% of the signal past biases with
-# the dot model and none with the nn, where these settings catch 78% and 67%. The top-N settings here are untuned.
+# the batch itself, so the rating models switch to lazy updates, and every model's batch size follows the data's
+# size (LARGE_BATCHES). Tuned on power-law synthetic sets of 1M to 10M ratings with planted taste (bench/scale.py),
+# checked on 1M to 25M: BENCHMARKS.md. The switch is well below 1M: on 1M power-law ratings (800k training) the
+# 100k recipe caught 45% of the signal past biases with the dot model and none with the nn.
 LARGE_DATA = 250_000
 LARGE_DEFAULTS = {
     "dot": ModelSettings(epochs=4, lr=3e-2, wd=0.1, bs=0, n_factors=32, sqr_mom=0.9, lazy=True),
-    # Dropout on the embeddings cost more accuracy than it saved at this size; the layers' L2 does the regularising.
-    "nn": ModelSettings(epochs=16, lr=3e-3, wd=0.1, bs=0, layers=(128,), user_size=32, item_size=32, embed_p=0.0,
+    # Dropout on the embeddings cost more accuracy than it saved at this size; the embeddings' L2 does the
+    # regularising (lazy: none on the dense layers). Five epochs: four to eight are within a few points from 1M to
+    # 10M, sixteen overfit at 1M and 5M.
+    "nn": ModelSettings(epochs=5, lr=3e-3, wd=0.1, bs=0, layers=(128,), user_size=32, item_size=32, embed_p=0.0,
                         lazy=True),
-    "topn": ModelSettings(epochs=10, lr=3e-3, wd=10.0, bs=0, n_factors=128, embed_p=0.5),
+    # The power-law sets plant taste in ratings, not in which titles a user rates: popularity is all there is to
+    # learn there, and from 3 epochs on the fit drops below it (10 epochs: recall@10 0.111 vs 0.121 at 25M).
+    "topn": ModelSettings(epochs=3, lr=3e-3, wd=10.0, bs=0, n_factors=128, embed_p=0.5),
 }
-LARGE_STEPS_PER_EPOCH = 100  # batch size = training ratings / this, in powers of two from 8,192 to 65,536
+# kind -> (steps an epoch, smallest, largest batch): the batch is the training ratings (top-N: users) / steps, in
+# powers of two within the bounds. The dot model is indifferent to its batch size from 1M to 25M, so it takes the
+# largest its speed wants. The nn learns per step: at 5M, 4 epochs of batches of 32,768 caught 65% of the signal,
+# of 8,192 or 4,096 75%; at 1M, 2,048 caught 57% in 4 epochs where 8,192 caught 37%.
+LARGE_BATCHES = {"dot": (100, 8192, 65536), "nn": (400, 1024, 16384), "topn": (100, 512, 8192)}
 MIN_STEPS_PER_EPOCH = 16  # the tuned batch sizes give MovieLens 100k 20 to 80 steps an epoch
 
 
@@ -87,17 +95,19 @@ def defaults_for(n_train, n_users=None):
     Up to LARGE_DATA, DEFAULTS with each batch size capped so that `n_train` ratings still make MIN_STEPS_PER_EPOCH
     steps an epoch: the batch sizes were tuned on 80,000 ratings, and on a few thousand they would leave a handful of
     steps in all (the synthetic set's 4,800 training ratings learnt nothing at bs 1,024 and the clusters at bs 300).
-    From LARGE_DATA, LARGE_DEFAULTS with a batch of about 1/LARGE_STEPS_PER_EPOCH of the data (the same number of
-    steps, and so of penalty and learning-rate schedule, per epoch at every size), and for the top-N model about
-    as many steps an epoch in users as the rating models take.
+    From LARGE_DATA, LARGE_DEFAULTS with the batch sizes of LARGE_BATCHES (the same number of steps, and so of
+    penalty and learning-rate schedule, per epoch at every size until the largest batch).
     """
     if n_train < LARGE_DATA:
         cap = max(32, n_train // MIN_STEPS_PER_EPOCH)
         return {kind: replace(settings, bs=min(settings.bs, cap)) for kind, settings in DEFAULTS.items()}
-    bs = int(min(65536, max(8192, 2 ** round(math.log2(n_train / LARGE_STEPS_PER_EPOCH)))))
-    users = n_users or n_train // 100
-    user_bs = int(min(8192, max(512, 2 ** round(math.log2(users / LARGE_STEPS_PER_EPOCH)))))
-    return {kind: replace(settings, bs=user_bs if kind == "topn" else bs) for kind, settings in LARGE_DEFAULTS.items()}
+    sizes = {"topn": n_users or n_train // 100}
+    return {kind: replace(settings, bs=_batch_size(sizes.get(kind, n_train), *LARGE_BATCHES[kind]))
+            for kind, settings in LARGE_DEFAULTS.items()}
+
+
+def _batch_size(n, steps, smallest, largest):
+    return int(min(largest, max(smallest, 2 ** round(math.log2(max(n, 1) / steps)))))
 
 
 def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, **kwargs):
@@ -447,7 +457,10 @@ class NeuralRecipe(RatingRecipe):
 
     def learner(self, dls, settings, chosen, y_range):
         learn = super().learner(dls, settings, chosen, y_range)
-        if not settings.batchnorm:  # BatchNorm made the layers indifferent to an L2 on them; without it, it stalls them
+        # The L2 falls on the embeddings only, but for fastai's own recipe (its Adam and BatchNorm, as the book):
+        # without BatchNorm an L2 on the dense layers held the nn at the biases, and with lazy updates (whose `wd`
+        # is a penalty per rating, on the rows a rating touches) it cost 10 points of signal at 5M (BENCHMARKS.md).
+        if settings.lazy or not settings.batchnorm:
             for layer in learn.model.layers.modules():
                 if isinstance(layer, torch.nn.Linear):
                     for param in layer.parameters():
@@ -653,6 +666,7 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     learn.model.eval()
     state = {key: value.detach().float().clone().contiguous() if value.is_floating_point() else value.clone()
              for key, value in recipe.export(learn, train, chosen, len(users)).items()}
+    learn.dls = None  # the Learner is kept for its model; its batches' tensors (GBs at 25M) are not
     return Fitted(kind, state, chosen, round(seconds, 2), history, learn)
 
 
@@ -661,14 +675,17 @@ def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, 
     for kind in kinds:
         check_settings(kind, settings[kind])
         distributed.check_batch(world, kind, settings[kind].bs)
+    encodings = [type(RECIPES[kind]).encode for kind in kinds]  # dot and nn share one encoding
     encoded, fitted = {}, {}
-    for kind in kinds:
-        recipe = RECIPES[kind]
-        if type(recipe).encode not in encoded:  # dot and nn share one encoding
-            encoded[type(recipe).encode] = tuple(recipe.encode(frame, users, items, y_range)
-                                                 for frame in (train_frame, valid_frame))
-        fitted[kind] = fit_one(kind, settings[kind], *encoded[type(recipe).encode], users, items, y_range, seed, log,
-                               world)
+    for position, kind in enumerate(kinds):
+        encoding = encodings[position]
+        if encoding not in encoded:
+            encoded[encoding] = tuple(RECIPES[kind].encode(frame, users, items, y_range)
+                                      for frame in (train_frame, valid_frame))
+        data = encoded[encoding] if encoding in encodings[position + 1:] else encoded.pop(encoding)
+        fitted[kind] = fit_one(kind, settings[kind], *data, users, items, y_range, seed, log, world)
+        del data  # freed before the next model's data is made (the Learner keeps none of it)
+        release_freed_memory()
     return fitted
 
 
