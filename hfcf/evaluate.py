@@ -111,7 +111,7 @@ def ranking(scores_for, train_users, train_items, test_users, test_items, n_item
     step = max(1, 2**22 // n_items)  # users scored at once: bounds the score matrix to 32 MB
     for start in range(0, len(users), step):
         rows = users[start:start + step]
-        scores = np.array(scores_for(rows), dtype=np.float64)
+        scores = np.array(scores_for(rows), dtype=np.float32)  # the scorers' own precision (float64: twice the time)
         scores[:, 0] = -np.inf
         for i, user in enumerate(rows):
             scores[i, seen.get(user, [])] = -np.inf
