@@ -64,7 +64,8 @@ def cluster_share(titles, cluster, truth):
 def rated_by(user, synthetic_dataset):
     ratings = synthetic_dataset.ratings
     rated = ratings[ratings["user"] == user]
-    return rated.set_index(rated["title"].astype(str))["rating"]  # titles are a Categorical in hfcf's frames
+    # titles are a Categorical in hfcf's frames, ratings float32 (the app shows them as plain floats)
+    return rated.set_index(rated["title"].astype(str))["rating"].astype(float)
 
 
 # --- the tabs, through build_demo -------------------------------------------------------------------------

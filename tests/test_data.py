@@ -148,7 +148,7 @@ def test_validate_output_columns_and_types():
     clean, _ = data.validate(frame([["7", "b", "4", None], ["8", "a", 3, None]], ["user", "item", "rating", "x"]))
     assert list(clean.columns) == data.COLUMNS
     assert clean["user"].dtype == "int32" and clean["item"].tolist() == ["b", "a"]
-    assert clean["rating"].dtype == "float64" and clean["timestamp"].isna().all()
+    assert clean["rating"].dtype == "float32" and clean["timestamp"].isna().all()
     assert clean["title"].tolist() == ["b", "a"]
 
 
