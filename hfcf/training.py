@@ -118,7 +118,8 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     TensorFlow's LazyAdam): their moments and weights move, the others wait for a batch that has them. `wd` is an
     L2 penalty per rating: a touched row's gradient gains `wd * row * (its ratings in the batch / batch size)`,
     the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
-    A dense parameter (the nn's layers) takes a plain Adam step with L2 `wd * p` on its gradient.
+    A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its gradient where its
+    `do_wd` is on (the nn turns it off: `NeuralRecipe.learner`).
     """
     if grad_avg is None:
         grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
