@@ -114,14 +114,14 @@ def power_law_ratings(n_ratings, seed=0, factors=8, noise=0.75):
     """Exactly `n_ratings` distinct (user, title) ratings whose users and titles follow power laws (few very active
     users, few blockbusters; about MovieLens 25M's shape at 25M: 178k users x 27k titles), drawn from a planted
     low-rank taste model plus Gaussian noise, clipped to 0.5..5. Seeded; int32 ids from 1 and float32 ratings.
+    Which titles a user rates does not depend on their taste: popularity is the best top-N ranking of these.
 
     Returns (frame, the RMSE of the planted model itself on these ratings: the floor no model can beat).
     """
     import numpy as np
-    import pandas as pd
 
     rng = np.random.default_rng(seed)
-    n_users, n_items = max(100, int(n_ratings / 140)), max(50, int(n_ratings ** 0.6))
+    n_users, n_items = _power_law_shape(n_ratings)
     if n_ratings > n_users * n_items // 2:
         raise ValueError(f"{n_ratings} ratings would fill more than half of {n_users} x {n_items} pairs")
     activity = rng.pareto(1.2, n_users) + 1
@@ -134,15 +134,64 @@ def power_law_ratings(n_ratings, seed=0, factors=8, noise=0.75):
         pairs = np.unique(np.concatenate([pairs, users.astype(np.int64) * n_items + items]))
     pairs = rng.permutation(pairs)[:n_ratings]  # a random subset: sorted order would favour the low user ids
     users, items = (pairs // n_items).astype(np.int32), (pairs % n_items).astype(np.int32)
+    return _rate(rng, users, items, _planted_taste(rng, n_users, n_items, factors), noise)
+
+
+def taste_chosen_ratings(n_ratings, seed=0, factors=8, noise=0.75, choice=1.0):
+    """Power-law ratings as `power_law_ratings`, but each user picks the titles they rate by popularity times
+    exp(`choice` x their planted taste for it) (without repeats: Gumbel top-k), so what a user chose says what
+    they like and a top-N model has something past popularity to learn. About `n_ratings` ratings (0.76 of it at
+    1M): the heaviest users stop at half the catalogue.
+
+    Returns (frame, the planted model's RMSE), as `power_law_ratings`.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_users, n_items = _power_law_shape(n_ratings)
+    activity = rng.pareto(1.2, n_users) + 1
+    per_user = np.minimum(np.maximum(1, np.round(activity / activity.sum() * n_ratings)).astype(int), n_items // 2)
+    log_popularity = np.log(1 / np.arange(1, n_items + 1) ** 0.9)[rng.permutation(n_items)].astype(np.float32)
+    taste = _planted_taste(rng, n_users, n_items, factors)
+    taste_u, taste_i = taste[:2]
+    users, items = [], []
+    for start in range(0, n_users, 512):  # 512 users' keys over the catalogue at a time
+        rows = np.arange(start, min(n_users, start + 512))
+        keys = (log_popularity + choice * (taste_u[rows] @ taste_i.T)
+                + rng.gumbel(size=(len(rows), n_items)).astype(np.float32))
+        for row, row_keys in zip(rows, keys):
+            chosen = np.argpartition(-row_keys, per_user[row])[:per_user[row]]
+            users.append(np.full(len(chosen), row, np.int32))
+            items.append(chosen.astype(np.int32))
+    return _rate(rng, np.concatenate(users), np.concatenate(items), taste, noise)
+
+
+def _power_law_shape(n_ratings):
+    """(users, titles) for `n_ratings` power-law ratings: ~140 ratings a user, n^0.6 titles."""
+    return max(100, int(n_ratings / 140)), max(50, int(n_ratings ** 0.6))
+
+
+def _planted_taste(rng, n_users, n_items, factors):
+    """(user factors, item factors, user biases, item biases) of the planted model."""
+    import numpy as np
+
     taste_u = rng.normal(0, 0.5, (n_users, factors)).astype(np.float32)
     taste_i = rng.normal(0, 0.5, (n_items, factors)).astype(np.float32)
-    bias_u, bias_i = rng.normal(0, 0.3, n_users), rng.normal(0, 0.4, n_items)
-    signal = np.empty(n_ratings, np.float32)
-    for start in range(0, n_ratings, 1 << 20):  # in chunks: a (25M, factors) product would take GBs
+    return taste_u, taste_i, rng.normal(0, 0.3, n_users), rng.normal(0, 0.4, n_items)
+
+
+def _rate(rng, users, items, taste, noise):
+    """(frame sorted by user and item, planted RMSE) of the ratings the planted `taste` gives (`users`, `items`)."""
+    import numpy as np
+    import pandas as pd
+
+    taste_u, taste_i, bias_u, bias_i = taste
+    signal = np.empty(len(users), np.float32)
+    for start in range(0, len(users), 1 << 20):  # in chunks: a (25M, factors) product would take GBs
         rows = slice(start, start + (1 << 20))
         u, i = users[rows], items[rows]
         signal[rows] = 3.5 + bias_u[u] + bias_i[i] + np.einsum("ij,ij->i", taste_u[u], taste_i[i])
-    ratings = np.clip(signal + rng.normal(0, noise, n_ratings).astype(np.float32), 0.5, 5.0)
+    ratings = np.clip(signal + rng.normal(0, noise, len(users)).astype(np.float32), 0.5, 5.0)
     floor = float(np.sqrt(np.mean((np.clip(signal, 0.5, 5.0) - ratings).astype(np.float64) ** 2)))
     order = np.lexsort((items, users))
     frame = pd.DataFrame({"user": users[order] + 1, "item": items[order] + 1, "rating": ratings[order]})

@@ -4,6 +4,7 @@
     .venv/bin/python bench/scale.py --sizes 1000000 5000000
     .venv/bin/python bench/scale.py --quick                 # 200k ratings: a smoke run
     .venv/bin/python bench/scale.py --keep /tmp/scale-sets  # keep the generated sets for the next run
+    .venv/bin/python bench/scale.py --choices 1 --sizes 1000000 5000000 --train-args "--models topn"
 
 Each size is generated (seeded, no download: `_common.power_law_ratings`, ~178k users x 27k titles at 25M),
 written as Parquet and trained by `train.py --data FILE` with its default settings and models, as a user would,
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 import _common
-from _common import ROOT, markdown_table, power_law_ratings
+from _common import ROOT, markdown_table, power_law_ratings, taste_chosen_ratings
 
 
 def train(data, out, extra):
@@ -41,26 +42,28 @@ HEADERS = ["ratings", "users x titles", "train.py wall s", "peak RSS GB", "M rat
            "planted", "dot (signal)", "nn (signal)", "recall@10 (popularity / models)"]
 
 
-def generate(size, folder):
-    """(Parquet file, "users x titles", planted RMSE, seconds taken) of `size` seeded power-law ratings in `folder`;
-    a file a previous run left there (--keep) is read back with its shape and planted RMSE instead."""
-    name = f"ratings-{size}-seed{_common.SEED}"
+def generate(size, folder, choice=None):
+    """(Parquet file, "users x titles", planted RMSE, seconds taken) of `size` seeded power-law ratings in `folder`
+    (with titles chosen by taste when `choice` is given); a file a previous run left there (--keep) is read back
+    with its shape and planted RMSE instead."""
+    name = f"ratings-{size}-seed{_common.SEED}" + (f"-choice{choice:g}" if choice is not None else "")
     data, facts = folder / f"{name}.parquet", folder / f"{name}.json"
     if data.exists() and facts.exists():
         known = json.loads(facts.read_text())
         return data, known["shape"], known["floor"], 0.0
     started = time.perf_counter()
-    frame, floor = power_law_ratings(size, seed=_common.SEED)
+    frame, floor = (power_law_ratings(size, seed=_common.SEED) if choice is None
+                    else taste_chosen_ratings(size, seed=_common.SEED, choice=choice))
     frame.to_parquet(data, index=False)
     shape = f"{frame['user'].nunique():,} x {frame['item'].nunique():,}"
     facts.write_text(json.dumps({"shape": shape, "floor": floor}))
     return data, shape, floor, time.perf_counter() - started
 
 
-def measure(size, sets, scratch, extra):
+def measure(size, sets, scratch, extra, choice=None):
     """(table row, footnote) for `size` generated ratings (in folder `sets`) trained by train.py with `extra`
     arguments into a model folder in `scratch`."""
-    data, shape, floor, generated = generate(size, sets)
+    data, shape, floor, generated = generate(size, sets, choice)
     wall, peak, config = train(data, scratch / f"model-{size}", extra)
     metrics, models, n_train = config["metrics"], config["models"], config["split"]["n_train"]
     bias = metrics["user+item bias"]["rmse"]
@@ -89,6 +92,9 @@ def main():
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000, 25_000_000])
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--models dot,nn'")
     p.add_argument("--quick", action="store_true", help="a smoke run: 200k ratings")
+    p.add_argument("--choices", type=float, metavar="STRENGTH",
+                   help="users choose what they rate by their planted taste with this strength (1: as strong as "
+                        "the ratings' own taste term), so a top-N model has more than popularity to learn")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="generate the sets into DIR and reuse those already there (25M takes ~10 minutes to make)")
     args = p.parse_args()
@@ -97,7 +103,7 @@ def main():
         sets = args.keep or Path(scratch)
         sets.mkdir(parents=True, exist_ok=True)
         for size in [200_000] if args.quick else args.sizes:
-            row, note = measure(size, sets, Path(scratch), args.train_args.split())
+            row, note = measure(size, sets, Path(scratch), args.train_args.split(), args.choices)
             rows.append(row)
             notes.append(note)
             print(f"done {size:,}: {row[2]} s, {row[3]} GB", file=sys.stderr, flush=True)

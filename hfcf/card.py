@@ -19,15 +19,18 @@ def _rating_fit(s):
             f"batch size {s['bs']}")
 
 
-def _without_batchnorm(s):
-    return "" if s.get("batchnorm", True) else " without BatchNorm (L2 on the embeddings only)"
+def _nn_layers_note(s):
+    """Where the nn's L2 falls when it is not fastai's weight decay on every layer (see NeuralRecipe.learner)."""
+    if not s.get("batchnorm", True):
+        return " without BatchNorm (L2 on the embeddings only)"
+    return " (L2 on the embeddings only)" if s.get("lazy") else ""
 
 
 # kind -> one line describing how a model was built and trained, from its config.json entry
 SETTINGS_TEXT = {
     "dot": lambda s: f"{s['n_factors']} factors, biases not weight-decayed, {_rating_fit(s)}",
     "nn": lambda s: (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
-                     f"{s['layers']}{_without_batchnorm(s)}, {_rating_fit(s)}"),
+                     f"{s['layers']}{_nn_layers_note(s)}, {_rating_fit(s)}"),
     "topn": lambda s: (f"{s['n_factors']} factors, each rated title hidden from a user's input with chance "
                        f"{s['embed_p']}, L2 penalty {s['wd']} (EASE's lambda); `fit_one_cycle({s['epochs']}, "
                        f"{s['lr']})` with Adam beta2 {s['sqr_mom']}, {s['bs']} users a batch"),

@@ -1,7 +1,7 @@
 """Read MovieLens or any user/item/rating table into one validated `Dataset`; make synthetic data.
 
-Every loader returns ratings with the columns user, item, title, rating (float32), timestamp (seconds,
-float64), in file order, after `validate` has checked them. Two rules shape that frame:
+Every loader returns ratings with the columns user, item, title, rating, timestamp (seconds), in file order,
+after `validate` has checked them; `load` makes the ratings float32 once it has fingerprinted them. Two rules shape that frame:
 
 Titles are the model's item keys, so each item gets exactly one title and no two items share one.
 Titles are stripped of surrounding spaces. Distinct item ids that share a title stay distinct: the
@@ -80,8 +80,7 @@ class Dataset:
 def fingerprint(ratings):
     """{"n_ratings", "sha256"} of a validated ratings frame, independent of row order: the same file read the same
     way gives the same fingerprint, and a changed rating, user or title gives another."""
-    # Ratings hashed as float64, as they were stored before they became float32: a folder written then still
-    # matches its data (any rating a float32 holds exactly, as every MovieLens rating, hashes the same).
+    # Ratings hashed as float64 whatever their dtype: `load` fingerprints them before making them float32.
     rows = pd.util.hash_pandas_object(ratings[["user", "item", "rating"]].astype({"rating": "float64"}),
                                       index=False).to_numpy()
     return {"n_ratings": int(len(ratings)), "sha256": hashlib.sha256(np.sort(rows).tobytes()).hexdigest()}
@@ -214,6 +213,9 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
         dataset = reader(source, on_duplicate=on_duplicate, y_range=y_range)
     dataset.read_as = read_as
     dataset.fingerprint = fingerprint(dataset.ratings)
+    # float32 from here, as the models take them (100 MB less per copy at 25M ratings); fingerprinted before, in
+    # float64 as they were read, so a folder written when they stayed float64 still matches its data.
+    dataset.ratings["rating"] = dataset.ratings["rating"].astype("float32")
     return dataset
 
 
@@ -239,8 +241,6 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
     df["rating"] = _check_ratings(df["rating"], y_range, source)
     df["timestamp"] = _seconds(df["timestamp"], source)
     df, notes = _merge_duplicates(df, on_duplicate, source)
-    # float32 as the models take them (checked and averaged in float64): 100 MB less per copy at 25M ratings
-    df["rating"] = df["rating"].astype("float32")
     codes, uniques = pd.factorize(df["item"])
     # Codes come in order of first appearance: a row whose code exceeds every earlier one is its item's first row.
     first_rows = np.flatnonzero(codes > np.maximum.accumulate(np.concatenate([[-1], codes[:-1]])))

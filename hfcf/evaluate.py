@@ -19,7 +19,7 @@ def scores(predicted, actual):
 
 def global_mean(train_ratings, n_rows):
     """The global-mean baseline: every prediction is the training mean."""
-    return np.full(n_rows, float(np.mean(train_ratings)))
+    return np.full(n_rows, float(np.mean(train_ratings, dtype=np.float64)))
 
 
 def fit_biases(users, items, ratings, n_users, n_items, reg_user=15.0, reg_item=10.0, iterations=10):

@@ -156,7 +156,7 @@ class Recommender:
         if rated is None:
             return pd.DataFrame(columns=["title", "rating", "predicted"])
         rows, ratings = rated
-        frame = pd.DataFrame({"title": [self.items.keys[r] for r in rows], "rating": ratings})
+        frame = pd.DataFrame({"title": [self.items.keys[r] for r in rows], "rating": ratings.astype(float)})
         if self.rating is None:  # a folder with a top-N model only: nothing predicts ratings
             return frame.sort_values("rating", ascending=False, ignore_index=True)
         frame["predicted"] = self.rating.predict(np.full(len(rows), row), rows).round(2)  # not every title's

@@ -185,3 +185,14 @@ def test_recommender_answers_only_after_a_strict_load(folder):
         Recommender.from_pretrained(folder)
     with pytest.raises(ArtifactError):  # the folder is refused whole, even for the intact model
         Recommender.from_pretrained(folder, model="nn")
+
+
+@pytest.mark.parametrize("batchnorm, lazy, note", [(True, False, ""), (True, True, " (L2 on the embeddings only)"),
+                                                   (False, False, " without BatchNorm (L2 on the embeddings only)")])
+def test_the_card_says_where_the_nn_l2_falls(batchnorm, lazy, note):
+    from hfcf import card
+
+    settings = {"user_size": 32, "item_size": 32, "embed_p": 0.0, "layers": [128], "batchnorm": batchnorm,
+                "lazy": lazy, "epochs": 5, "lr": 0.003, "wd": 0.1, "sqr_mom": 0.99, "bs": 8192}
+    line = card.SETTINGS_TEXT["nn"](settings)
+    assert f"layers [128]{note}, " in line

@@ -144,11 +144,21 @@ def test_a_single_user_or_item_is_refused(rows, noun):
         data.validate(frame(rows))
 
 
+def test_load_gives_float32_ratings_fingerprinted_as_read(tmp_path):
+    """Ratings a float32 cannot hold exactly (3.7) keep the fingerprint they had when they stayed float64."""
+    path = tmp_path / "ratings.csv"
+    pd.DataFrame({"user": [1, 1, 2, 2], "item": [1, 2, 1, 2], "rating": [3.7, 4.1, 2.3, 5.0]}).to_csv(path, index=False)
+    dataset = data.load(path)
+    as_read, _ = data.validate(pd.read_csv(path))
+    assert dataset.ratings["rating"].dtype == "float32" and as_read["rating"].dtype == "float64"
+    assert dataset.fingerprint == data.fingerprint(as_read)
+
+
 def test_validate_output_columns_and_types():
     clean, _ = data.validate(frame([["7", "b", "4", None], ["8", "a", 3, None]], ["user", "item", "rating", "x"]))
     assert list(clean.columns) == data.COLUMNS
     assert clean["user"].dtype == "int32" and clean["item"].tolist() == ["b", "a"]
-    assert clean["rating"].dtype == "float32" and clean["timestamp"].isna().all()
+    assert clean["rating"].dtype == "float64" and clean["timestamp"].isna().all()
     assert clean["title"].tolist() == ["b", "a"]
 
 

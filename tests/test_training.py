@@ -77,7 +77,7 @@ def test_large_data_batches_follow_its_size_with_lazy_updates(n_train, dot_bs, n
     chosen = training.defaults_for(n_train, n_users=n_train // 140)
     assert (chosen["dot"].bs, chosen["nn"].bs) == (dot_bs, nn_bs)
     assert chosen["dot"].lazy and chosen["nn"].lazy and not chosen["topn"].lazy
-    assert 512 <= chosen["topn"].bs <= 8192
+    assert 64 <= chosen["topn"].bs <= 8192
 
 
 def test_topn_refuses_lazy_updates():
