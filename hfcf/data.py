@@ -1,7 +1,8 @@
 """Read MovieLens or any user/item/rating table into one validated `Dataset`; make synthetic data.
 
 Every loader returns ratings with the columns user, item, title, rating, timestamp (seconds), in file order,
-after `validate` has checked them; `load` makes the ratings float32 once it has fingerprinted them. Two rules shape that frame:
+after `validate` has checked them; `load` makes the ratings float32 once it has fingerprinted them. Two rules
+shape that frame:
 
 Titles are the model's item keys, so each item gets exactly one title and no two items share one.
 Titles are stripped of surrounding spaces. Distinct item ids that share a title stay distinct: the

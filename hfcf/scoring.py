@@ -170,26 +170,24 @@ class NeuralScorer(Scorer):
     def head(self, first):
         """The network from the first Linear's output (user part + item part) to the rating; overwrites `first`
         (every caller passes a sum made for it) rather than allocating the ReLU's output."""
-        x = np.maximum(first, 0, out=first)
-        for weight, bias in self.layers:
-            x = np.maximum(x @ weight.T + bias, 0)
-        return self.squash(x @ self.output_weight + self.output_bias)
+        return self.squash(self._logit(first)[0])
 
     def _logit(self, first):
-        """The output before the sigmoid, and every layer's pre-activation (what backpropagation needs)."""
-        pre = [first]  # the first layer's product and bias are in `first` already
+        """The output before the sigmoid, and every hidden layer's ReLU output: what backpropagation needs, as a
+        unit passes gradient where its output is positive. The first ReLU is taken in place, in `first`."""
+        hidden = [np.maximum(first, 0, out=first)]
         for weight, bias in self.layers:
-            pre.append(np.maximum(pre[-1], 0) @ weight.T + bias)
-        return np.maximum(pre[-1], 0) @ self.output_weight + self.output_bias, pre
+            hidden.append(np.maximum(hidden[-1] @ weight.T + bias, 0))
+        return hidden[-1] @ self.output_weight + self.output_bias, hidden
 
     def _gradient(self, first, target):
         """d/d(first) of the mean squared error of `head(first)` against `target`: backpropagation by hand."""
-        logit, pre = self._logit(first)
+        logit, hidden = self._logit(first)
         predicted = self.squash(logit)
         sigmoid = (predicted - self.low) / (self.high - self.low)
         grad = (2 / len(target)) * (predicted - target) * (self.high - self.low) * sigmoid * (1 - sigmoid)
-        grad = (grad[:, None] * self.output_weight) * (pre[-1] > 0)
-        for (weight, _), below in zip(reversed(self.layers), reversed(pre[:-1])):
+        grad = (grad[:, None] * self.output_weight) * (hidden[-1] > 0)
+        for (weight, _), below in zip(reversed(self.layers), reversed(hidden[:-1])):
             grad = (grad @ weight) * (below > 0)
         return grad
 
