@@ -7,10 +7,42 @@ Space small: torch alone is ~280 MB of resident memory and 2 s of import.
 Rating models (dot, nn) score a predicted rating on the model's scale; the top-N model scores how likely a
 user is to choose a title next (higher is likelier; not a rating).
 """
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 BATCHNORM_EPS = 1e-5  # torch's BatchNorm1d default, which fastai's layers use
 PAIRS_PER_CHUNK = 1 << 18  # pairwise predictions in chunks: bounded memory at millions of held-out ratings
+# Scoring every title for one request reads the whole item table: 30-60 MB at 60k titles, which one core of a busy
+# 2-core box reads in 3-9 ms. Above this many elements (~16k titles x 128) two threads share the work.
+PARALLEL_ABOVE = 1 << 21
+THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@functools.cache
+def _pool():
+    return ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="hfcf-scoring")
+
+
+def in_parallel(task, n, size):
+    """task(start, end) over 0..n: in THREADS ranges at once when the work reads `size` elements or more (numpy
+    releases the GIL in its loops and matrix products), else in one call on this thread."""
+    parts = THREADS if size >= PARALLEL_ABOVE else 1
+    if parts == 1:
+        task(0, n)
+        return
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    for done in [_pool().submit(task, start, end) for start, end in zip(bounds[:-1], bounds[1:])]:
+        done.result()
+
+
+def matvec(matrix, vector):
+    """`matrix @ vector` for one request against a whole table (rows x width), shared out by `in_parallel`."""
+    out = np.empty(len(matrix), dtype=np.result_type(matrix, vector))
+    in_parallel(lambda start, end: np.matmul(matrix[start:end], vector, out=out[start:end]), len(matrix), matrix.size)
+    return out
 
 
 def rating_weights(ratings, y_range):
@@ -125,13 +157,17 @@ class NeuralScorer(Scorer):
     the layer's bias), projected once per table: scoring a user against every title is one addition plus the rest
     of the network, and a newcomer's gradient flows only through those small layers. BatchNorm in eval mode is an
     affine map, folded into the next layer's weights and bias: what is left is Linear and ReLU.
+
+    Activations are held one column per (user, item) pair, as the projected tables are (width x rows): an item's
+    share of the first layer is a column, so a user's share is added down the long rows (numpy broadcasts a
+    column at memory speed, a row over 60k short rows at a third of it), and each layer is one matrix product.
     """
 
     def __init__(self, weights, y_range):
         super().__init__(weights, y_range)
         self.user_embedding = weights["user_embedding.weight"]
         self.item_embedding = weights["item_embedding.weight"]
-        # (weight, bias) of each layer after the first and of the output, the previous layer's BatchNorm folded in:
+        # (weight, bias) of each layer after the first, the output last, the previous layer's BatchNorm folded in:
         # W @ (relu(x) * scale + shift) + b == (W * scale) @ relu(x) + (W @ shift + b).
         self.layers = []
         n_hidden = sum(key.endswith(".linear.weight") for key in weights)
@@ -143,13 +179,12 @@ class NeuralScorer(Scorer):
                                                                                  "running_var")}
                 scale = norm["weight"] / np.sqrt(norm["running_var"] + BATCHNORM_EPS)
                 weight, bias = weight * scale, bias + weight @ (norm["bias"] - norm["running_mean"] * scale)
-            self.layers.append((weight, bias))
-        output_weight, output_bias = self.layers.pop()
-        self.output_weight, self.output_bias = output_weight[0], output_bias[0]
+            self.layers.append((weight, bias[:, None]))
         first, first_bias = weights["hidden.0.linear.weight"], weights.get("hidden.0.linear.bias", np.float32(0))
         self.user_weight = first[:, :self.user_embedding.shape[1]]  # (first layer, user embedding size)
-        self.user_part = self.user_embedding @ self.user_weight.T
-        self.item_part = self.item_embedding @ first[:, self.user_embedding.shape[1]:].T + first_bias
+        self.user_part = self.user_weight @ self.user_embedding.T  # (first layer, users)
+        self.item_part = first[:, self.user_embedding.shape[1]:] @ self.item_embedding.T + np.atleast_1d(
+            first_bias)[:, None]  # (first layer, items)
 
     @staticmethod
     def tensors(settings, n_users, n_items):
@@ -168,48 +203,65 @@ class NeuralScorer(Scorer):
         return found
 
     def head(self, first):
-        """The network from the first Linear's output (user part + item part) to the rating; overwrites `first`
-        (every caller passes a sum made for it) rather than allocating the ReLU's output."""
+        """The network from the first Linear's output (user part + item part, one column a pair) to the ratings;
+        overwrites `first` (every caller passes a sum made for it) rather than allocating the ReLU's output."""
         return self.squash(self._logit(first)[0])
 
-    def _logit(self, first):
+    def _logit(self, first, shift=None, into=None):
         """The output before the sigmoid, and every hidden layer's ReLU output: what backpropagation needs, as a
-        unit passes gradient where its output is positive. The first ReLU is taken in place, in `first`."""
-        hidden = [np.maximum(first, 0, out=first)]
-        for weight, bias in self.layers:
-            hidden.append(np.maximum(hidden[-1] @ weight.T + bias, 0))
-        return hidden[-1] @ self.output_weight + self.output_bias, hidden
+        unit passes gradient where its output is positive. The first ReLU is taken into `into`, else in `first`.
+
+        With `shift` (the share of the first layer of one user, or one item: a column), `first` holds the other
+        side's shares and the first "ReLU output" is max(first, -shift), which is relu(first + shift) - shift: the
+        sum is never formed (one pass over the table, not two) and the next layer's bias takes the `+ shift`."""
+        hidden = [np.maximum(first, 0 if shift is None else -shift, out=first if into is None else into)]
+        for i, (weight, bias) in enumerate(self.layers):
+            if i == 0 and shift is not None:
+                bias = bias + weight @ shift
+            out = weight @ hidden[-1] + bias
+            if i < len(self.layers) - 1:
+                hidden.append(np.maximum(out, 0, out=out))
+        return out[0], hidden
 
     def _gradient(self, first, target):
         """d/d(first) of the mean squared error of `head(first)` against `target`: backpropagation by hand."""
         logit, hidden = self._logit(first)
         predicted = self.squash(logit)
         sigmoid = (predicted - self.low) / (self.high - self.low)
-        grad = (2 / len(target)) * (predicted - target) * (self.high - self.low) * sigmoid * (1 - sigmoid)
-        grad = (grad[:, None] * self.output_weight) * (hidden[-1] > 0)
-        for (weight, _), below in zip(reversed(self.layers), reversed(hidden[:-1])):
-            grad = (grad @ weight) * (below > 0)
+        grad = ((2 / len(target)) * (predicted - target) * (self.high - self.low) * sigmoid * (1 - sigmoid))[None]
+        for (weight, _), below in zip(reversed(self.layers), reversed(hidden)):
+            grad = (weight.T @ grad) * (below > 0)
         return grad
 
-    def scores_for(self, rows):
-        n_items, width = self.item_part.shape
-        scores = np.empty((len(rows), n_items), dtype=np.float32)
-        # One user and a block of items at a time, into one buffer: the first layer's activations (1 MB) stay in a
-        # core's cache. Ranking 10,000 users against 27k titles took 81 s in blocks of 14 MB a user, 29 s so.
+    def _ranking(self, table, other):
+        """Scores of every column of `table` (the users' or the items' share of the first layer) against one
+        column `other` of the other side's share."""
+        scores = np.empty(table.shape[1], dtype=np.float32)
+        in_parallel(lambda start, end: self._score_range(table, other, scores, start, end), len(scores), table.size)
+        return scores
+
+    def _score_range(self, table, other, scores, start, end):
+        """Fill scores[start:end]: a block of columns at a time into one reused buffer, whose first-layer
+        activations (~1 MB) stay in a core's cache. Ranking 10,000 users against 27k titles took 81 s in blocks of
+        14 MB a user, 29 s in cache-sized ones."""
+        width = table.shape[0]
         block = max(1, 2**18 // width)
-        buffer = np.empty((min(block, n_items), width), dtype=np.float32)
-        for row, user in zip(range(len(rows)), self.user_part[rows]):
-            for start in range(0, n_items, block):
-                first = buffer[:min(block, n_items - start)]
-                np.add(user, self.item_part[start:start + block], out=first)
-                scores[row, start:start + len(first)] = self.head(first)
+        buffer = np.empty((width, min(block, end - start)), dtype=np.float32)
+        for low in range(start, end, block):
+            high = min(low + block, end)
+            scores[low:high] = self.squash(self._logit(table[:, low:high], other, into=buffer[:, :high - low])[0])
+
+    def scores_for(self, rows):
+        scores = np.empty((len(rows), self.item_part.shape[1]), dtype=np.float32)
+        for i, row in enumerate(rows):
+            scores[i] = self._ranking(self.item_part, self.user_part[:, row:row + 1])
         return scores
 
     def users_for_item(self, column):
-        return self.head(self.user_part + self.item_part[column])
+        return self._ranking(self.user_part, self.item_part[:, column:column + 1])
 
     def pair_scores(self, user_rows, item_rows):
-        return self.head(self.user_part[user_rows] + self.item_part[item_rows])
+        return self.head(self.user_part[:, user_rows] + self.item_part[:, item_rows])
 
     def item_vectors(self):
         return self.item_embedding
@@ -218,16 +270,16 @@ class NeuralScorer(Scorer):
         """200 Adam steps (torch's update rule) on a fresh user embedding, started at the mean user, with the
         network frozen: the squared error on their ratings plus an L2 pull towards the start."""
         start = self.user_embedding[1:].mean(0)
-        vector, target, item_part = start.copy(), np.asarray(ratings, dtype=np.float32), self.item_part[rows]
+        vector, target, item_part = start.copy(), np.asarray(ratings, dtype=np.float32), self.item_part[:, rows]
         mean, square = np.zeros_like(vector), np.zeros_like(vector)
         for step in range(1, steps + 1):
-            grad = self._gradient(item_part + self.user_weight @ vector, target).sum(0) @ self.user_weight
+            grad = self.user_weight.T @ self._gradient(item_part + (self.user_weight @ vector)[:, None], target).sum(1)
             grad = grad + 2 * l2 * 1e-2 * (vector - start)
             mean = betas[0] * mean + (1 - betas[0]) * grad
             square = betas[1] * square + (1 - betas[1]) * grad * grad
             denominator = np.sqrt(square) / np.sqrt(1 - betas[1] ** step) + eps
             vector = vector - (lr / (1 - betas[0] ** step)) * mean / denominator
-        return vector, self.head(self.item_part + self.user_weight @ vector)
+        return vector, self._ranking(self.item_part, (self.user_weight @ vector)[:, None])
 
 
 class TopNScorer(Scorer):
@@ -270,7 +322,9 @@ class TopNScorer(Scorer):
     def fold_in(self, rows, ratings, l2=None):
         weights = self.weights(ratings)
         vector = (weights / max(float(np.linalg.norm(weights)), 1e-12)) @ self.inputs[rows]
-        return vector, vector @ self.outputs.T + self.bias
+        scores = matvec(self.outputs, vector)
+        scores += self.bias
+        return vector, scores
 
     def reason_strengths(self, history_rows, ratings, pick_rows):
         """(picks, history): how much each pick's score would fall if that rated title were left out of the user's

@@ -123,9 +123,15 @@ def random_module(kind, n_users=9, n_items=13, batchnorm=True):
     return settings, module.eval()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind,batchnorm", [("dot", True), ("nn", True), ("nn", False), ("topn", True)])
-def test_numpy_scorers_match_the_torch_modules(kind, batchnorm):
-    """Serving runs in numpy (no torch in the Space); training's torch modules are the reference."""
+def test_numpy_scorers_match_the_torch_modules(kind, batchnorm, threads, monkeypatch):
+    """Serving runs in numpy (no torch in the Space); training's torch modules are the reference. With 2 threads
+    every table counts as large, so each ranking is shared out in ranges (as a 60k-title one is)."""
+    monkeypatch.setattr(scoring, "THREADS", threads)
+    monkeypatch.setattr(scoring, "PARALLEL_ABOVE", 1)
+    shared = []
+    monkeypatch.setattr(scoring, "_pool", lambda real=scoring._pool: shared.append(1) or real())
     settings, module = random_module(kind, batchnorm=batchnorm)
     state = module.state_dict()
     expected = {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in state.items()}
@@ -140,6 +146,23 @@ def test_numpy_scorers_match_the_torch_modules(kind, batchnorm):
             np.testing.assert_allclose(scorer.predict(users.numpy(), items.numpy()), reference.ravel(), atol=1e-5)
     np.testing.assert_allclose(scorer.scores_for(np.arange(9)), reference, atol=1e-5)
     np.testing.assert_allclose(scorer.users_for_item(4), reference[:, 4], atol=1e-5)
+    if kind == "topn":  # a newcomer's ranking: one product over the output table, shared out
+        vector, scores = scorer.fold_in(np.array([1, 2]), np.array([5.0, 3.0]))
+        np.testing.assert_allclose(scores, vector @ scorer.outputs.T + scorer.bias, atol=1e-5)
+    assert bool(shared) == (threads == 2 and kind in ("nn", "topn"))  # the dot model ranks in one product
+
+
+def test_in_parallel_covers_every_row_once_in_one_range_per_thread(monkeypatch):
+    monkeypatch.setattr(scoring, "THREADS", 2)
+    calls = []
+    scoring.in_parallel(lambda start, end: calls.append((start, end)), 7, scoring.PARALLEL_ABOVE - 1)
+    assert calls == [(0, 7)]  # small work stays on the calling thread
+    calls.clear()
+    scoring.in_parallel(lambda start, end: calls.append((start, end)), 7, scoring.PARALLEL_ABOVE)
+    assert sorted(calls) == [(0, 3), (3, 7)]
+    matrix = np.arange(35, dtype=np.float32).reshape(7, 5)
+    monkeypatch.setattr(scoring, "PARALLEL_ABOVE", 1)
+    np.testing.assert_array_equal(scoring.matvec(matrix, np.ones(5, np.float32)), matrix.sum(1))
 
 
 @pytest.mark.parametrize("batchnorm", [True, False])
