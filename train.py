@@ -105,7 +105,7 @@ def per_model(text):
     return kind, key, value.strip()
 
 
-def model_settings(args, n_train, n_users=None):
+def model_settings(args, n_train, n_users=None, n_items=None):
     """Each model's defaults for `n_train` ratings, then the flags given for every model, then `--set`'s."""
     from hfcf import training
 
@@ -113,7 +113,7 @@ def model_settings(args, n_train, n_users=None):
              "lr": args.lr, "wd": args.wd}
     overrides = {key: value for key, value in given.items() if value is not None}
     chosen = {kind: dataclasses.replace(settings, **overrides)
-              for kind, settings in training.defaults_for(n_train, n_users).items()}
+              for kind, settings in training.defaults_for(n_train, n_users, n_items).items()}
     for kind, key, text in args.set or ():
         current = getattr(chosen[kind], key)
         try:
@@ -158,7 +158,7 @@ def main(argv=None):
         dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate, y_range=args.y_range,
                             **table_columns(args))
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
-        settings = model_settings(args, len(split.train), split.train["user"].nunique())
+        settings = model_settings(args, *pipeline.training_size(split))
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
                                 args.force, args.repo_id, world=world, dataset_id=args.dataset_id)
         trained = True

@@ -5,11 +5,13 @@
     .venv/bin/python bench/serving_scale.py --quick               # a smoke run at 20k x 6k, 1M ratings
 
 What is measured is serving, not learning, so no training: the folder holds all three models with the large-data
-default shapes (training.LARGE_DEFAULTS: dot 32 factors, nn 32/32 embeddings and one hidden layer of 128 with
-BatchNorm, topn 128 factors) filled with seeded random numbers, written by hfcf's own `artifacts.save` and read by
-`Recommender.from_pretrained` with every check it makes. The users' histories are power-law ratings (a few users and
-titles have most of them, as in MovieLens), attached as the app attaches them. Like the Space, this process imports
-no torch and runs one math thread. Times are medians over `--calls` calls with a user or title drawn at random.
+default shapes (training.LARGE_DEFAULTS: dot 32 factors, nn 32/32 embeddings and one hidden layer with BatchNorm,
+of 128 units narrowed to what the catalogue affords (64 at 60k titles), topn 128 factors) filled with seeded random
+numbers, written by hfcf's own `artifacts.save` and read by `Recommender.from_pretrained` with every check it makes.
+The users' histories are power-law ratings (a few users and titles have most of them, as in MovieLens), attached as
+the app attaches them. Like the Space, this process imports no torch and runs one OpenBLAS thread (hfcf.scoring
+shares a large ranking between two threads of its own). Times are medians over `--calls` calls with a user or title
+drawn at random.
 """
 import argparse
 import os
@@ -30,10 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfcf import Recommender, artifacts, scoring, vocab  # noqa: E402
 from hfcf.recommend import History  # noqa: E402
 
-# The shapes train.py's large-data defaults give (hfcf.training.LARGE_DEFAULTS; not imported: it imports fastai).
-SETTINGS = {"dot": {"architecture": "EmbeddingDotBias", "n_factors": 32},
-            "nn": {"architecture": "EmbeddingNN", "user_size": 32, "item_size": 32, "layers": [128],
-                   "embed_p": 0.0, "batchnorm": True},
+# The shapes train.py's large-data defaults give (hfcf.training.LARGE_DEFAULTS; not imported: it imports fastai),
+# the nn's first layer as wide as the catalogue affords (128 units, narrowed by scoring.affordable_width).
+NN_UNITS = 128
+
+
+def settings_for(n_items):
+    return {"dot": {"architecture": "EmbeddingDotBias", "n_factors": 32},
+            "nn": {"architecture": "EmbeddingNN", "user_size": 32, "item_size": 32,
+                   "layers": [scoring.affordable_width(NN_UNITS, n_items)], "embed_p": 0.0, "batchnorm": True},
             "topn": {"architecture": "TopNModel", "n_factors": 128}}
 Y_RANGE = (0.5, 5.5)
 
@@ -42,10 +49,10 @@ def rss_mib():
     return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
 
-def random_weights(kind, n_users, n_items, rng):
+def random_weights(kind, settings, n_users, n_items, rng):
     """Seeded random numbers in the tensors the kind's weights file holds (BatchNorm variances kept positive)."""
     weights = {}
-    for name, (dtype, shape) in scoring.SCORERS[kind].tensors(SETTINGS[kind], n_users, n_items).items():
+    for name, (dtype, shape) in scoring.SCORERS[kind].tensors(settings, n_users, n_items).items():
         if dtype == "int64":
             weights[name] = np.array(1000, dtype=np.int64)
         elif name.endswith("running_var"):
@@ -71,9 +78,10 @@ def write_folder(out, n_users, n_items, n_ratings, rng):
     users = vocab.UserVocab([vocab.NA, *range(1, n_users + 1)])
     items = vocab.ItemVocab([vocab.NA, *ratings["title"].cat.categories])
     counts = np.bincount(ratings["title"].cat.codes.to_numpy() + 1, minlength=len(items))
-    weights = {kind: random_weights(kind, len(users), len(items), rng) for kind in SETTINGS}
+    settings = settings_for(n_items)
+    weights = {kind: random_weights(kind, settings[kind], len(users), len(items), rng) for kind in settings}
     config = {"library": "hfcf", "format_version": artifacts.FORMAT_VERSION, "y_range": list(Y_RANGE), "seed": 0,
-              "models": {kind: dict(settings) for kind, settings in SETTINGS.items()},
+              "models": settings,
               "dataset": {"name": "power-law synthetic (serving benchmark)", "n_ratings": n_ratings},
               "split": {"description": "none"}, "metrics": {}, "ranking": {}}
     artifacts.save(out, config, users, items, counts.tolist(), weights, "# serving benchmark folder\n")
@@ -135,7 +143,8 @@ def main(argv=None):
         history_sizes = np.diff(history.offsets[1:])
         print(f"{args.users:,} users x {args.titles:,} titles, {args.ratings:,} ratings attached "
               f"(median {int(np.median(history_sizes))} a user, most {int(history_sizes.max()):,}); "
-              f"folder {size:.0f} MiB; one math thread\n")
+              f"folder {size:.0f} MiB; nn first layer {first.config['models']['nn']['layers'][0]} units; one "
+              f"OpenBLAS thread, rankings over >= {scoring.PARALLEL_ABOVE:,} elements on {scoring.THREADS} threads\n")
         print("| load / attach / memory | |")
         print("|---|---|")
         print(f"| `Recommender.from_pretrained` (median of 3) | {statistics.median(loads):.2f} s |")

@@ -88,6 +88,11 @@ def evaluate_models(fitted, split, users, items, y_range):
     return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}, ranking
 
 
+def training_size(split):
+    """(ratings, users, titles) of the training split: what the default settings are chosen from."""
+    return len(split.train), split.train["user"].nunique(), split.train["title"].nunique()
+
+
 def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_range=(0.0, 5.5), seed=42,
                    force=False, repo_id=None, log=print, world=distributed.SINGLE, dataset_id=None):
     """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns the config.
@@ -98,7 +103,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
 
     if world.is_main:
         artifacts.check_output(out, force)
-    settings = settings or training.defaults_for(len(split.train), split.train["user"].nunique())
+    settings = settings or training.defaults_for(*training_size(split))
     settings = {kind: settings[kind] for kind in kinds}
     users, items = vocab.from_ratings(split.train, split.valid)
     distributed.check_same(world, "vocabularies", [users.keys, items.keys, len(split.train), len(split.valid)])

@@ -21,6 +21,22 @@ PARALLEL_ABOVE = 1 << 21
 THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+# The most first-layer activations an nn ranking of the whole catalogue should read: 4M (16 MB) is 2-3 ms for the
+# two threads above, within the 5 ms a request may take (issue 11). training.defaults_for narrows the default first
+# layer to fit, down to 64 units: 128 up to 32k titles, 64 beyond. From 1M to 25M ratings 64 units caught 1-3 points
+# less of the signal than 128, and 32 units 5-6 points less (59% at 1M): BENCHMARKS.md, "The nn's width".
+NN_RANKING_BUDGET = 1 << 22
+NN_NARROWEST = 64
+
+
+def affordable_width(units, n_items):
+    """`units` first-layer units, halved while ranking `n_items` titles would read more than NN_RANKING_BUDGET
+    activations and half would still be NN_NARROWEST or more."""
+    while units // 2 >= NN_NARROWEST and units * n_items > NN_RANKING_BUDGET:
+        units //= 2
+    return units
+
+
 @functools.cache
 def _pool():
     return ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="hfcf-scoring")

@@ -96,21 +96,26 @@ LARGE_BATCHES = {"dot": (100, 8192, 65536), "nn": (400, 1024, 16384), "topn": (1
 MIN_STEPS_PER_EPOCH = 16  # the tuned batch sizes give MovieLens 100k 20 to 80 steps an epoch
 
 
-def defaults_for(n_train, n_users=None):
-    """Each model's default settings for `n_train` training ratings (from `n_users` users).
+def defaults_for(n_train, n_users=None, n_items=None):
+    """Each model's default settings for `n_train` training ratings (from `n_users` users, of `n_items` titles).
 
     Up to LARGE_DATA, DEFAULTS with each batch size capped so that `n_train` ratings still make MIN_STEPS_PER_EPOCH
     steps an epoch: the batch sizes were tuned on 80,000 ratings, and on a few thousand they would leave a handful of
     steps in all (the synthetic set's 4,800 training ratings learnt nothing at bs 1,024 and the clusters at bs 300).
     From LARGE_DATA, LARGE_DEFAULTS with the batch sizes of LARGE_BATCHES (the same number of steps, and so of
     penalty and learning-rate schedule, per epoch at every size between the smallest and the largest batch).
+    The nn's first layer is narrowed to what a ranking of `n_items` titles can afford (scoring.affordable_width).
     """
     if n_train < LARGE_DATA:
         cap = max(32, n_train // MIN_STEPS_PER_EPOCH)
-        return {kind: replace(settings, bs=min(settings.bs, cap)) for kind, settings in DEFAULTS.items()}
-    sizes = {"topn": n_users or n_train // 100}
-    return {kind: replace(settings, bs=_batch_size(sizes.get(kind, n_train), *LARGE_BATCHES[kind]))
-            for kind, settings in LARGE_DEFAULTS.items()}
+        chosen = {kind: replace(settings, bs=min(settings.bs, cap)) for kind, settings in DEFAULTS.items()}
+    else:
+        sizes = {"topn": n_users or n_train // 100}
+        chosen = {kind: replace(settings, bs=_batch_size(sizes.get(kind, n_train), *LARGE_BATCHES[kind]))
+                  for kind, settings in LARGE_DEFAULTS.items()}
+    first, *rest = chosen["nn"].layers
+    chosen["nn"] = replace(chosen["nn"], layers=(scoring.affordable_width(first, n_items or 0), *rest))
+    return chosen
 
 
 def _batch_size(n, steps, smallest, largest):

@@ -80,6 +80,16 @@ def test_large_data_batches_follow_its_size_with_lazy_updates(n_train, dot_bs, n
     assert 64 <= chosen["topn"].bs <= 8192
 
 
+@pytest.mark.parametrize("n_train, n_items, units", [(80_000, 1_682, 50), (20_000_000, 27_464, 128),
+                                                     (20_000_000, 60_000, 64), (25_000_000, 87_000, 64),
+                                                     (25_000_000, 500_000, 64), (80_000, 500_000, 50)])
+def test_the_nn_first_layer_is_as_wide_as_ranking_the_catalogue_affords(n_train, n_items, units):
+    """A request ranks every title through the first layer: n_items x units activations, kept within a budget by
+    halving, but not below 64 units (nor MovieLens 100k's 50 to 25)."""
+    chosen = training.defaults_for(n_train, n_users=n_train // 140, n_items=n_items)
+    assert chosen["nn"].layers == (units,)
+
+
 def test_topn_refuses_lazy_updates():
     with pytest.raises(training.DataError, match="leave out --set topn.lazy"):
         training.check_settings("topn", training.ModelSettings(epochs=1, lr=1e-3, wd=0.0, bs=64, n_factors=8,
