@@ -277,7 +277,8 @@ class NeuralScorer(Scorer):
         return self._ranking(self.user_part, self.item_part[:, column:column + 1])
 
     def pair_scores(self, user_rows, item_rows):
-        return self.head(self.user_part[:, user_rows] + self.item_part[:, item_rows])
+        # np.take along the columns: fancy indexing there was 4-5x slower at 262k pairs
+        return self.head(np.take(self.user_part, user_rows, axis=1) + np.take(self.item_part, item_rows, axis=1))
 
     def item_vectors(self):
         return self.item_embedding
