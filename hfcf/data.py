@@ -35,6 +35,7 @@ import pandas as pd
 from .errors import DataError
 
 COLUMNS = ["user", "item", "title", "rating", "timestamp"]
+FINGERPRINT_CHUNK = 1 << 22  # rows hashed at once
 DUPLICATE_POLICIES = ("error", "last", "mean")
 FORMATS = ("ml-100k", "ml-latest-small", "ml-1m", "table", "synthetic")
 
@@ -81,10 +82,16 @@ class Dataset:
 def fingerprint(ratings):
     """{"n_ratings", "sha256"} of a validated ratings frame, independent of row order: the same file read the same
     way gives the same fingerprint, and a changed rating, user or title gives another."""
-    # Ratings hashed as float64 whatever their dtype: `load` fingerprints them before making them float32.
-    rows = pd.util.hash_pandas_object(ratings[["user", "item", "rating"]].astype({"rating": "float64"}),
-                                      index=False).to_numpy()
-    return {"n_ratings": int(len(ratings)), "sha256": hashlib.sha256(np.sort(rows).tobytes()).hexdigest()}
+    # Ratings hashed as float64 whatever their dtype: `load` fingerprints them before making them float32. A row's
+    # hash depends on that row alone, so it is taken a chunk at a time and sorted in place: at 25M ratings hashing
+    # the whole frame at once, and sorting a copy, peaked ~1 GB higher.
+    columns = ratings[["user", "item", "rating"]]
+    rows = np.empty(len(columns), dtype=np.uint64)
+    for start in range(0, len(columns), FINGERPRINT_CHUNK):
+        chunk = columns.iloc[start:start + FINGERPRINT_CHUNK].astype({"rating": "float64"})
+        rows[start:start + len(chunk)] = pd.util.hash_pandas_object(chunk, index=False).to_numpy()
+    rows.sort()
+    return {"n_ratings": int(len(ratings)), "sha256": hashlib.sha256(memoryview(rows)).hexdigest()}
 
 
 def movielens_100k(path=None, on_duplicate="error", y_range=None):
@@ -537,11 +544,22 @@ def _seconds(values, source):
 
 
 def _has_repeated_pairs(users, items):
-    """Whether any (user, item) pair repeats: one sorted int64 key per row, a tenth of the memory and time of
-    pandas' two-column `duplicated` on 25M rows (the common, clean case; `duplicated` then finds the rows)."""
-    user_codes, _ = pd.factorize(users)
-    item_codes, _ = pd.factorize(items)
-    keys = np.sort(user_codes.astype(np.int64) * (int(item_codes.max()) + 1) + item_codes)
+    """Whether any (user, item) pair repeats: one int64 key per row, sorted in place, a tenth of the memory and
+    time of pandas' two-column `duplicated` on 25M rows (the common, clean case; `duplicated` then finds the rows).
+    Whole-number ids are the key's digits as they are; others are factorized first (two more 8-byte arrays)."""
+    users, items = (ids.to_numpy() if pd.api.types.is_integer_dtype(ids) else pd.factorize(ids)[0]
+                    for ids in (users, items))
+    user_low, item_low = int(users.min()), int(items.min())
+    width = int(items.max()) - item_low + 1
+    if (int(users.max()) - user_low + 1) * width >= 2**63:  # ids too spread out to share one int64
+        users, items = pd.factorize(users)[0], pd.factorize(items)[0]
+        user_low, item_low, width = 0, 0, int(items.max()) + 1
+    keys = users.astype(np.int64)
+    keys -= user_low
+    keys *= width
+    keys += items
+    keys -= item_low
+    keys.sort()
     return bool((keys[1:] == keys[:-1]).any())
 
 

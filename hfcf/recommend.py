@@ -36,11 +36,15 @@ class History:
     def __init__(self, ratings, users, items):
         user_rows = users.rows(ratings["user"], unknown_as_na=True).astype(np.int32)
         item_rows = items.rows(ratings["title"], unknown_as_na=True).astype(np.int32)
+        values = ratings["rating"].to_numpy()
         known = (user_rows > 0) & (item_rows > 0)
-        user_rows, item_rows = user_rows[known], item_rows[known]
+        if not known.all():  # the model's own ratings are all known: no masked copies of 25M rows
+            user_rows, item_rows, values = user_rows[known], item_rows[known], values[known]
+        del known
         order = _stable_order(user_rows)
         self.item_rows = item_rows[order]
-        self.values = ratings["rating"].to_numpy()[known][order]
+        del item_rows
+        self.values = values[order]
         self.offsets = np.searchsorted(user_rows[order], np.arange(len(users) + 1))  # user row r: [r, r + 1)
 
     def of(self, user_row):
@@ -53,8 +57,10 @@ def _stable_order(keys):
     """`np.argsort(keys, kind="stable")` for keys in 0..2**32: two 16-bit radix passes, twice as fast at 25M rows
     (numpy radix-sorts only 16-bit keys); no sort at all when the ratings come grouped by user, as MovieLens's do."""
     if len(keys) == 0 or (keys[1:] >= keys[:-1]).all():
-        return np.arange(len(keys))
+        return np.arange(len(keys), dtype=np.int32 if len(keys) < 2**31 else np.int64)
     low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    if len(keys) < 2**31:
+        low = low.astype(np.int32)  # half argsort's int64: 100 MB less at 25M ratings
     return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
 
 

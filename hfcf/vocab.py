@@ -51,9 +51,9 @@ def _bulk_rows(keys, values, what, error, as_text=False):
     index = pd.Index(keys[1:])
     values = pd.Series(values) if not isinstance(values, pd.Series) else values
     if isinstance(values.dtype, pd.CategoricalDtype):
-        per_category = index.get_indexer(values.cat.categories)
-        codes = values.cat.codes.to_numpy()
-        rows = np.where(codes >= 0, per_category[codes], -1)
+        # A missing title's code, -1, picks the appended -1: one gather, no masked copy.
+        per_category = np.append(index.get_indexer(values.cat.categories), -1)
+        rows = per_category[values.cat.codes.to_numpy()]
     else:
         rows = index.get_indexer(values.to_numpy())
     if as_text and (rows < 0).any():
@@ -61,7 +61,9 @@ def _bulk_rows(keys, values, what, error, as_text=False):
     if error is not None and (rows < 0).any():
         missing = values.iloc[int(np.flatnonzero(rows < 0)[0])]
         raise error(f"{what} {missing!r} is not in the vocabulary")
-    return rows.astype(np.int64) + 1  # row 0 is #na#, and where an unknown key (-1) lands
+    rows = rows.astype(np.int64, copy=False)
+    rows += 1  # row 0 is #na#, and where an unknown key (-1) lands; in place: 200 MB a copy at 25M ratings
+    return rows
 
 
 def from_ratings(*frames):

@@ -621,6 +621,25 @@ def test_whole_number_ids_are_stored_in_32_bits_when_they_fit_with_the_same_fing
     assert data.fingerprint(small) == data.fingerprint(small.astype({"user": "int64", "item": "int64"}))
 
 
+@pytest.mark.parametrize("users, items", [
+    ([-5, -5, 7, 7], [3, 4, 3, 4]),                          # negative ids: the key starts from the smallest
+    ([-2**62, -2**62, 2**62, 2**62], [0, 2**40, 0, 2**40]),  # too spread out for one int64: factorized instead
+    (["a", "a", "b", "b"], ["x", "y", "x", "y"])])            # text ids: factorized
+def test_repeated_pairs_are_told_apart_from_distinct_ones_whatever_the_ids(users, items):
+    assert not data._has_repeated_pairs(pd.Series(users), pd.Series(items))
+    assert data._has_repeated_pairs(pd.Series(users + users[:1]), pd.Series(items + items[:1]))
+
+
+def test_the_fingerprint_taken_in_chunks_is_the_one_of_the_whole_frame(monkeypatch):
+    clean, _ = data.validate(frame([[u, i, 1.0 + (u * i) % 5] for u in range(1, 8) for i in range(1, 6)],
+                                   ["user", "item", "rating"]))
+    whole = data.fingerprint(clean)
+    monkeypatch.setattr(data, "FINGERPRINT_CHUNK", 3)  # 35 rows in 12 chunks, the last one short
+    assert data.fingerprint(clean) == whole
+    assert data.fingerprint(clean.iloc[::-1]) == whole  # row order does not matter
+    assert data.fingerprint(clean.assign(rating=clean["rating"].where(clean.index != 7, 5.0))) != whole
+
+
 def test_a_repeated_pair_is_found_among_many_distinct_ones():
     users, items = np.repeat(np.arange(1, 301), 40), np.tile(np.arange(1, 41), 300)
     ratings = np.full(len(users), 3.0)
