@@ -498,7 +498,7 @@ def _normalise_ids(ids):
     if ids.isna().any():
         return ids
     if pd.api.types.is_integer_dtype(ids):
-        return _compact(ids.astype("int64"))
+        return ids if ids.dtype == np.int32 else _compact(ids.astype("int64"))  # int32: already compact, no copy
     if pd.api.types.is_float_dtype(ids):
         whole = np.isfinite(ids).all() and (ids == ids.round()).all()
         return _compact(ids.astype("int64")) if whole else ids.astype(str)
