@@ -144,7 +144,7 @@ def main(argv=None):
         print(f"{args.users:,} users x {args.titles:,} titles, {args.ratings:,} ratings attached "
               f"(median {int(np.median(history_sizes))} a user, most {int(history_sizes.max()):,}); "
               f"folder {size:.0f} MiB; nn first layer {first.config['models']['nn']['layers'][0]} units; one "
-              f"OpenBLAS thread, rankings over >= {scoring.PARALLEL_ABOVE:,} elements on {scoring.THREADS} threads\n")
+              f"OpenBLAS thread, rankings of >= {scoring.PARALLEL_FROM:,} elements on {scoring.THREADS} threads\n")
         print("| load / attach / memory | |")
         print("|---|---|")
         print(f"| `Recommender.from_pretrained` (median of 3) | {statistics.median(loads):.2f} s |")

@@ -42,10 +42,10 @@ class History:
             user_rows, item_rows, values = user_rows[known], item_rows[known], values[known]
         del known
         order = _stable_order(user_rows)
-        self.item_rows = item_rows[order]
-        del item_rows
-        self.values = values[order]
-        self.offsets = np.searchsorted(user_rows[order], np.arange(len(users) + 1))  # user row r: [r, r + 1)
+        if order is not None:  # None: already grouped by user (MovieLens's files), and no 100 MB copies
+            user_rows, item_rows, values = user_rows[order], item_rows[order], values[order]
+        self.item_rows, self.values = item_rows, values
+        self.offsets = np.searchsorted(user_rows, np.arange(len(users) + 1))  # user row r: [r, r + 1)
 
     def of(self, user_row):
         """(item rows, ratings) the user gave, in the dataset's order; None when they rated nothing here."""
@@ -55,9 +55,10 @@ class History:
 
 def _stable_order(keys):
     """`np.argsort(keys, kind="stable")` for keys in 0..2**32: two 16-bit radix passes, twice as fast at 25M rows
-    (numpy radix-sorts only 16-bit keys); no sort at all when the ratings come grouped by user, as MovieLens's do."""
+    (numpy radix-sorts only 16-bit keys); None when the keys are already in order (ratings grouped by user, as
+    MovieLens's are): nothing to sort or gather."""
     if len(keys) == 0 or (keys[1:] >= keys[:-1]).all():
-        return np.arange(len(keys), dtype=np.int32 if len(keys) < 2**31 else np.int64)
+        return None
     low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
     if len(keys) < 2**31:
         low = low.astype(np.int32)  # half argsort's int64: 100 MB less at 25M ratings
@@ -165,7 +166,7 @@ class Recommender:
         frame = pd.DataFrame({"title": [self.items.keys[r] for r in rows], "rating": ratings.astype(float)})
         if self.rating is None:  # a folder with a top-N model only: nothing predicts ratings
             return frame.sort_values("rating", ascending=False, ignore_index=True)
-        frame["predicted"] = self.rating.predict(np.full(len(rows), row), rows).round(2)  # not every title's
+        frame["predicted"] = self._predicted(row, rows).round(2)
         return frame.sort_values(["rating", "predicted"], ascending=False, ignore_index=True)
 
     # --- scores -----------------------------------------------------------------------------------------
@@ -179,10 +180,14 @@ class Recommender:
         """The ranking model's score of every item row for one user row."""
         return self.scorer.user_scores(user_row)
 
+    def _predicted(self, user_row, item_rows):
+        """The rating model's predictions for one user row and a few item rows: those pairs, not every title."""
+        return self._rating_scorer().predict(np.full(len(item_rows), user_row), item_rows)
+
     def predict(self, user, items):
         """Predicted ratings of `user` for each title in `items` (from the rating model)."""
         rows = self._item_rows(items)
-        return self._rating_scorer().user_scores(self.users.index(user))[rows]
+        return self._predicted(self.users.index(user), rows)
 
     def predict_all(self):
         """Every user's predicted rating of every item: array (users, items), row/column 0 being `#na#`."""
@@ -205,8 +210,7 @@ class Recommender:
         else:
             scores = self._scores(row)
         picks, scores = self._top(scores, n, seen)
-        return self._table(picks, scores, lambda rows: self._rating_scorer().predict(np.full(len(rows), row), rows),
-                           history)
+        return self._table(picks, scores, lambda rows: self._predicted(row, rows), history)
 
     def _table(self, picks, scores, rating_of, history=None):
         """The frame for `picks`: see `recommend` for the columns."""
@@ -383,15 +387,21 @@ class Recommender:
 
     def _top(self, scores, n, exclude_rows):
         """(rows, scores) of the `n` best item rows by score, leaving out `#na#` and `exclude_rows` (item rows, or a
-        mask over them)."""
+        mask over them); among equal scores the lower row first, as a stable sort would order them."""
         n = check_n(n, len(self.items) - 1)
-        scores = np.array(scores, dtype=np.float32, copy=True)  # the scorers' precision: float64 doubles the work
+        scores = np.asarray(scores)
+        scores = scores.astype(np.promote_types(scores.dtype, np.float32))  # a copy in the scorer's own precision
+        scores[np.isnan(scores)] = -np.inf
         scores[0] = -np.inf
         exclude_rows = np.asarray(exclude_rows)
         scores[exclude_rows if exclude_rows.dtype == bool else exclude_rows.astype(np.int64)] = -np.inf
         n = min(n, int(np.isfinite(scores).sum()))
-        best = (np.argpartition(scores, len(scores) - n)[len(scores) - n:] if 0 < n < len(scores)
-                else np.flatnonzero(np.isfinite(scores)))
+        if n == 0:
+            return np.array([], dtype=np.int64), np.array([])
+        # The n-th best score in linear time, then every row above it and the lowest rows at it.
+        threshold = np.partition(scores, len(scores) - n)[len(scores) - n]
+        above = np.flatnonzero(scores > threshold)
+        best = np.concatenate([above, np.flatnonzero(scores == threshold)[:n - len(above)]])
         best = best[np.argsort(-scores[best], kind="stable")]
         return best, scores[best].astype(float)
 

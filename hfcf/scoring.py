@@ -7,18 +7,20 @@ Space small: torch alone is ~280 MB of resident memory and 2 s of import.
 Rating models (dot, nn) score a predicted rating on the model's scale; the top-N model scores how likely a
 user is to choose a title next (higher is likelier; not a rating).
 """
-import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 BATCHNORM_EPS = 1e-5  # torch's BatchNorm1d default, which fastai's layers use
 PAIRS_PER_CHUNK = 1 << 18  # pairwise predictions in chunks: bounded memory at millions of held-out ratings
-# Scoring every title for one request reads the whole item table: 30-60 MB at 60k titles, which one core of a busy
-# 2-core box reads in 3-9 ms. Above this many elements (~16k titles x 128) two threads share the work.
-PARALLEL_ABOVE = 1 << 21
+# Scoring every title for one request reads a whole item table (the top-N model's 60k x 128 outputs are 30 MB, its
+# unit vectors for `similar` 60 MB), which one core of a busy 2-core box reads in 1.4-9 ms. From this many elements
+# (~16k titles x 128) two threads share the work.
+PARALLEL_FROM = 1 << 21
 THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+RANKING_BLOCK = 1 << 18  # first-layer activations an nn ranking holds at once (1 MB: a core's cache)
 
 
 # The most first-layer activations an nn ranking of the whole catalogue should read: 4M (16 MB) is 2-3 ms for the
@@ -37,20 +39,37 @@ def affordable_width(units, n_items):
     return units
 
 
-@functools.cache
+_helpers = None
+_helpers_lock = threading.Lock()
+
+
 def _pool():
-    return ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="hfcf-scoring")
+    """The helper threads, made on first use (once, whichever request thread gets there first)."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=max(THREADS - 1, 1), thread_name_prefix="hfcf-scoring")
+        return _helpers
+
+
+def _forget_pool():
+    global _helpers
+    _helpers = None  # a forked child inherits the pool object but none of its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def in_parallel(task, n, size):
     """task(start, end) over 0..n: in THREADS ranges at once when the work reads `size` elements or more (numpy
-    releases the GIL in its loops and matrix products), else in one call on this thread."""
-    parts = THREADS if size >= PARALLEL_ABOVE else 1
-    if parts == 1:
-        task(0, n)
-        return
+    releases the GIL in its loops and matrix products), else in one call. The calling thread takes the first
+    range itself, so concurrent requests never wait on each other's queued halves with their own thread idle."""
+    parts = THREADS if size >= PARALLEL_FROM else 1
     bounds = np.linspace(0, n, parts + 1).astype(int)
-    for done in [_pool().submit(task, start, end) for start, end in zip(bounds[:-1], bounds[1:])]:
+    helped = [_pool().submit(task, start, end) for start, end in zip(bounds[1:-1], bounds[2:])]
+    task(bounds[0], bounds[1])
+    for done in helped:
         done.result()
 
 
@@ -170,13 +189,14 @@ class NeuralScorer(Scorer):
     ReLU, `batchnorm: false`) and a linear output.
 
     Its first layer is linear in the concatenated embeddings, so it is split into a user part and an item part (with
-    the layer's bias), projected once per table: scoring a user against every title is one addition plus the rest
-    of the network, and a newcomer's gradient flows only through those small layers. BatchNorm in eval mode is an
-    affine map, folded into the next layer's weights and bias: what is left is Linear and ReLU.
+    the layer's bias), projected once per table: scoring a user against every title is one pass over the item part
+    (see `_logit`) plus the rest of the network, and a newcomer's gradient flows only through those small layers.
+    BatchNorm in eval mode is an affine map, folded into the next layer's weights and bias: what is left is Linear
+    and ReLU.
 
-    Activations are held one column per (user, item) pair, as the projected tables are (width x rows): an item's
-    share of the first layer is a column, so a user's share is added down the long rows (numpy broadcasts a
-    column at memory speed, a row over 60k short rows at a third of it), and each layer is one matrix product.
+    Activations are held one column per (user, item) pair, as the projected tables are (width x rows): one user's
+    share of the first layer is then a column broadcast down the table's long rows (numpy does that at memory
+    speed; a row broadcast over 60k short rows ran at a third of it), and each layer is one matrix product.
     """
 
     def __init__(self, weights, y_range):
@@ -227,9 +247,11 @@ class NeuralScorer(Scorer):
         """The output before the sigmoid, and every hidden layer's ReLU output: what backpropagation needs, as a
         unit passes gradient where its output is positive. The first ReLU is taken into `into`, else in `first`.
 
-        With `shift` (the share of the first layer of one user, or one item: a column), `first` holds the other
-        side's shares and the first "ReLU output" is max(first, -shift), which is relu(first + shift) - shift: the
-        sum is never formed (one pass over the table, not two) and the next layer's bias takes the `+ shift`."""
+        With `shift` (the share of the first layer of one user, or one item: a column), `first` is a slice of the
+        other side's table, never written: the first "ReLU output" goes `into` a buffer as max(first, -shift),
+        which is relu(first + shift) - shift, so the sum is never formed (the table is read once, by one numpy
+        call) and the next layer's bias takes the `+ shift`."""
+        assert shift is None or into is not None, "with a shift, `first` is a table: give a buffer"
         hidden = [np.maximum(first, 0 if shift is None else -shift, out=first if into is None else into)]
         for i, (weight, bias) in enumerate(self.layers):
             if i == 0 and shift is not None:
@@ -258,19 +280,22 @@ class NeuralScorer(Scorer):
 
     def _score_range(self, table, other, scores, start, end):
         """Fill scores[start:end]: a block of columns at a time into one reused buffer, whose first-layer
-        activations (~1 MB) stay in a core's cache. Ranking 10,000 users against 27k titles took 81 s in blocks of
-        14 MB a user, 29 s in cache-sized ones."""
+        activations (RANKING_BLOCK) stay in a core's cache. Ranking 10,000 users against 27k titles took 81 s in
+        blocks of 14 MB a user, 29 s in cache-sized ones."""
         width = table.shape[0]
-        block = max(1, 2**18 // width)
+        block = max(1, RANKING_BLOCK // width)
         buffer = np.empty((width, min(block, end - start)), dtype=np.float32)
         for low in range(start, end, block):
             high = min(low + block, end)
             scores[low:high] = self.squash(self._logit(table[:, low:high], other, into=buffer[:, :high - low])[0])
 
+    def user_scores(self, row):
+        return self._ranking(self.item_part, self.user_part[:, row:row + 1])
+
     def scores_for(self, rows):
         scores = np.empty((len(rows), self.item_part.shape[1]), dtype=np.float32)
         for i, row in enumerate(rows):
-            scores[i] = self._ranking(self.item_part, self.user_part[:, row:row + 1])
+            scores[i] = self.user_scores(row)
         return scores
 
     def users_for_item(self, column):

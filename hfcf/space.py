@@ -105,9 +105,9 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
         log(f"users' ratings unavailable: {err}")
         return (f"Users' own ratings are not available here ({markdown_text(err)}), so the first tab shows "
                 "predictions only and top picks may include movies they have already rated.")
-    ratings = dataset.ratings[["user", "title", "rating"]]
+    needed = dataset.ratings[["user", "title", "rating"]]
     del dataset  # its other columns (300 MB at 25M ratings) go before the grouping's own peak
-    history = History(ratings, first.users, first.items)  # grouped once, shared by every model
+    history = History(needed, first.users, first.items)  # grouped once, shared by every model
     for recommender in recommenders.values():
         recommender.attach_history(history)
     return ""

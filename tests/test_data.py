@@ -1,4 +1,5 @@
 """hfcf.data: readers on tiny files in each real format, validation errors that name the fix, splits, synthetic data."""
+import hashlib
 import http.server
 import io
 import socket
@@ -624,7 +625,8 @@ def test_whole_number_ids_are_stored_in_32_bits_when_they_fit_with_the_same_fing
 @pytest.mark.parametrize("users, items", [
     ([-5, -5, 7, 7], [3, 4, 3, 4]),                          # negative ids: the key starts from the smallest
     ([-2**62, -2**62, 2**62, 2**62], [0, 2**40, 0, 2**40]),  # too spread out for one int64: factorized instead
-    (["a", "a", "b", "b"], ["x", "y", "x", "y"])])            # text ids: factorized
+    (["a", "a", "b", "b"], ["x", "y", "x", "y"]),            # text ids: factorized
+    (np.array([1, 1, 2**64 - 1, 2**64 - 1], dtype=np.uint64).tolist(), [3, 4, 3, 4])])  # unsigned: factorized
 def test_repeated_pairs_are_told_apart_from_distinct_ones_whatever_the_ids(users, items):
     assert not data._has_repeated_pairs(pd.Series(users), pd.Series(items))
     assert data._has_repeated_pairs(pd.Series(users + users[:1]), pd.Series(items + items[:1]))
@@ -634,6 +636,10 @@ def test_the_fingerprint_taken_in_chunks_is_the_one_of_the_whole_frame(monkeypat
     clean, _ = data.validate(frame([[u, i, 1.0 + (u * i) % 5] for u in range(1, 8) for i in range(1, 6)],
                                    ["user", "item", "rating"]))
     whole = data.fingerprint(clean)
+    # The fingerprint as it was first written (one hash of the whole frame, a sorted copy): every model folder's
+    # config.json holds one, so the formula must never change.
+    rows = pd.util.hash_pandas_object(clean[["user", "item", "rating"]], index=False).to_numpy()
+    assert whole["sha256"] == hashlib.sha256(np.sort(rows).tobytes()).hexdigest()
     monkeypatch.setattr(data, "FINGERPRINT_CHUNK", 3)  # 35 rows in 12 chunks, the last one short
     assert data.fingerprint(clean) == whole
     assert data.fingerprint(clean.iloc[::-1]) == whole  # row order does not matter

@@ -1,4 +1,6 @@
 """The saved safetensors are fastai's own weights: they load back into fastai's modules and into hfcf.nn alike."""
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -129,7 +131,8 @@ def test_numpy_scorers_match_the_torch_modules(kind, batchnorm, threads, monkeyp
     """Serving runs in numpy (no torch in the Space); training's torch modules are the reference. With 2 threads
     every table counts as large, so each ranking is shared out in ranges (as a 60k-title one is)."""
     monkeypatch.setattr(scoring, "THREADS", threads)
-    monkeypatch.setattr(scoring, "PARALLEL_ABOVE", 1)
+    monkeypatch.setattr(scoring, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(scoring, "RANKING_BLOCK", 24)  # 3 titles a block at 8 units: several blocks, a short last
     shared = []
     monkeypatch.setattr(scoring, "_pool", lambda real=scoring._pool: shared.append(1) or real())
     settings, module = random_module(kind, batchnorm=batchnorm)
@@ -155,13 +158,17 @@ def test_numpy_scorers_match_the_torch_modules(kind, batchnorm, threads, monkeyp
 def test_in_parallel_covers_every_row_once_in_one_range_per_thread(monkeypatch):
     monkeypatch.setattr(scoring, "THREADS", 2)
     calls = []
-    scoring.in_parallel(lambda start, end: calls.append((start, end)), 7, scoring.PARALLEL_ABOVE - 1)
-    assert calls == [(0, 7)]  # small work stays on the calling thread
+
+    def task(start, end):
+        calls.append((start, end, threading.current_thread() is threading.main_thread()))
+
+    scoring.in_parallel(task, 7, scoring.PARALLEL_FROM - 1)
+    assert calls == [(0, 7, True)]  # small work stays on the calling thread
     calls.clear()
-    scoring.in_parallel(lambda start, end: calls.append((start, end)), 7, scoring.PARALLEL_ABOVE)
-    assert sorted(calls) == [(0, 3), (3, 7)]
+    scoring.in_parallel(task, 7, scoring.PARALLEL_FROM)
+    assert sorted(calls) == [(0, 3, True), (3, 7, False)]  # the caller takes the first range, a helper the rest
     matrix = np.arange(35, dtype=np.float32).reshape(7, 5)
-    monkeypatch.setattr(scoring, "PARALLEL_ABOVE", 1)
+    monkeypatch.setattr(scoring, "PARALLEL_FROM", 1)
     np.testing.assert_array_equal(scoring.matvec(matrix, np.ones(5, np.float32)), matrix.sum(1))
 
 

@@ -240,3 +240,26 @@ def test_history_groups_each_users_ratings_once_and_skips_what_the_model_does_no
     assert history.offsets[-1] == len(ratings)  # the two unknown rows were left out
     first.attach_history(history)
     assert first.sibling("dot")._history is history  # shared, not regrouped per model
+
+
+def test_history_of_ratings_in_any_order_keeps_each_users_own_order(synthetic_model, synthetic_dataset):
+    """Ratings not grouped by user are put in order by a stable radix sort; grouped ones are taken as they are."""
+    from hfcf.recommend import History
+
+    first = Recommender.from_pretrained(synthetic_model[0])
+    shuffled = synthetic_dataset.ratings.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    history = History(shuffled, first.users, first.items)
+    for user, rated in list(shuffled.groupby("user", sort=False))[:25]:
+        rows, values = history.of(first.users.index(user))
+        assert [first.items.keys[r] for r in rows] == rated["title"].tolist()
+        np.testing.assert_array_equal(values, rated["rating"].to_numpy())
+
+
+def test_picks_break_ties_by_row_and_never_pick_nan(synthetic_model):
+    rec = Recommender.from_pretrained(synthetic_model[0], model="dot")
+    scores = np.full(len(rec.items), 5.5, dtype=np.float32)  # a saturated sigmoid: every title ties
+    scores[[3, 7]] = np.nan
+    scores[20] = 6.0
+    rows, values = rec._top(scores, 4, [1])
+    assert rows.tolist() == [20, 2, 4, 5] and values.tolist() == [6.0, 5.5, 5.5, 5.5]  # not #na#, 1, or NaN
+    assert rec._top(np.full(len(rec.items), np.nan), 3, [])[0].tolist() == []

@@ -81,6 +81,7 @@ def test_large_data_batches_follow_its_size_with_lazy_updates(n_train, dot_bs, n
 
 
 @pytest.mark.parametrize("n_train, n_items, units", [(80_000, 1_682, 50), (20_000_000, 27_464, 128),
+                                                     (20_000_000, 32_768, 128), (20_000_000, 32_769, 64),
                                                      (20_000_000, 60_000, 64), (25_000_000, 87_000, 64),
                                                      (25_000_000, 500_000, 64), (80_000, 500_000, 50)])
 def test_the_nn_first_layer_is_as_wide_as_ranking_the_catalogue_affords(n_train, n_items, units):
