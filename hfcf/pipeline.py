@@ -89,7 +89,8 @@ def evaluate_models(fitted, split, users, items, y_range):
 
 
 def training_size(split):
-    """(ratings, users, titles) of the training split: what the default settings are chosen from."""
+    """(ratings, users, titles) of the training split: what the default settings are chosen from (the vocabulary
+    also holds the few titles seen only in validation; the nn's width rule does not need them)."""
     return len(split.train), split.train["user"].nunique(), split.train["title"].nunique()
 
 
