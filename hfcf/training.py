@@ -122,42 +122,62 @@ def _batch_size(n, steps, smallest, largest):
     return int(min(largest, max(smallest, 2 ** round(math.log2(max(n, 1) / steps)))))
 
 
-def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, **kwargs):
+def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, moments=None,
+                   **kwargs):
     """fastai optimizer callback: Adam whose step costs what a batch touched, not the size of the tables.
 
     For an embedding with a sparse gradient, only the rows the batch looked up are updated ("lazy" Adam, as
     TensorFlow's LazyAdam): their moments and weights move, the others wait for a batch that has them. `wd` is an
     L2 penalty per rating: a touched row's gradient gains `wd * row * (its ratings in the batch / batch size)`,
     the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
+    A row's two Adam moments sit side by side (`moments`, rows x 2 x width): one gather and one scatter a step.
     A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its gradient where its
     `do_wd` is on (the nn turns it off: `NeuralRecipe.learner`).
     """
-    if grad_avg is None:
-        grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
     step += 1
     debias_mom, debias_sqr = 1 - mom ** step, 1 - sqr_mom ** step
     grad = p.grad
     if grad.is_sparse:
+        if moments is None:
+            moments = p.new_zeros(p.shape[0], 2, p.shape[1])
         looked_up = grad._indices()[0]
-        rows, position, counts = torch.unique(looked_up, return_inverse=True, return_counts=True)
+        rows, position, counts = _unique_rows(looked_up)
         summed = torch.zeros(len(rows), p.shape[1], dtype=p.dtype).index_add_(0, position, grad._values())
         # index_select / index_copy_ rather than tensor[rows]: advanced indexing's gather and index_put cost
         # twice as much on CPU, and these rows are unique.
         weights = p.data.index_select(0, rows)
         if do_wd and wd:
             summed.addcmul_(weights, (counts * (wd / len(looked_up))).to(p.dtype)[:, None])
-        avg = grad_avg.index_select(0, rows).mul_(mom).add_(summed, alpha=1 - mom)
-        sqr = sqr_avg.index_select(0, rows).mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
-        grad_avg.index_copy_(0, rows, avg)
-        sqr_avg.index_copy_(0, rows, sqr)
+        both = moments.index_select(0, rows)
+        avg, sqr = both[:, 0], both[:, 1]
+        avg.mul_(mom).add_(summed, alpha=1 - mom)
+        sqr.mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
+        moments.index_copy_(0, rows, both)
         p.data.index_copy_(0, rows, weights.addcdiv_(avg, (sqr / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom))
-    else:
-        if do_wd and wd:
-            grad = grad.add(p.data, alpha=wd)
-        grad_avg.mul_(mom).add_(grad, alpha=1 - mom)
-        sqr_avg.mul_(sqr_mom).addcmul_(grad, grad, value=1 - sqr_mom)
-        p.data.addcdiv_(grad_avg, (sqr_avg / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom)
+        return {"step": step, "moments": moments}
+    if grad_avg is None:
+        grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
+    if do_wd and wd:
+        grad = grad.add(p.data, alpha=wd)
+    grad_avg.mul_(mom).add_(grad, alpha=1 - mom)
+    sqr_avg.mul_(sqr_mom).addcmul_(grad, grad, value=1 - sqr_mom)
+    p.data.addcdiv_(grad_avg, (sqr_avg / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom)
     return {"step": step, "grad_avg": grad_avg, "sqr_avg": sqr_avg}
+
+
+_recent_uniques = []  # (rows looked up, their torch.unique) of the last two tables a lazy step updated
+
+
+def _unique_rows(looked_up):
+    """`torch.unique(looked_up, return_inverse=True, return_counts=True)`, computed once for tables a step looks
+    up with the same rows: the dot model's factors and biases (half its sorts). A copy of the rows is kept, as a
+    sparse gradient's indices may be reused in place."""
+    for seen, found in _recent_uniques:
+        if seen.shape == looked_up.shape and torch.equal(seen, looked_up):
+            return found
+    found = torch.unique(looked_up, return_inverse=True, return_counts=True)
+    _recent_uniques[:] = [(looked_up.clone(), found), *_recent_uniques[:1]]
+    return found
 
 
 def LazyAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.0):

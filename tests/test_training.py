@@ -26,7 +26,28 @@ def test_lazy_adam_without_penalty_matches_torch_sparse_adam():
         torch.testing.assert_close(ours.weight.data, theirs.weight.data)
     untouched = [0, 3, 5]
     assert torch.equal(ours.weight.data[untouched], start[untouched])  # rows no batch looked up never move
-    assert torch.count_nonzero(lazy.state[ours.weight]["grad_avg"][untouched]) == 0
+    assert torch.count_nonzero(lazy.state[ours.weight]["moments"][untouched]) == 0
+
+
+def test_lazy_adam_shares_the_rows_of_tables_looked_up_alike_and_only_theirs():
+    """The dot model looks up its factors and biases with the same rows: one torch.unique serves both tables. Rows
+    of the same count but other values (the next batch, the other side's table) must not reuse it."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Embedding(6, 2, sparse=True), torch.nn.Embedding(6, 1, sparse=True),
+            torch.nn.Embedding(6, 3, sparse=True)]
+    theirs = [torch.nn.Embedding(6, width, sparse=True) for width in (2, 1, 3)]
+    for mine, reference_table in zip(ours, theirs):
+        reference_table.load_state_dict(mine.state_dict())
+    lazy = training.LazyAdam([table.weight for table in ours], lr=0.1, mom=0.9, sqr_mom=0.99, eps=1e-10)
+    reference = torch.optim.SparseAdam([table.weight for table in theirs], lr=0.1, betas=(0.9, 0.99), eps=1e-10)
+    for users, items in (([1, 1, 3], [2, 4, 4]), ([2, 4, 4], [1, 1, 3]), ([5, 0, 5], [0, 5, 5])):
+        for tables, optimizer in ((ours, lazy), (theirs, reference)):
+            optimizer.zero_grad()
+            lookups = [tables[0](torch.tensor(users)), tables[1](torch.tensor(users)), tables[2](torch.tensor(items))]
+            sum((lookup ** 2).sum() * (i + 1) for i, lookup in enumerate(lookups)).backward()
+            optimizer.step()
+    for mine, reference_table in zip(ours, theirs):
+        torch.testing.assert_close(mine.weight.data, reference_table.weight.data)
 
 
 def test_lazy_adam_penalty_is_per_rating():
@@ -42,7 +63,7 @@ def test_lazy_adam_penalty_is_per_rating():
     expected = torch.tensor([[1.0, -2.0], [0.5 - 0.01, -0.25 + 0.01], [3.0 - 0.01, 4.0 - 0.01]])
     torch.testing.assert_close(embedding.weight.data, expected, atol=1e-6, rtol=0)
     state = lazy.state[embedding.weight]
-    torch.testing.assert_close(state["grad_avg"][1] / 0.1, 0.5 * embedding.weight.new_tensor([0.5, -0.25]) * 2 / 4)
+    torch.testing.assert_close(state["moments"][1, 0] / 0.1, 0.5 * embedding.weight.new_tensor([0.5, -0.25]) * 2 / 4)
 
 
 def test_lazy_adam_on_a_dense_parameter_is_adam_with_l2():
