@@ -34,8 +34,8 @@ class History:
     """
 
     def __init__(self, ratings, users, items):
-        user_rows = users.rows(ratings["user"], unknown_as_na=True).astype(np.int32)
-        item_rows = items.rows(ratings["title"], unknown_as_na=True).astype(np.int32)
+        user_rows = users.rows(ratings["user"], unknown_as_na=True)
+        item_rows = items.rows(ratings["title"], unknown_as_na=True)
         values = ratings["rating"].to_numpy()
         known = (user_rows > 0) & (item_rows > 0)
         if not known.all():  # the model's own ratings are all known: no masked copies of 25M rows

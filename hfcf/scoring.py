@@ -65,8 +65,10 @@ def in_parallel(task, n, size):
     """task(start, end) over 0..n: in THREADS ranges at once when the work reads `size` elements or more (numpy
     releases the GIL in its loops and matrix products), else in one call. The calling thread takes the first
     range itself, so concurrent requests never wait on each other's queued halves with their own thread idle."""
-    parts = THREADS if size >= PARALLEL_FROM else 1
-    bounds = np.linspace(0, n, parts + 1).astype(int)
+    if THREADS == 1 or size < PARALLEL_FROM:
+        task(0, n)
+        return
+    bounds = np.linspace(0, n, THREADS + 1).astype(int)
     helped = [_pool().submit(task, start, end) for start, end in zip(bounds[1:-1], bounds[2:])]
     task(bounds[0], bounds[1])
     for done in helped:

@@ -246,7 +246,7 @@ class TensorBatches:
 def encode(frame, users, items):
     """(x, y) tensors: x holds (user row, item row) pairs as int32 (half the memory of int64; embeddings take
     either), y the ratings as float32."""
-    x = np.stack([users.rows(frame["user"]), items.rows(frame["title"])], axis=1).astype(np.int32)
+    x = np.stack([users.rows(frame["user"]), items.rows(frame["title"])], axis=1)
     return torch.from_numpy(x), torch.tensor(frame["rating"].to_numpy(), dtype=torch.float32)
 
 
