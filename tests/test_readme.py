@@ -19,6 +19,8 @@ from conftest import ml100k_path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+# The pages the README links to for the longer stories: their commands are held to the same checks.
+PAGES = README + "".join(page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))
 
 
 def python_blocks():
@@ -77,7 +79,7 @@ KINDS = ("dot", "nn", "topn")
 def shell_commands():
     """Each command of every ```bash block: `# comments` dropped, `\\` continuations joined."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", PAGES, flags=re.S):
         for line in re.sub(r"\\\n", " ", block).splitlines():
             line = re.sub(r"(^|\s)#.*", "", line).strip()
             if line:
@@ -148,7 +150,7 @@ def make_problem(argv):
 
 def test_every_code_block_is_python_or_bash():
     """Blocks in another language (```sh, a bare ```) would be checked by neither the Python nor the shell tests."""
-    fences = re.findall(r"^```(.*)$", README, flags=re.M)
+    fences = re.findall(r"^```(.*)$", PAGES, flags=re.M)
     assert len(fences) % 2 == 0 and set(fences[::2]) <= {"python", "bash"}, fences[::2]
     assert len(shell_commands()) >= 10
 
