@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
@@ -39,6 +41,7 @@ PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 _MAX_HEADER = 1 << 20  # our headers are a few KB; a larger claim is corruption or an attack
 _TEMPORARY = ".hfcf-"  # what a write keeps inside the folder while it lasts (never pushed: not a MODEL_FILES name)
 _BUILDING, _READY = f"{_TEMPORARY}building-", f"{_TEMPORARY}ready-"
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # a write that more room would let through
 
 
 @dataclass
@@ -160,8 +163,8 @@ def _build(folder, config, users, items, item_counts, weights, card):
         for kind, state in weights.items():
             path = building / WEIGHT_FILES[kind]
             state = {name: np.asarray(scoring.as_numpy(value), order="C") for name, value in state.items()}
-            save_file(state, path, metadata={"format": "pt", "hfcf_format_version": str(FORMAT_VERSION),
-                                             "hfcf_settings_sha256": settings_digest(config, kind)})
+            _save_weights(state, path, {"format": "pt", "hfcf_format_version": str(FORMAT_VERSION),
+                                        "hfcf_settings_sha256": settings_digest(config, kind)})
             config["models"][kind].update(file=path.name, sha256=sha256(path))
         (building / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (building / "vocab.json").write_text(vocab_text)
@@ -171,9 +174,26 @@ def _build(folder, config, users, items, item_counts, weights, card):
         ready = building.with_name(_READY + building.name[len(_BUILDING):])
         os.replace(building, ready)
         return ready
+    except OSError as err:
+        shutil.rmtree(building, ignore_errors=True)
+        advice = ("free some space, or write to another disk (train.py --out)" if err.errno in _FULL else
+                  "write to a folder you can (train.py --out)")
+        raise ArtifactError(f"could not write the model files into {folder}: {err.strerror or err}. Nothing there "
+                            f"was changed (a previous model is kept); {advice}, and train again") from None
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
+
+
+def _save_weights(state, path, metadata):
+    """safetensors' save_file, its I/O failures (a full disk) raised as the OSError they are."""
+    try:
+        save_file(state, path, metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"\(os error (\d+)\)", str(err))  # how Rust's std::io::Error ends
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def settings_digest(config, kind):

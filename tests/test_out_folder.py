@@ -1,10 +1,13 @@
 """Where a model is written and read from: symlinks are followed (never replaced), the folder keeps its
-permissions and its place (even as the current folder), loops are refused before any work."""
+permissions and its place (even as the current folder), a full disk is a clear error, loops are refused before
+any work."""
+import errno
 import os
 import shutil
 import stat
 
 import pytest
+from safetensors import SafetensorError
 
 import train
 from hfcf import Recommender, artifacts
@@ -86,6 +89,33 @@ def test_out_can_be_the_current_folder(model, monkeypatch, capsys):
     assert os.getcwd() == str(model) and sorted(artifacts.load(".").weights) == ["dot"]
     assert sorted(os.listdir(model)) == ["README.md", "config.json", "dot.safetensors", "vocab.json"]
     assert os.listdir(model.parent) == ["model"]
+
+
+FULL = {"safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        "python": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))}
+
+
+@pytest.mark.parametrize("raised", FULL)
+def test_a_full_disk_is_a_clear_error_that_keeps_the_previous_model(model, monkeypatch, raised):
+    before = contents(model)
+
+    def fill_the_disk(state, path, metadata):
+        path.write_bytes(b"half a file")
+        raise FULL[raised]
+    monkeypatch.setattr(artifacts, "save_file", fill_the_disk)
+    with pytest.raises(ArtifactError, match="No space left on device. Nothing there was changed .* free some space"):
+        save_again(model)
+    assert contents(model) == before and os.listdir(model.parent) == ["model"]
+
+
+def test_train_py_on_a_full_disk_exits_1_with_the_message(tmp_path, monkeypatch, capsys):
+    def fill_the_disk(state, path, metadata):
+        raise FULL["safetensors"]
+    monkeypatch.setattr(artifacts, "save_file", fill_the_disk)
+    assert train.main([*ONE_FIT, "--out", str(tmp_path / "model")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not write the model files into") and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_symlink_loop_is_refused_with_advice(tmp_path, capsys):
