@@ -1,6 +1,6 @@
 """Where a model is written and read from: symlinks are followed (never replaced), the folder keeps its
-permissions and its place (even as the current folder), a full disk is a clear error, loops are refused before
-any work."""
+permissions and its place (even as the current folder), a full disk is a clear error, loops and bad seeds are
+refused before any work."""
 import errno
 import os
 import shutil
@@ -91,6 +91,10 @@ def test_out_can_be_the_current_folder(model, monkeypatch, capsys):
     assert os.listdir(model.parent) == ["model"]
 
 
+def test_out_expands_the_users_home():
+    assert train.parser().parse_args(["--out=~/m"]).out == os.path.join(os.path.expanduser("~"), "m")
+
+
 FULL = {"safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
         "python": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))}
 
@@ -127,3 +131,9 @@ def test_a_symlink_loop_is_refused_with_advice(tmp_path, capsys):
         with pytest.raises(ArtifactError, match=r"loop is a symbolic link that leads back to itself .*ln -sfn"):
             read(str(loop))
     assert loop.is_symlink()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32)])
+def test_a_bad_seed_is_refused_before_the_data_is_read(seed, tmp_path, capsys):
+    code = train.main(["--data", str(tmp_path / "not-read-yet.csv"), "--seed", seed, "--out", str(tmp_path / "m")])
+    assert code == 2 and f"--seed must be a whole number from 0 to 4294967295 (got {seed})" in capsys.readouterr().err
