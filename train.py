@@ -11,6 +11,7 @@ Exit status: 0 success, 2 bad input (nothing written), 1 internal or Hub failure
 """
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 
@@ -75,8 +76,10 @@ def parser():
                        help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
     model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
     output = p.add_argument_group("output")
-    output.add_argument("--out", default="model", help="model folder to write (default: ./model)")
-    output.add_argument("--force", action="store_true", help="replace --out even if it is not an hfcf model folder")
+    output.add_argument("--out", default="model", type=os.path.expanduser,
+                        help="model folder to write (default: ./model); a symlink is written through")
+    output.add_argument("--force", action="store_true",
+                        help="write into --out even if it is not an hfcf model folder (its other files are kept)")
     output.add_argument("--push", action="store_true", help="publish the folder to the Hub in one commit")
     output.add_argument("--repo-id", help="Hub repo to push to, e.g. you/movielens-cf")
     output.add_argument("--private", action="store_true", help="create the Hub repo as private")
@@ -140,6 +143,8 @@ def check_args(args):
         raise DataError(f"--models takes one or more of {','.join(KINDS)}, each once (got {','.join(args.models)})")
     if len(args.y_range) != 2 or not args.y_range[0] < args.y_range[1]:
         raise DataError(f"--y-range needs low,high with low < high (got {args.y_range})")
+    if not 0 <= args.seed < 2 ** 32:  # what numpy's global seed takes
+        raise DataError(f"--seed must be a whole number from 0 to {2 ** 32 - 1} (got {args.seed})")
     if args.push:
         from hfcf import hub
         hub.check_can_push(args.repo_id, args.private)

@@ -1,4 +1,4 @@
-"""Save and load a model folder (format version 1): safetensors + JSON only, written atomically, loaded strictly.
+"""Save and load a model folder (format version 1): safetensors + JSON only, written crash-safely, loaded strictly.
 
     README.md        model card (YAML front matter + text)
     config.json      format_version, y_range, per-model settings/metrics/sha256, dataset, split, metrics
@@ -10,20 +10,22 @@
 
 Nothing here unpickles: a folder is trusted only after every file's hash, key, shape, dtype and value checks out.
 """
+import errno
 import fcntl
-import glob
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
@@ -37,6 +39,9 @@ WEIGHT_FILES = {kind: f"{kind}.safetensors" for kind in KINDS}
 MODEL_FILES = ("README.md", "config.json", "vocab.json", *WEIGHT_FILES.values())
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 _MAX_HEADER = 1 << 20  # our headers are a few KB; a larger claim is corruption or an attack
+_TEMPORARY = ".hfcf-"  # what a write keeps inside the folder while it lasts (never pushed: not a MODEL_FILES name)
+_BUILDING, _READY = f"{_TEMPORARY}building-", f"{_TEMPORARY}ready-"
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # a write that more room would let through
 
 
 @dataclass
@@ -61,7 +66,7 @@ def write_text_atomically(path, text):
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
                                      encoding="utf-8") as file:
         file.write(text)
-    os.chmod(file.name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+    os.chmod(file.name, _file_mode(path))
     os.replace(file.name, path)
 
 
@@ -81,6 +86,18 @@ def is_model_folder(path):
         return False
 
 
+def real_folder(path, error=ArtifactError):
+    """`path` with `~` expanded and every symlink followed: hfcf writes through a link, never in place of it."""
+    path = Path(path).expanduser()
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise error(f"{path} is a symbolic link that leads back to itself (a symlink loop): point it at a real "
+                        f"folder (ln -sfn FOLDER {path}) or pass that folder instead") from None
+    return Path(os.path.realpath(path))
+
+
 def check_output(folder, force=False):
     """Refuse an --out we must not or cannot write, before any training is spent on it; finish an interrupted write.
 
@@ -88,11 +105,11 @@ def check_output(folder, force=False):
     kept. A folder that is not an hfcf model folder needs --force, and is refused even then when it holds files
     with the model's names, which hfcf would overwrite.
     """
-    folder = Path(folder)
+    folder = real_folder(folder, DataError)
     recover(folder)
     if folder.exists() and not folder.is_dir():
         raise DataError(f"--out {folder} is a file, not a folder; choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder):
+    if folder.is_dir() and _user_entries(folder) and not is_model_folder(folder):
         clashes = sorted(name for name in MODEL_FILES if (folder / name).exists())
         if clashes:
             raise DataError(f"--out {folder} is not an hfcf model folder and holds {', '.join(clashes)}, which "
@@ -100,27 +117,44 @@ def check_output(folder, force=False):
         if not force:
             raise DataError(f"--out {folder} exists and is not an hfcf model folder; choose another --out, or pass "
                             "--force to write the model files into it (its other files are kept)")
-    parent = folder.resolve().parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(dir=parent).cleanup()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=folder if folder.is_dir() else folder.parent).cleanup()
     except OSError as err:
         raise DataError(f"cannot write --out {folder}: {err.strerror or err}; choose a writable folder") from None
 
 
+def _user_entries(folder):
+    """What `folder` holds besides the hidden folders of a write under way."""
+    return [entry for entry in folder.iterdir() if not entry.name.startswith(_TEMPORARY)]
+
+
 def save(folder, config, users, items, item_counts, weights, card):
-    """Write the folder atomically: build it beside the target, then swap, so a failure leaves the old one."""
-    folder = Path(folder)
+    """Write the model files into `folder` (the one a symlink points at), leaving the folder itself, its
+    permissions and every other file in it alone. They are built in a hidden folder inside it, then renamed over
+    the old ones, so a failure before that leaves the previous model, and a crash during it is finished by `recover`.
+    """
+    folder = real_folder(folder, DataError)
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{folder} is a file, not a folder; choose another --out")
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
     with _writing(folder, wait=True):
         _recover(folder)
-        return _build_and_swap(folder, config, users, items, item_counts, weights, card)
+        try:
+            ready = _build(folder, config, users, items, item_counts, weights, card)
+        except BaseException:
+            if created:
+                with suppress(OSError):
+                    folder.rmdir()  # empty again: a failed first write leaves nothing behind
+            raise
+        _commit(ready, folder)
+    return folder
 
 
-def _build_and_swap(folder, config, users, items, item_counts, weights, card):
-    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
+def _build(folder, config, users, items, item_counts, weights, card):
+    """The new model files in a hidden `_BUILDING` folder inside `folder`, renamed `_READY` once all are written."""
+    building = Path(tempfile.mkdtemp(prefix=_BUILDING, dir=folder))
     try:
         config = json.loads(json.dumps(config))  # a copy we may add hashes to
         vocab_text = json.dumps({"users": users.keys, "items": items.keys,
@@ -129,18 +163,37 @@ def _build_and_swap(folder, config, users, items, item_counts, weights, card):
         for kind, state in weights.items():
             path = building / WEIGHT_FILES[kind]
             state = {name: np.asarray(scoring.as_numpy(value), order="C") for name, value in state.items()}
-            save_file(state, path, metadata={"format": "pt", "hfcf_format_version": str(FORMAT_VERSION),
-                                             "hfcf_settings_sha256": settings_digest(config, kind)})
+            _save_weights(state, path, {"format": "pt", "hfcf_format_version": str(FORMAT_VERSION),
+                                        "hfcf_settings_sha256": settings_digest(config, kind)})
             config["models"][kind].update(file=path.name, sha256=sha256(path))
         (building / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (building / "vocab.json").write_text(vocab_text)
         (building / "README.md").write_text(card)
-        _publishable_permissions(building)
-        _swap(building, folder)
+        for path in building.iterdir():
+            os.chmod(path, _file_mode(folder / path.name))
+        ready = building.with_name(_READY + building.name[len(_BUILDING):])
+        os.replace(building, ready)
+        return ready
+    except OSError as err:
+        shutil.rmtree(building, ignore_errors=True)
+        advice = ("free some space, or write to another disk (train.py --out)" if err.errno in _FULL else
+                  "write to a folder you can (train.py --out)")
+        raise ArtifactError(f"could not write the model files into {folder}: {err.strerror or err}. Nothing there "
+                            f"was changed (a previous model is kept); {advice}, and train again") from None
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    return folder
+
+
+def _save_weights(state, path, metadata):
+    """safetensors' save_file, its I/O failures (a full disk) raised as the OSError they are."""
+    try:
+        save_file(state, path, metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"\(os error (\d+)\)", str(err))  # how Rust's std::io::Error ends
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def settings_digest(config, kind):
@@ -153,52 +206,40 @@ def settings_digest(config, kind):
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
-def _publishable_permissions(folder):
-    """mkdtemp makes a private (0700) folder; give it and its files the usual umask-based modes."""
+def _file_mode(path):
+    """The mode to give a file written at `path`: the one it has, else its folder's, no wider than the umask allows
+    and without execute bits (a private folder gets private files; a new folder gets the usual 0644)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for path in folder.iterdir():
-        os.chmod(path, 0o666 & ~umask)
+    return path.parent.stat().st_mode & 0o666 & ~umask
 
 
-def _swap(new, target):
-    """Put `new` in place of `target` with renames, then move what hfcf did not write from the old folder into it.
-
-    The old model files are deleted only once the new folder is in place and nothing else is left beside them.
-    Interrupted anywhere (even by kill -9), the leftovers `.NAME.old-*` and `.NAME.building-*` hold everything,
-    and `recover` puts them back.
-    """
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old:
-        _adopt(old / target.name, target, ours=is_model_folder(old / target.name))
-        _remove_if_only_ours(old, target.name)
-
-
-def _adopt(previous, target, ours):
-    """Move every entry of `previous` that hfcf did not write into `target` (a name already taken keeps both)."""
-    for entry in previous.iterdir():
-        if ours and entry.name in MODEL_FILES:
-            continue
-        destination = target / entry.name
-        while destination.exists():
-            destination = destination.with_name(destination.name + ".kept")
-        os.replace(entry, destination)
+def _commit(ready, folder):
+    """Rename the files of `ready` into `folder`, config.json last (it names the weights then in place), remove
+    the previous model's weights that the new config.json does not list, then `ready`. Run again after a crash,
+    it finishes the job."""
+    if (ready / "config.json").exists():  # else a crash came after the last rename: only `ready` is left
+        listed = json.loads((ready / "config.json").read_text())["models"]
+        for path in ready.iterdir():
+            if path.name != "config.json":
+                os.replace(path, folder / path.name)
+        for kind in set(KINDS) - set(listed):
+            (folder / WEIGHT_FILES[kind]).unlink(missing_ok=True)
+        os.replace(ready / "config.json", folder / "config.json")
+    ready.rmdir()
 
 
 @contextmanager
 def _writing(folder, wait):
-    """Hold the write lock of `folder`'s parent (flock on the directory itself: no lock file to leave behind).
+    """Hold the write lock of `folder` (flock on the directory itself: no lock file to leave behind).
 
     A writer waits for it; a reader that would recover leftovers only tries, and yields False when a write is
     under way, so it never removes a folder being built. The kernel drops the lock when its process dies, even
     by kill -9, so leftovers found with the lock free are a dead write's.
     """
-    descriptor = os.open(folder.parent, os.O_RDONLY)
+    descriptor = os.open(folder, os.O_RDONLY)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -211,20 +252,19 @@ def _writing(folder, wait):
 
 
 def leftovers(folder):
-    """(.NAME.old-*, .NAME.building-*) folders an interrupted write left beside `folder`."""
+    """(`_READY`*, `_BUILDING`*) folders an interrupted write left inside `folder`: complete, and half-built."""
     folder = Path(folder)
-    if not folder.parent.is_dir():
+    if not folder.is_dir():
         return [], []
-    name = glob.escape(folder.name)  # "model[1]" must not match ".model1.old-*"
-    found = sorted(folder.parent.glob(f".{name}.old-*")), sorted(folder.parent.glob(f".{name}.building-*"))
-    return [path for path in found[0] if path.is_dir()], [path for path in found[1] if path.is_dir()]
+    return tuple(sorted(path for path in folder.glob(f"{prefix}*") if path.is_dir())
+                 for prefix in (_READY, _BUILDING))
 
 
 def recover(folder):
-    """Finish or undo a write that was interrupted: the previous folder comes back if the new one never took its
-    place, files hfcf did not write go back into the folder, and half-built folders (all hfcf's) are removed.
-    Does nothing while another process is writing beside `folder`. Returns True when something was recovered."""
-    folder = Path(folder)
+    """Finish a write that was interrupted: a complete new model goes into place; a half-built one is removed (the
+    previous model stays). Does nothing while another process is writing `folder`. Returns True when something was
+    recovered."""
+    folder = real_folder(folder)
     if leftovers(folder) == ([], []):
         return False
     with _writing(folder, wait=False) as free:
@@ -233,32 +273,18 @@ def recover(folder):
 
 def _recover(folder):
     """`recover` with the write lock held."""
-    olds, buildings = leftovers(folder)
-    for old in olds:
-        previous = old / folder.name
-        if previous.is_dir() and not folder.exists():
-            os.replace(previous, folder)  # the swap never happened: the previous folder comes back whole
-        elif previous.is_dir() and folder.is_dir():
-            _adopt(previous, folder, ours=is_model_folder(previous))
-        _remove_if_only_ours(old, folder.name)
+    readies, buildings = leftovers(folder)
+    for ready in readies:
+        _commit(ready, folder)
     for building in buildings:
         shutil.rmtree(building, ignore_errors=True)
-    return bool(olds or buildings)
-
-
-def _remove_if_only_ours(old, name):
-    """Remove `old` when what is left in it is hfcf's own previous model files; else keep it (never lose a file)."""
-    previous = old / name
-    rest = [entry for entry in old.iterdir() if entry != previous]
-    ours = previous.is_dir() and all(entry.name in MODEL_FILES for entry in previous.iterdir())
-    if not rest and (not previous.exists() or ours):
-        shutil.rmtree(old)
+    return bool(readies or buildings)
 
 
 def load(folder):
     """Load and verify a model folder; anything off raises ArtifactError naming the file and the problem."""
     folder = Path(folder)
-    recover(folder)  # an interrupted write may have left the previous folder, or the user's files, beside it
+    recover(folder)  # an interrupted write may have left a complete new model inside it, to put in place
     if not folder.is_dir():
         raise ArtifactError(f"model folder {folder} does not exist")
     names = {path.name for path in folder.iterdir()}

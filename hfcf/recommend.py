@@ -116,7 +116,7 @@ class Recommender:
         if not text:
             raise ArtifactError("no model given: pass a model folder or a Hub repo id (owner/name[@revision])")
         path = Path(text).expanduser()
-        artifacts.recover(path)  # an interrupted train.py may have left the previous folder beside it
+        artifacts.recover(path)  # an interrupted train.py may have left its new model inside, to put in place
         if path.is_dir():
             return cls(artifacts.load(path), model, source=str(path))
         local = (path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
