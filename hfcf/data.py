@@ -7,8 +7,13 @@ shape that frame:
 Titles are the model's item keys, so each item gets exactly one title and no two items share one.
 Titles are stripped of surrounding spaces. Distinct item ids that share a title stay distinct: the
 lowest id keeps the title and every later id gets the suffix " [item <id>]", e.g.
-"Chasing Amy (1997) [item 268]". An item with no title gets its id as text. MovieLens readers apply
-the rule to the whole catalogue, so a title never depends on which ratings a split holds.
+"Chasing Amy (1997) [item 268]"; so does a title "#na#", the name of the embeddings' unknown row. An
+item with no title gets its id as text. When a titles table gives one id several titles, the first is kept
+and a note says so. MovieLens readers apply the rule to the whole catalogue, so a title never depends on
+which ratings a split holds.
+
+Ids that are all whole numbers become integers when they fit in 64 bits, else their exact decimal text, so
+no two ids ever collapse into one. A user id "#na#" is refused: that name is the unknown row's.
 
 A (user, item) pair rated more than once is refused by default (`on_duplicate="error"`).
 `on_duplicate="last"` keeps the rating with the latest timestamp (the later row on ties or without
@@ -33,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .vocab import NA
 
 COLUMNS = ["user", "item", "title", "rating", "timestamp"]
 FINGERPRINT_CHUNK = 1 << 22  # rows hashed at once
@@ -246,6 +252,7 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
                                                     if column != "title" or "title" in df.columns])
     for column in ("user", "item"):
         df[column] = _check_ids(df[column], column, source)
+    _refuse_reserved_users(df["user"], source)
     df["rating"] = _check_ratings(df["rating"], y_range, source)
     df["timestamp"] = _seconds(df["timestamp"], source)
     df, notes = _merge_duplicates(df, on_duplicate, source)
@@ -400,20 +407,50 @@ def _ml100k_titles(folder):
 
 def _unique_titles(items, titles):
     """(item id -> one unique title by the module's duplicate-title rule, notes); an id's first title wins."""
-    first = pd.Series(titles.to_numpy(dtype=object), index=items.to_numpy()).groupby(level=0, sort=True).first()
-    unique, taken, untitled, renamed = {}, set(), 0, 0
+    listed = pd.Series(titles.to_numpy(dtype=object), index=items.to_numpy())
+    first = listed.groupby(level=0, sort=True).first()
+    unique, taken, untitled, renamed = {}, {NA}, 0, []
     for item, title in first.items():
         title = "" if pd.isna(title) else str(title).strip()
         if not title:
             title, untitled = str(item), untitled + 1
         if title in taken:
-            title, renamed = f"{title} [item {item}]", renamed + 1
+            renamed.append(title)
+        while title in taken:  # a loop: another item may already hold "<title> [item <id>]" itself
+            title = f"{title} [item {item}]"
         taken.add(title)
         unique[item] = title
     notes = [f"{untitled} items have no title; their ids stand in as titles"] if untitled else []
-    if renamed:
-        notes.append(f"{renamed} items share a title with a lower item id; they got the suffix ' [item <id>]'")
-    return unique, notes
+    shared = len(renamed) - renamed.count(NA)
+    if shared:
+        notes.append(f"{shared} items share a title with a lower item id; they got the suffix ' [item <id>]'")
+    if NA in renamed:
+        notes.append(f"{renamed.count(NA)} items titled {NA!r}, the name of the embeddings' unknown row, got the "
+                     "suffix ' [item <id>]'")
+    return unique, notes + _several_titles_note(listed)
+
+
+def _several_titles_note(listed):
+    """A note on item ids listed with more than one title (the first is kept), or none."""
+    text = listed.dropna().astype(str).str.strip()
+    text = text[text != ""]
+    distinct = text.groupby(level=0).nunique()
+    several = distinct.index[distinct > 1]
+    if len(several) == 0:
+        return []
+    shown = list(dict.fromkeys(text.loc[[several[0]]]))
+    return [f"{len(several)} item ids are listed with more than one title (item {several[0]}: {shown[0]!r}, then "
+            f"{shown[1]!r}); the first title of each is kept"]
+
+
+def _refuse_reserved_users(users, source):
+    """Refuse the user id "#na#": the model's vocabulary keeps that name for its unknown row."""
+    if pd.api.types.is_numeric_dtype(users):
+        return
+    reserved = users == NA
+    if reserved.any():
+        raise DataError(f"{source} has the user id {NA!r} ({_rows(reserved)}), the name the model keeps for "
+                        "unknown users; rename that user in the file (any other id will do)")
 
 
 def _require(folder, names, fix):
@@ -495,15 +532,21 @@ def _check_ids(ids, column, source):
 
 
 def _normalise_ids(ids):
-    """Ids that are all whole numbers become int32 when they fit, else int64 (`_compact`), any others str;
-    missing ids are left for validate."""
+    """Ids that are all whole numbers become int32 when they fit, else int64 (`_compact`), else (past int64) their
+    exact decimal text; any others str; missing ids are left for validate."""
     if ids.isna().any():
         return ids
     if pd.api.types.is_integer_dtype(ids):
-        return ids if ids.dtype == np.int32 else _compact(ids.astype("int64"))  # int32: already compact, no copy
+        if ids.dtype == np.int32:
+            return ids  # already compact, no copy
+        # uint64 past int64 would wrap to negative ids; their decimal text keeps each one
+        return ids.astype(str) if ids.max() > np.iinfo(np.int64).max else _compact(ids.astype("int64"))
     if pd.api.types.is_float_dtype(ids):
-        whole = np.isfinite(ids).all() and (ids == ids.round()).all()
-        return _compact(ids.astype("int64")) if whole else ids.astype(str)
+        if not (np.isfinite(ids).all() and (ids == ids.round()).all()):
+            return ids.astype(str)
+        if (ids.abs() < 2.0**63).all():
+            return _compact(ids.astype("int64"))
+        return ids.map(lambda value: str(int(value)))  # 1e19 would overflow int64 to one shared id
     text = ids.astype(str).str.strip()
     return _compact(text.astype("int64")) if text.str.fullmatch(r"[+-]?\d{1,18}").all() else text
 

@@ -655,3 +655,44 @@ def test_a_repeated_pair_is_found_among_many_distinct_ones():
     items[5000] = items[7000]
     with pytest.raises(DataError, match="1 duplicate \\(user, item\\) pairs in 2 rows"):
         data.validate(pd.DataFrame({"user": users, "item": items, "rating": ratings}))
+
+
+# Ids, names and files that read as something they are not.
+
+@pytest.mark.parametrize("first", [10**19, 10**18])
+def test_whole_number_ids_past_64_bits_stay_distinct(tmp_path, first):
+    """Ids as uint64 (10**19 + k) or as floats spread over 1e18-1e20 once overflowed int64 into one shared id."""
+    users = [first + k for k in range(20)] if first == 10**19 else [repr(float(first * (k + 1))) for k in range(20)]
+    rows = "".join(f"{user},{item},{(k + item) % 5 + 1}\n" for k, user in enumerate(users) for item in (1, 2, 3))
+    dataset = data.load(write(tmp_path, "r.csv", "user,item,rating\n" + rows))
+    assert dataset.ratings["user"].nunique() == 20 and len(dataset.ratings) == 60
+    expected = {str(first + k) if first == 10**19 else str(first * (k + 1)) for k in range(20)}
+    assert set(dataset.ratings["user"]) == expected  # each id's exact digits: no sign wrapped, none rounded
+
+
+def test_a_user_id_na_is_refused_until_it_is_renamed(tmp_path):
+    rows = "user,item,rating\nann,1,4\n#na#,1,3\nbob,2,5\n"
+    with pytest.raises(DataError, match=r"user id '#na#' \(data rows 2\).*rename that user in the file"):
+        data.load(write(tmp_path, "r.csv", rows))
+    dataset = data.load(write(tmp_path, "r.csv", rows.replace("#na#", "na")))  # the fix: any other id
+    assert sorted(dataset.ratings["user"]) == ["ann", "bob", "na"]
+
+
+def test_a_title_na_gets_the_item_suffix():
+    ratings = frame([[1, 5, 4, "#na#"], [2, 6, 3, "Six"], [1, 6, 2, "Six"]], ["user", "item", "rating", "title"])
+    clean, notes = data.validate(ratings)
+    assert clean["title"].tolist() == ["#na# [item 5]", "Six", "Six"]
+    assert "1 items titled '#na#', the name of the embeddings' unknown row, got the suffix ' [item <id>]'" in notes
+
+
+def test_a_suffixed_title_already_taken_gets_another_suffix():
+    ratings = frame([[1, 2, 4, "X [item 3]"], [1, 3, 4, "X"], [2, 1, 3, "X"]], ["user", "item", "rating", "title"])
+    assert data.validate(ratings)[0]["title"].nunique() == 3
+
+
+def test_an_id_listed_with_several_titles_keeps_the_first_and_says_so(tmp_path):
+    write(tmp_path, "titles.csv", "movieId,title\n1,Alpha\n2,Beta\n1,Gamma\n2, Beta \n")
+    dataset = table(tmp_path, "userId,movieId,rating\n1,1,4\n2,2,3\n", titles_path=tmp_path / "titles.csv")
+    assert dataset.ratings["title"].tolist() == ["Alpha", "Beta"]
+    assert ("1 item ids are listed with more than one title (item 1: 'Alpha', then 'Gamma'); the first title of "
+            "each is kept") in dataset.notes

@@ -228,3 +228,47 @@ def test_set_takes_true_and_false_for_a_switch(tmp_path, capsys):
     assert (chosen["dot"].lazy, chosen["nn"].lazy) == (False, True)
     assert train.main(["--data", "synthetic", "--set", "dot.lazy=maybe", "--out", str(tmp_path / "model")]) == 2
     assert "expected a value like the default, False" in capsys.readouterr().err
+
+
+# Refusals of files that read as something they are not: following the advice trains.
+
+def dense_rows(user=str, item=str, rating=lambda u, i: (u * i) % 5 + 1, sep=","):
+    """Rows of 30 users x 20 items (two in three pairs rated), ids and ratings made by the given functions."""
+    return "".join(f"{user(u)}{sep}{item(i)}{sep}{rating(u, i)}\n" for u in range(1, 31) for i in range(1, 21)
+                   if (u + i) % 3)
+
+
+def train_ok(tmp_path, capsys, *args):
+    """train.py with the smallest model on `args`; its folder loads."""
+    code, err, out = run(tmp_path, capsys, *args, "--models", "dot", "--epochs", "1")
+    assert code == 0, err
+    return artifacts.load(out)
+
+
+def test_ids_past_64_bits_train_as_themselves(tmp_path, capsys):
+    from hfcf.errors import UnknownUserError
+    from hfcf.recommend import Recommender
+
+    path = write(tmp_path / "r.csv", "user,item,rating\n" + dense_rows(user=lambda u: 10**19 + u))
+    loaded = train_ok(tmp_path, capsys, "--data", path)
+    assert len(loaded.users) == 31  # 30 users and #na#, where they once collapsed into one
+    recommender = Recommender.from_pretrained(str(tmp_path / "model"))
+    assert len(recommender.recommend(10**19 + 1, n=3)) == 3
+    with pytest.raises(UnknownUserError, match="valid user ids include 10000000000000000001") as unknown:
+        recommender.recommend(10**19 + 99)
+    assert "-" not in str(unknown.value).split("include")[1]  # no id wrapped to a negative number
+
+
+def test_a_title_na_trains_a_folder_that_loads(tmp_path, capsys):
+    ratings = write(tmp_path / "r.csv", "user,item,rating\n" + dense_rows())
+    titles = write(tmp_path / "t.csv", "item,title\n" + "".join(f"{i},{'#na#' if i == 3 else f'T{i}'}\n"
+                                                                for i in range(1, 21)))
+    loaded = train_ok(tmp_path, capsys, "--data", ratings, "--titles", titles)
+    assert "#na# [item 3]" in loaded.items.keys
+
+
+def test_a_user_na_is_refused_and_renaming_it_trains(tmp_path, capsys):
+    text = "user,item,rating\n" + dense_rows(user=lambda u: "#na#" if u == 1 else f"u{u}")
+    code, err, out = run(tmp_path, capsys, "--data", write(tmp_path / "r.csv", text))
+    assert code == 2 and "rename that user in the file" in err and not out.exists()
+    train_ok(tmp_path, capsys, "--data", write(tmp_path / "r.csv", text.replace("#na#", "u1")))
