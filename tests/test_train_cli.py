@@ -272,3 +272,33 @@ def test_a_user_na_is_refused_and_renaming_it_trains(tmp_path, capsys):
     code, err, out = run(tmp_path, capsys, "--data", write(tmp_path / "r.csv", text))
     assert code == 2 and "rename that user in the file" in err and not out.exists()
     train_ok(tmp_path, capsys, "--data", write(tmp_path / "r.csv", text.replace("#na#", "u1")))
+
+
+def test_a_folder_of_other_ratings_and_movies_csvs_trains_with_the_flags_given(tmp_path, capsys):
+    import shlex
+
+    write(tmp_path / "ratings.csv", "user_id,book_id,score\n" + dense_rows())
+    write(tmp_path / "movies.csv", "book_id,book_title\n" + "".join(f"{i},Book {i}\n" for i in range(1, 21)))
+    code, err, _ = run(tmp_path, capsys, "--data", str(tmp_path))
+    assert code == 2 and "not MovieLens's" in err and "Traceback" not in err, err
+    loaded = train_ok(tmp_path, capsys, *shlex.split(err.split("naming their columns: ")[1]))
+    assert "Book 7" in loaded.items.keys
+
+
+def test_a_movielens_ratings_file_given_alone_trains_when_its_folder_is_passed(tmp_path, capsys):
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    write(folder / "ratings.dat", dense_rows(sep="::").replace("\n", "::978300760\n"))
+    write(folder / "movies.dat", "".join(f"{i}::Film {i} (1999)::Drama\n" for i in range(1, 21)))
+    code, err, _ = run(tmp_path, capsys, "--data", str(folder / "ratings.dat"))
+    assert code == 2 and f"pass the folder that holds it: --data {folder}" in err, err
+    assert "Film 7 (1999)" in train_ok(tmp_path, capsys, "--data", str(folder)).items.keys
+
+
+def test_a_csv_without_a_header_is_refused_and_trains_with_one(tmp_path, capsys):
+    rows = dense_rows()
+    code, err, _ = run(tmp_path, capsys, "--data", write(tmp_path / "r.csv", rows), "--user-col", "1",
+                       "--item-col", "1.1", "--rating-col", "2")  # the first row's values, as pandas names them
+    assert code == 2 and "no header row" in err and "e.g. user,item,rating" in err, err
+    loaded = train_ok(tmp_path, capsys, "--data", write(tmp_path / "r.csv", "user,item,rating\n" + rows))
+    assert loaded.config["dataset"]["n_ratings"] == rows.count("\n")  # the first row is there
