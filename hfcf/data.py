@@ -642,10 +642,21 @@ def _check_ratings(values, y_range, source):
         raise DataError(f"{source} has {bad.sum()} ratings that are not finite numbers ({_rows(bad)}: {examples}); "
                         "fix or drop those rows, or pass --rating-col with the column that holds the ratings")
     if y_range is not None and (ratings.min() < y_range[0] or ratings.max() > y_range[1]):
-        low, high = min(y_range[0], ratings.min()), max(y_range[1], ratings.max())
+        low, high = _outward(min(y_range[0], ratings.min()), max(y_range[1], ratings.max()))
+        # "=" keeps a negative low bound from reading as an option to argparse
         raise DataError(f"{source} has ratings from {ratings.min():g} to {ratings.max():g}, outside y_range "
-                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range {low:g},{high:g} or a wider range")
+                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range={low:.15g},{high:.15g} or a wider range")
     return ratings
+
+
+def _outward(low, high):
+    """(low, high) rounded outwards to a tenth of the span's order of magnitude: short bounds that still hold both."""
+    step = 10.0 ** (np.floor(np.log10(high - low)) - 1) if high > low else 1.0
+    digits = max(0, int(-np.log10(step)))
+    rounded_low, rounded_high = round(np.floor(low / step) * step, digits), round(np.ceil(high / step) * step, digits)
+    # rounding to `digits` can only step back inside by a float's last bit: one step more settles it
+    return (rounded_low if rounded_low <= low else rounded_low - step,
+            rounded_high if rounded_high >= high else rounded_high + step)
 
 
 def _seconds(values, source):

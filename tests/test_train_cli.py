@@ -245,6 +245,23 @@ def train_ok(tmp_path, capsys, *args):
     return artifacts.load(out)
 
 
+def test_ratings_outside_the_y_range_get_bounds_that_parse_and_train(tmp_path, capsys):
+    import re
+
+    rng = __import__("numpy").random.default_rng(0)
+    path = write(tmp_path / "r.csv", "user,item,rating\n" + dense_rows(rating=lambda u, i: repr(rng.uniform(-10, 10))))
+    code, err, _ = run(tmp_path, capsys, "--data", path, "--models", "dot", "--epochs", "1")
+    assert code == 2 and "pass --y-range=-10,10 or a wider range" in err, err
+    suggested = re.search(r"--y-range=(\S+)", err).group(1)
+    loaded = train_ok(tmp_path, capsys, "--data", path, "--y-range", suggested)  # as typed, with a space
+    assert loaded.config["y_range"] == [-10.0, 10.0]
+
+
+@pytest.mark.parametrize("argv", [["--y-range", "-10.5,10.5"], ["--y-range=-10.5,10.5"]])
+def test_a_negative_low_bound_parses_with_a_space_or_an_equals_sign(argv):
+    assert train.parser().parse_args(train.negative_values_attached(argv)).y_range == (-10.5, 10.5)
+
+
 def test_ids_past_64_bits_train_as_themselves(tmp_path, capsys):
     from hfcf.errors import UnknownUserError
     from hfcf.recommend import Recommender
