@@ -643,9 +643,8 @@ def _check_ratings(values, y_range, source):
                         "fix or drop those rows, or pass --rating-col with the column that holds the ratings")
     if y_range is not None and (ratings.min() < y_range[0] or ratings.max() > y_range[1]):
         low, high = _outward(min(y_range[0], ratings.min()), max(y_range[1], ratings.max()))
-        # "=" keeps a negative low bound from reading as an option to argparse
         raise DataError(f"{source} has ratings from {ratings.min():g} to {ratings.max():g}, outside y_range "
-                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range={low:.15g},{high:.15g} or a wider range")
+                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range {low:.15g},{high:.15g} or a wider range")
     return ratings
 
 

@@ -251,9 +251,9 @@ def test_ratings_outside_the_y_range_get_bounds_that_parse_and_train(tmp_path, c
     rng = __import__("numpy").random.default_rng(0)
     path = write(tmp_path / "r.csv", "user,item,rating\n" + dense_rows(rating=lambda u, i: repr(rng.uniform(-10, 10))))
     code, err, _ = run(tmp_path, capsys, "--data", path, "--models", "dot", "--epochs", "1")
-    assert code == 2 and "pass --y-range=-10,10 or a wider range" in err, err
-    suggested = re.search(r"--y-range=(\S+)", err).group(1)
-    loaded = train_ok(tmp_path, capsys, "--data", path, "--y-range", suggested)  # as typed, with a space
+    assert code == 2 and "pass --y-range -10,10 or a wider range" in err, err
+    suggested = re.search(r"--y-range (\S+)", err).group(1)
+    loaded = train_ok(tmp_path, capsys, "--data", path, "--y-range", suggested)  # as typed
     assert loaded.config["y_range"] == [-10.0, 10.0]
 
 
