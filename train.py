@@ -12,6 +12,7 @@ Exit status: 0 success, 2 bad input (nothing written), 1 internal or Hub failure
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import sys
 
@@ -150,8 +151,18 @@ def check_args(args):
         hub.check_can_push(args.repo_id, args.private)
 
 
+def negative_values_attached(argv):
+    """argv with `--y-range -1,5` written `--y-range=-1,5`: argparse takes a value that starts with "-" for an
+    option unless it is a single number."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for position in range(len(argv) - 1, 0, -1):
+        if argv[position - 1] == "--y-range" and re.fullmatch(r"-[\d.].*", argv[position]):
+            argv[position - 1:position + 1] = [f"--y-range={argv[position]}"]
+    return argv
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
+    args = parser().parse_args(negative_values_attached(argv))
     trained, world = False, None
     try:
         check_args(args)

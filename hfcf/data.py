@@ -7,8 +7,13 @@ shape that frame:
 Titles are the model's item keys, so each item gets exactly one title and no two items share one.
 Titles are stripped of surrounding spaces. Distinct item ids that share a title stay distinct: the
 lowest id keeps the title and every later id gets the suffix " [item <id>]", e.g.
-"Chasing Amy (1997) [item 268]". An item with no title gets its id as text. MovieLens readers apply
-the rule to the whole catalogue, so a title never depends on which ratings a split holds.
+"Chasing Amy (1997) [item 268]"; so does a title "#na#", the name of the embeddings' unknown row. An
+item with no title gets its id as text. When a titles table gives one id several titles, the first is kept
+and a note says so. MovieLens readers apply the rule to the whole catalogue, so a title never depends on
+which ratings a split holds.
+
+Ids that are all whole numbers become integers when they fit in 64 bits, else their exact decimal text, so
+no two ids ever collapse into one. A user id "#na#" is refused: that name is the unknown row's.
 
 A (user, item) pair rated more than once is refused by default (`on_duplicate="error"`).
 `on_duplicate="last"` keeps the rating with the latest timestamp (the later row on ties or without
@@ -21,6 +26,7 @@ import csv
 import hashlib
 import io
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -32,7 +38,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, MissingColumnError
+from .vocab import NA
 
 COLUMNS = ["user", "item", "title", "rating", "timestamp"]
 FINGERPRINT_CHUNK = 1 << 22  # rows hashed at once
@@ -60,6 +67,10 @@ MOVIELENS_CSV_NAMES = {"ml-25m": "MovieLens 25M", "ml-32m": "MovieLens 32M", "ml
 # Words that hint which column a user meant, for the fix in a missing-column error.
 COLUMN_WORDS = {"user": ("user",), "item": ("item", "movie", "product", "book"),
                 "rating": ("rating", "score", "star"), "timestamp": ("time", "date"), "title": ("title", "name")}
+# The ratings file of each MovieLens folder, and the columns of the CSV pair MovieLens latest-small reads.
+MOVIELENS_RATINGS_FILES = {"ml-100k": "u.data", "ml-latest-small": "ratings.csv", "ml-1m": "ratings.dat"}
+MOVIELENS_CSV_COLUMNS = {"ratings.csv": {"user": "userId", "item": "movieId", "rating": "rating"},
+                         "movies.csv": {"item": "movieId", "title": "title"}}
 ML_100K_FIX = "pass the ml-100k folder (it holds u.data and u.item) or let hfcf download it"
 SYNTHETIC_BEST_BIAS = 2.0  # large enough that best items out-rate every other item whoever rates them
 
@@ -112,9 +123,10 @@ def movielens_latest_small(path, on_duplicate="error", y_range=None):
     """MovieLens latest-small (or 25M, 32M, latest): ratings.csv and movies.csv in `path`."""
     folder = Path(path).expanduser()
     _require(folder, ["ratings.csv", "movies.csv"], "pass the folder unzipped from ml-latest-small.zip")
-    movies = _read(folder / "movies.csv")
+    movies, ratings = _read(folder / "movies.csv"), _read(folder / "ratings.csv")
+    _require_movielens_columns(folder, {"ratings.csv": ratings, "movies.csv": movies})
     titles, notes = _unique_titles(movies["movieId"], movies["title"])
-    ratings = _read(folder / "ratings.csv").rename(columns={"userId": "user", "movieId": "item"})
+    ratings = ratings.rename(columns={"userId": "user", "movieId": "item"})
     ratings["title"] = ratings["item"].map(titles)
     name = MOVIELENS_CSV_NAMES.get(folder.name, "MovieLens latest-small")
     return _movielens(ratings, notes, name, "https://grouplens.org/datasets/movielens/latest/", on_duplicate,
@@ -148,13 +160,17 @@ def ratings_table(path, user_col, item_col, rating_col, timestamp_col=None, titl
         wanted["timestamp"] = (timestamp_col, "--timestamp-col")
     if titles_path is None and title_col in table.columns:
         wanted["title"] = (title_col, "--title-col")
+    _refuse_movielens_file(path, table, wanted)
+    _check_read_as_table(table, path, ("user", "item", "rating", "timestamp"))
     ratings = _pick_columns(table, wanted, path.name)
     del table  # the picked columns are a copy: at 25M ratings the whole table is worth a GB
     notes = []
     if titles_path is not None:
         titles_path = Path(titles_path).expanduser()
         wanted = {"item": (titles_item_col or item_col, "--titles-item-col"), "title": (title_col, "--title-col")}
-        catalogue = _pick_columns(_read_table(titles_path), wanted, titles_path.name)
+        catalogue = _read_table(titles_path)
+        _check_read_as_table(catalogue, titles_path, ("item", "title"))
+        catalogue = _pick_columns(catalogue, wanted, titles_path.name)
         titles, notes = _unique_titles(_normalise_ids(catalogue["item"]), catalogue["title"])
         ratings["title"] = _normalise_ids(ratings["item"]).map(titles)
     clean, validation_notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=path.name)
@@ -246,6 +262,7 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
                                                     if column != "title" or "title" in df.columns])
     for column in ("user", "item"):
         df[column] = _check_ids(df[column], column, source)
+    _refuse_reserved_users(df["user"], source)
     df["rating"] = _check_ratings(df["rating"], y_range, source)
     df["timestamp"] = _seconds(df["timestamp"], source)
     df, notes = _merge_duplicates(df, on_duplicate, source)
@@ -400,20 +417,50 @@ def _ml100k_titles(folder):
 
 def _unique_titles(items, titles):
     """(item id -> one unique title by the module's duplicate-title rule, notes); an id's first title wins."""
-    first = pd.Series(titles.to_numpy(dtype=object), index=items.to_numpy()).groupby(level=0, sort=True).first()
-    unique, taken, untitled, renamed = {}, set(), 0, 0
+    listed = pd.Series(titles.to_numpy(dtype=object), index=items.to_numpy())
+    first = listed.groupby(level=0, sort=True).first()
+    unique, taken, untitled, renamed = {}, {NA}, 0, []
     for item, title in first.items():
         title = "" if pd.isna(title) else str(title).strip()
         if not title:
             title, untitled = str(item), untitled + 1
         if title in taken:
-            title, renamed = f"{title} [item {item}]", renamed + 1
+            renamed.append(title)
+        while title in taken:  # a loop: another item may already hold "<title> [item <id>]" itself
+            title = f"{title} [item {item}]"
         taken.add(title)
         unique[item] = title
     notes = [f"{untitled} items have no title; their ids stand in as titles"] if untitled else []
-    if renamed:
-        notes.append(f"{renamed} items share a title with a lower item id; they got the suffix ' [item <id>]'")
-    return unique, notes
+    shared = len(renamed) - renamed.count(NA)
+    if shared:
+        notes.append(f"{shared} items share a title with a lower item id; they got the suffix ' [item <id>]'")
+    if NA in renamed:
+        notes.append(f"{renamed.count(NA)} items titled {NA!r}, the name of the embeddings' unknown row, got the "
+                     "suffix ' [item <id>]'")
+    return unique, notes + _several_titles_note(listed)
+
+
+def _several_titles_note(listed):
+    """A note on item ids listed with more than one title (the first is kept), or none."""
+    text = listed.dropna().astype(str).str.strip()
+    text = text[text != ""]
+    distinct = text.groupby(level=0).nunique()
+    several = distinct.index[distinct > 1]
+    if len(several) == 0:
+        return []
+    shown = list(dict.fromkeys(text.loc[[several[0]]]))
+    return [f"{len(several)} item ids are listed with more than one title (item {several[0]}: {shown[0]!r}, then "
+            f"{shown[1]!r}); the first title of each is kept"]
+
+
+def _refuse_reserved_users(users, source):
+    """Refuse the user id "#na#": the model's vocabulary keeps that name for its unknown row."""
+    if pd.api.types.is_numeric_dtype(users):
+        return
+    reserved = users == NA
+    if reserved.any():
+        raise DataError(f"{source} has the user id {NA!r} ({_rows(reserved)}), the name the model keeps for "
+                        "unknown users; rename that user in the file (any other id will do)")
 
 
 def _require(folder, names, fix):
@@ -457,16 +504,81 @@ def _read_table(path):
 
 
 def _pick_columns(table, wanted, source):
-    """Rename {ours: (theirs, option)} columns of `table`, raising DataError that names a likely fix."""
+    """Rename {ours: (theirs, option)} columns of `table`, raising MissingColumnError that names a likely fix."""
     found = [str(column) for column in table.columns]
     for ours, (theirs, option) in wanted.items():
         if theirs not in table.columns:
             unused = [column for column in found if column not in {name for name, _ in wanted.values()}]
-            likely = [column for column in unused if any(word in column.lower() for word in COLUMN_WORDS[ours])]
-            guess = likely[0] if likely else unused[0] if len(unused) == 1 else "NAME"
-            raise DataError(f"{source} has no column {theirs!r} (columns found: {', '.join(found)}); "
-                            f"pass {option} {guess}")
+            raise MissingColumnError(f"{source} has no column {theirs!r} (columns found: {', '.join(found)}); "
+                                     f"pass {option} {shlex.quote(_guess_column(unused, ours))}", source, theirs, found)
     return pd.DataFrame({ours: table[theirs] for ours, (theirs, _) in wanted.items()}).reset_index(drop=True)
+
+
+def _guess_column(columns, ours):
+    """The column of `columns` that most likely holds `ours` (by its name, or the only one left), else "NAME"."""
+    likely = [column for column in columns if any(word in column.lower() for word in COLUMN_WORDS[ours])]
+    return likely[0] if likely else columns[0] if len(columns) == 1 else "NAME"
+
+
+def _guess_columns(table, ours):
+    """{ours: a likely column of `table`, quoted for a shell}, each column guessed once, in the order of `ours`."""
+    left, guesses = [str(column) for column in table.columns], {}
+    for name in ours:
+        guesses[name] = _guess_column(left, name)
+        left = [column for column in left if column != guesses[name]]
+    return {name: shlex.quote(guess) for name, guess in guesses.items()}
+
+
+def _require_movielens_columns(folder, tables):
+    """Refuse a ratings.csv and movies.csv that are not MovieLens's, giving the train.py flags that read them as a
+    ratings file and a titles table."""
+    for name, table in tables.items():
+        missing = [column for column in MOVIELENS_CSV_COLUMNS[name].values() if column not in table.columns]
+        if missing:
+            ratings, titles = (_guess_columns(tables[file], MOVIELENS_CSV_COLUMNS[file]) for file in tables)
+            flags = (f"--data {shlex.quote(str(folder / 'ratings.csv'))} --user-col {ratings['user']} --item-col "
+                     f"{ratings['item']} --rating-col {ratings['rating']} --titles "
+                     f"{shlex.quote(str(folder / 'movies.csv'))} --titles-item-col {titles['item']} --title-col "
+                     f"{titles['title']}")
+            raise DataError(f"{folder} holds a ratings.csv and a movies.csv, but not MovieLens's: {name} has no "
+                            f"column {missing[0]!r} (columns found: {', '.join(map(str, table.columns))}); read "
+                            f"them as a ratings file and a titles table, naming their columns: {flags}")
+
+
+def _refuse_movielens_file(path, table, wanted):
+    """Refuse a MovieLens folder's ratings file given alone without the columns asked for: read the folder."""
+    format = _folder_format(path.parent)
+    if format and path.name == MOVIELENS_RATINGS_FILES[format] and \
+            any(theirs not in table.columns for theirs, _ in wanted.values()):
+        raise DataError(f"{path.name} is the ratings file of a MovieLens folder ({format}), which hfcf reads with "
+                        f"its titles; pass the folder that holds it: --data {shlex.quote(str(path.parent))}")
+
+
+def _check_read_as_table(table, path, names):
+    """Refuse a text table that did not read as one: a single column named by a whole line (its fields are not
+    comma separated), or numbers for column names over columns of numbers (no header: its first row is lost)."""
+    if path.suffix.lower() == ".parquet":
+        return
+    columns = [str(column) for column in table.columns]
+    separator = next((mark for mark in ("\t", ";", "|", ":") if len(columns) == 1 and mark in columns[0]), None)
+    if separator is not None:
+        fix = "name it .tsv" if separator == "\t" else "save it comma separated"
+        raise DataError(f"{path.name} reads as one column named {columns[0]!r}: its fields are separated by "
+                        f"{separator!r}, not commas; {fix}")
+    if any(_is_number(name) and pd.api.types.is_numeric_dtype(table[name]) for name in table.columns):
+        header = [*names, *(f"column{i}" for i in range(len(names) + 1, len(columns) + 1))][:len(columns)]
+        raise DataError(f"{path.name} seems to have no header row: its first row ({', '.join(columns)}) was read as "
+                        f"column names, and would be lost; add a header line at the top naming its {len(columns)} "
+                        f"columns, separated as its rows are (e.g. {','.join(header)})")
+
+
+def _is_number(text):
+    """Whether `text` (a column name) reads as a number."""
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _check_y_range(y_range):
@@ -495,15 +607,21 @@ def _check_ids(ids, column, source):
 
 
 def _normalise_ids(ids):
-    """Ids that are all whole numbers become int32 when they fit, else int64 (`_compact`), any others str;
-    missing ids are left for validate."""
+    """Ids that are all whole numbers become int32 when they fit, else int64 (`_compact`), else (past int64) their
+    exact decimal text; any others str; missing ids are left for validate."""
     if ids.isna().any():
         return ids
     if pd.api.types.is_integer_dtype(ids):
-        return ids if ids.dtype == np.int32 else _compact(ids.astype("int64"))  # int32: already compact, no copy
+        if ids.dtype == np.int32:
+            return ids  # already compact, no copy
+        # uint64 past int64 would wrap to negative ids; their decimal text keeps each one
+        return ids.astype(str) if ids.max() > np.iinfo(np.int64).max else _compact(ids.astype("int64"))
     if pd.api.types.is_float_dtype(ids):
-        whole = np.isfinite(ids).all() and (ids == ids.round()).all()
-        return _compact(ids.astype("int64")) if whole else ids.astype(str)
+        if not (np.isfinite(ids).all() and (ids == ids.round()).all()):
+            return ids.astype(str)
+        if (ids.abs() < 2.0**63).all():
+            return _compact(ids.astype("int64"))
+        return ids.map(lambda value: str(int(value)))  # 1e19 would overflow int64 to one shared id
     text = ids.astype(str).str.strip()
     return _compact(text.astype("int64")) if text.str.fullmatch(r"[+-]?\d{1,18}").all() else text
 
@@ -524,10 +642,20 @@ def _check_ratings(values, y_range, source):
         raise DataError(f"{source} has {bad.sum()} ratings that are not finite numbers ({_rows(bad)}: {examples}); "
                         "fix or drop those rows, or pass --rating-col with the column that holds the ratings")
     if y_range is not None and (ratings.min() < y_range[0] or ratings.max() > y_range[1]):
-        low, high = min(y_range[0], ratings.min()), max(y_range[1], ratings.max())
+        low, high = _outward(min(y_range[0], ratings.min()), max(y_range[1], ratings.max()))
         raise DataError(f"{source} has ratings from {ratings.min():g} to {ratings.max():g}, outside y_range "
-                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range {low:g},{high:g} or a wider range")
+                        f"({y_range[0]:g}, {y_range[1]:g}); pass --y-range {low:.15g},{high:.15g} or a wider range")
     return ratings
+
+
+def _outward(low, high):
+    """(low, high) rounded outwards to a tenth of the span's order of magnitude: short bounds that still hold both."""
+    step = 10.0 ** (np.floor(np.log10(high - low)) - 1) if high > low else 1.0
+    digits = max(0, int(-np.log10(step)))
+    rounded_low, rounded_high = round(np.floor(low / step) * step, digits), round(np.ceil(high / step) * step, digits)
+    # rounding to `digits` can only step back inside by a float's last bit: one step more settles it
+    return (rounded_low if rounded_low <= low else rounded_low - step,
+            rounded_high if rounded_high >= high else rounded_high + step)
 
 
 def _seconds(values, source):
@@ -622,15 +750,23 @@ def _detect_format(source):
         return "table"
     if not path.is_dir():
         raise DataError(f"{source} does not exist; pass a MovieLens folder, a ratings file or 'synthetic'")
+    format = _folder_format(path)
+    if format is not None:
+        return format
+    raise DataError(f"{path} holds none of u.data (MovieLens 100k), ratings.csv with movies.csv (latest-small) "
+                    "or ratings.dat (1M); pass one of those folders, or a ratings file with --user-col, "
+                    "--item-col and --rating-col")
+
+
+def _folder_format(path):
+    """The MovieLens format of folder `path`, from the files it holds, or None."""
     if (path / "u.data").is_file():
         return "ml-100k"
     if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
         return "ml-latest-small"
     if (path / "ratings.dat").is_file():
         return "ml-1m"
-    raise DataError(f"{path} holds none of u.data (MovieLens 100k), ratings.csv with movies.csv (latest-small) "
-                    "or ratings.dat (1M); pass one of those folders, or a ratings file with --user-col, "
-                    "--item-col and --rating-col")
+    return None
 
 
 def _rows(mask):

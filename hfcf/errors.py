@@ -33,3 +33,11 @@ class ArtifactError(HfcfError):
 
 class HubError(HfcfError):
     """A Hub request that failed: authentication, permissions, a missing repo or no network."""
+
+
+class MissingColumnError(DataError):
+    """A table without a column it was asked for; `column`, `source` and `found` let a caller give its own fix."""
+
+    def __init__(self, message, source, column, found):
+        super().__init__(message)
+        self.source, self.column, self.found = source, column, list(found)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, HfcfError
+from .errors import DataError, HfcfError, MissingColumnError
 from .card import settings_text
 from .recommend import MODELS, History, Recommender, check_n
 
@@ -85,9 +85,7 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
     name, read_as = config.get("name", "unknown data"), config.get("read_as") or {}
     try:
         if ratings is not None:
-            columns = dict(read_as.get("columns") or {}) | ({"titles_path": titles} if titles else {})
-            dataset = data.load(ratings, format=read_as.get("format", "auto"), **columns,
-                                on_duplicate=read_as.get("on_duplicate", "error"))
+            dataset = _read_as_trained(ratings, titles, read_as)
         elif name == "MovieLens 100k":
             dataset = data.movielens_100k()
         elif name == "MovieLens latest-small":  # found under FASTAI_HOME or fetched from GroupLens
@@ -111,6 +109,20 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
     for recommender in recommenders.values():
         recommender.attach_history(history)
     return ""
+
+
+def _read_as_trained(ratings, titles, read_as):
+    """`ratings` (and `titles`) read the way the model's data was; a missing column gets a fix the app takes."""
+    from . import data
+
+    columns = dict(read_as.get("columns") or {}) | ({"titles_path": titles} if titles else {})
+    try:
+        return data.load(ratings, format=read_as.get("format", "auto"), **columns,
+                         on_duplicate=read_as.get("on_duplicate", "error"))
+    except MissingColumnError as err:  # its fix names train.py's column flags, which the app does not take
+        raise DataError(f"{err.source} has no column {err.column!r} (columns found: {', '.join(err.found)}), "
+                        f"which the model's data had; pass the file the model was trained on with --ratings (its "
+                        f"titles with --titles), or rename that column to {err.column!r}") from err
 
 
 def _check_fingerprint(dataset, config, source):

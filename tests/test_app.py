@@ -564,6 +564,17 @@ def test_another_file_than_the_models_is_refused_with_the_mismatch(csv_model, tm
     assert all(recommender._history is None for recommender in recommenders.values())
 
 
+def test_ratings_with_a_renamed_column_get_a_fix_the_app_takes(csv_model, tmp_path):
+    recommenders = space.load_recommenders(str(csv_model / "model"))
+    text = (csv_model / "stars.csv").read_text()
+    (tmp_path / "stars.csv").write_text(text.replace("reader,", "user,", 1))
+    note = space.load_history(recommenders, str(tmp_path / "stars.csv"), log=quiet)
+    assert "has no column 'reader'" in note and "rename that column to 'reader'" in note and "--ratings" in note
+    assert "--user-col" not in note  # a train.py flag: app.py takes none of them
+    (tmp_path / "stars.csv").write_text(text)  # the fix: that column renamed back
+    assert space.load_history(recommenders, str(tmp_path / "stars.csv"), log=quiet) == ""
+
+
 def test_a_latest_small_model_finds_its_ratings_again(tmp_path, monkeypatch):
     """Issue 13: MovieLens latest-small is re-read (or fetched, tests/test_data.py) when the card says so."""
     pytest.importorskip("fastai")

@@ -655,3 +655,94 @@ def test_a_repeated_pair_is_found_among_many_distinct_ones():
     items[5000] = items[7000]
     with pytest.raises(DataError, match="1 duplicate \\(user, item\\) pairs in 2 rows"):
         data.validate(pd.DataFrame({"user": users, "item": items, "rating": ratings}))
+
+
+# Ids, names and files that read as something they are not.
+
+@pytest.mark.parametrize("first", [10**19, 10**18])
+def test_whole_number_ids_past_64_bits_stay_distinct(tmp_path, first):
+    """Ids as uint64 (10**19 + k) or as floats spread over 1e18-1e20 once overflowed int64 into one shared id."""
+    users = [first + k for k in range(20)] if first == 10**19 else [repr(float(first * (k + 1))) for k in range(20)]
+    rows = "".join(f"{user},{item},{(k + item) % 5 + 1}\n" for k, user in enumerate(users) for item in (1, 2, 3))
+    dataset = data.load(write(tmp_path, "r.csv", "user,item,rating\n" + rows))
+    assert dataset.ratings["user"].nunique() == 20 and len(dataset.ratings) == 60
+    expected = {str(first + k) if first == 10**19 else str(first * (k + 1)) for k in range(20)}
+    assert set(dataset.ratings["user"]) == expected  # each id's exact digits: no sign wrapped, none rounded
+
+
+def test_a_user_id_na_is_refused_until_it_is_renamed(tmp_path):
+    rows = "user,item,rating\nann,1,4\n#na#,1,3\nbob,2,5\n"
+    with pytest.raises(DataError, match=r"user id '#na#' \(data rows 2\).*rename that user in the file"):
+        data.load(write(tmp_path, "r.csv", rows))
+    dataset = data.load(write(tmp_path, "r.csv", rows.replace("#na#", "na")))  # the fix: any other id
+    assert sorted(dataset.ratings["user"]) == ["ann", "bob", "na"]
+
+
+def test_a_title_na_gets_the_item_suffix():
+    ratings = frame([[1, 5, 4, "#na#"], [2, 6, 3, "Six"], [1, 6, 2, "Six"]], ["user", "item", "rating", "title"])
+    clean, notes = data.validate(ratings)
+    assert clean["title"].tolist() == ["#na# [item 5]", "Six", "Six"]
+    assert "1 items titled '#na#', the name of the embeddings' unknown row, got the suffix ' [item <id>]'" in notes
+
+
+def test_a_suffixed_title_already_taken_gets_another_suffix():
+    ratings = frame([[1, 2, 4, "X [item 3]"], [1, 3, 4, "X"], [2, 1, 3, "X"]], ["user", "item", "rating", "title"])
+    assert data.validate(ratings)[0]["title"].nunique() == 3
+
+
+def test_an_id_listed_with_several_titles_keeps_the_first_and_says_so(tmp_path):
+    write(tmp_path, "titles.csv", "movieId,title\n1,Alpha\n2,Beta\n1,Gamma\n2, Beta \n")
+    dataset = table(tmp_path, "userId,movieId,rating\n1,1,4\n2,2,3\n", titles_path=tmp_path / "titles.csv")
+    assert dataset.ratings["title"].tolist() == ["Alpha", "Beta"]
+    assert ("1 item ids are listed with more than one title (item 1: 'Alpha', then 'Gamma'); the first title of "
+            "each is kept") in dataset.notes
+
+
+def test_a_movielens_ratings_file_given_alone_says_to_pass_its_folder(tmp_path):
+    folder = fake_ml100k(tmp_path / "ml-100k")
+    with pytest.raises(DataError, match=r"u.data is the ratings file of a MovieLens folder \(ml-100k\).*pass the "
+                                        r"folder that holds it: --data " + str(folder)):
+        data.load(folder / "u.data")
+    assert data.load(folder).name == "MovieLens 100k"  # the fix
+
+
+def test_a_table_separated_by_tabs_but_named_csv_says_how_to_read_it(tmp_path):
+    text = "user\titem\trating\n1\t1\t4\n2\t1\t3\n2\t2\t5\n"
+    with pytest.raises(DataError, match=r"reads as one column named 'user\\titem\\trating'.*separated by '\\t'.*"
+                                        r"name it .tsv"):
+        data.load(write(tmp_path, "r.csv", text))
+    assert len(data.load(write(tmp_path, "r.tsv", text)).ratings) == 3  # the fix
+
+
+@pytest.mark.parametrize("text", ["1,10,4\n2,10,3\n2,20,5\n", "ann,10,4\nbob,10,3\nbob,20,5\n"])
+def test_a_table_without_a_header_is_refused_rather_than_losing_its_first_row(tmp_path, text):
+    first = text.split("\n")[0].replace(",", ", ")
+    path = write(tmp_path, "r.csv", text)
+    with pytest.raises(DataError, match=rf"no header row: its first row \({first}\).*would be lost; add a header "
+                                        r"line .*\(e.g. user,item,rating\)"):
+        data.load(path)
+    with pytest.raises(DataError, match="no header row"):  # naming the first row's values no longer drops it
+        data.load(path, user_col=first.split(", ")[0], item_col="10", rating_col="4")
+    assert len(data.load(write(tmp_path, "r.csv", "user,item,rating\n" + text)).ratings) == 3  # the fix
+
+
+def test_a_titles_table_without_a_header_is_refused(tmp_path):
+    write(tmp_path, "titles.csv", "1,Alpha\n2,Beta\n")
+    with pytest.raises(DataError, match=r"titles.csv seems to have no header row.*\(e.g. item,title\)"):
+        table(tmp_path, "userId,movieId,rating\n1,1,4\n2,2,3\n", titles_path=tmp_path / "titles.csv")
+
+
+def test_a_folder_with_other_ratings_and_movies_csvs_gives_the_flags_that_read_them(tmp_path):
+    write(tmp_path, "ratings.csv", "user_id,book_id,score\n1,1,4\n2,1,3\n2,2,5\n")
+    write(tmp_path, "movies.csv", "book_id,book_title\n1,A\n2,B\n")
+    with pytest.raises(DataError, match=r"not MovieLens's: ratings.csv has no column 'userId'") as refused:
+        data.load(tmp_path)
+    flags = str(refused.value).split("naming their columns: ")[1]
+    assert flags == (f"--data {tmp_path / 'ratings.csv'} --user-col user_id --item-col book_id --rating-col score "
+                     f"--titles {tmp_path / 'movies.csv'} --titles-item-col book_id --title-col book_title")
+
+
+def test_ratings_outside_y_range_suggest_bounds_that_hold_every_rating():
+    ratings = frame([[1, 1, -9.99619996], [2, 1, 9.99114], [2, 2, 0.25]], ["user", "item", "rating"])
+    with pytest.raises(DataError, match=r"pass --y-range -10,10 or a wider range"):
+        data.validate(ratings, y_range=(0, 5.5))

@@ -228,3 +228,94 @@ def test_set_takes_true_and_false_for_a_switch(tmp_path, capsys):
     assert (chosen["dot"].lazy, chosen["nn"].lazy) == (False, True)
     assert train.main(["--data", "synthetic", "--set", "dot.lazy=maybe", "--out", str(tmp_path / "model")]) == 2
     assert "expected a value like the default, False" in capsys.readouterr().err
+
+
+# Refusals of files that read as something they are not: following the advice trains.
+
+def dense_rows(user=str, item=str, rating=lambda u, i: (u * i) % 5 + 1, sep=","):
+    """Rows of 30 users x 20 items (two in three pairs rated), ids and ratings made by the given functions."""
+    return "".join(f"{user(u)}{sep}{item(i)}{sep}{rating(u, i)}\n" for u in range(1, 31) for i in range(1, 21)
+                   if (u + i) % 3)
+
+
+def train_ok(tmp_path, capsys, *args):
+    """train.py with the smallest model on `args`; its folder loads."""
+    code, err, out = run(tmp_path, capsys, *args, "--models", "dot", "--epochs", "1")
+    assert code == 0, err
+    return artifacts.load(out)
+
+
+def test_ratings_outside_the_y_range_get_bounds_that_parse_and_train(tmp_path, capsys):
+    import re
+
+    rng = __import__("numpy").random.default_rng(0)
+    path = write(tmp_path / "r.csv", "user,item,rating\n" + dense_rows(rating=lambda u, i: repr(rng.uniform(-10, 10))))
+    code, err, _ = run(tmp_path, capsys, "--data", path, "--models", "dot", "--epochs", "1")
+    assert code == 2 and "pass --y-range -10,10 or a wider range" in err, err
+    suggested = re.search(r"--y-range (\S+)", err).group(1)
+    loaded = train_ok(tmp_path, capsys, "--data", path, "--y-range", suggested)  # as typed
+    assert loaded.config["y_range"] == [-10.0, 10.0]
+
+
+@pytest.mark.parametrize("argv", [["--y-range", "-10.5,10.5"], ["--y-range=-10.5,10.5"]])
+def test_a_negative_low_bound_parses_with_a_space_or_an_equals_sign(argv):
+    assert train.parser().parse_args(train.negative_values_attached(argv)).y_range == (-10.5, 10.5)
+
+
+def test_ids_past_64_bits_train_as_themselves(tmp_path, capsys):
+    from hfcf.errors import UnknownUserError
+    from hfcf.recommend import Recommender
+
+    path = write(tmp_path / "r.csv", "user,item,rating\n" + dense_rows(user=lambda u: 10**19 + u))
+    loaded = train_ok(tmp_path, capsys, "--data", path)
+    assert len(loaded.users) == 31  # 30 users and #na#, where they once collapsed into one
+    recommender = Recommender.from_pretrained(str(tmp_path / "model"))
+    assert len(recommender.recommend(10**19 + 1, n=3)) == 3
+    with pytest.raises(UnknownUserError, match="valid user ids include 10000000000000000001") as unknown:
+        recommender.recommend(10**19 + 99)
+    assert "-" not in str(unknown.value).split("include")[1]  # no id wrapped to a negative number
+
+
+def test_a_title_na_trains_a_folder_that_loads(tmp_path, capsys):
+    ratings = write(tmp_path / "r.csv", "user,item,rating\n" + dense_rows())
+    titles = write(tmp_path / "t.csv", "item,title\n" + "".join(f"{i},{'#na#' if i == 3 else f'T{i}'}\n"
+                                                                for i in range(1, 21)))
+    loaded = train_ok(tmp_path, capsys, "--data", ratings, "--titles", titles)
+    assert "#na# [item 3]" in loaded.items.keys
+
+
+def test_a_user_na_is_refused_and_renaming_it_trains(tmp_path, capsys):
+    text = "user,item,rating\n" + dense_rows(user=lambda u: "#na#" if u == 1 else f"u{u}")
+    code, err, out = run(tmp_path, capsys, "--data", write(tmp_path / "r.csv", text))
+    assert code == 2 and "rename that user in the file" in err and not out.exists()
+    train_ok(tmp_path, capsys, "--data", write(tmp_path / "r.csv", text.replace("#na#", "u1")))
+
+
+def test_a_folder_of_other_ratings_and_movies_csvs_trains_with_the_flags_given(tmp_path, capsys):
+    import shlex
+
+    write(tmp_path / "ratings.csv", "user_id,book_id,score\n" + dense_rows())
+    write(tmp_path / "movies.csv", "book_id,book_title\n" + "".join(f"{i},Book {i}\n" for i in range(1, 21)))
+    code, err, _ = run(tmp_path, capsys, "--data", str(tmp_path))
+    assert code == 2 and "not MovieLens's" in err and "Traceback" not in err, err
+    loaded = train_ok(tmp_path, capsys, *shlex.split(err.split("naming their columns: ")[1]))
+    assert "Book 7" in loaded.items.keys
+
+
+def test_a_movielens_ratings_file_given_alone_trains_when_its_folder_is_passed(tmp_path, capsys):
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    write(folder / "ratings.dat", dense_rows(sep="::").replace("\n", "::978300760\n"))
+    write(folder / "movies.dat", "".join(f"{i}::Film {i} (1999)::Drama\n" for i in range(1, 21)))
+    code, err, _ = run(tmp_path, capsys, "--data", str(folder / "ratings.dat"))
+    assert code == 2 and f"pass the folder that holds it: --data {folder}" in err, err
+    assert "Film 7 (1999)" in train_ok(tmp_path, capsys, "--data", str(folder)).items.keys
+
+
+def test_a_csv_without_a_header_is_refused_and_trains_with_one(tmp_path, capsys):
+    rows = dense_rows()
+    code, err, _ = run(tmp_path, capsys, "--data", write(tmp_path / "r.csv", rows), "--user-col", "1",
+                       "--item-col", "1.1", "--rating-col", "2")  # the first row's values, as pandas names them
+    assert code == 2 and "no header row" in err and "e.g. user,item,rating" in err, err
+    loaded = train_ok(tmp_path, capsys, "--data", write(tmp_path / "r.csv", "user,item,rating\n" + rows))
+    assert loaded.config["dataset"]["n_ratings"] == rows.count("\n")  # the first row is there
