@@ -1,6 +1,7 @@
 """hfcf.hub against the in-memory Hub of tests/hub_server.py: no request leaves 127.0.0.1."""
 
 import hashlib
+import shutil
 import socket
 from pathlib import Path
 
@@ -60,8 +61,6 @@ def server():
 def model_folder(synthetic_model, tmp_path):
     """A trained folder whose card names REPO already (so pushing there leaves it as it is), and two files that
     are not the model's."""
-    import shutil
-
     from hfcf import artifacts, card
 
     folder = shutil.copytree(synthetic_model[0], tmp_path / "model")
@@ -413,8 +412,6 @@ SECRET = "hf_secret_token_of_this_machine"
 @pytest.fixture
 def trained_copy(synthetic_model, tmp_path, monkeypatch):
     """A copy of a trained folder to push with `python -m hfcf push`, and a secret file beside it."""
-    import shutil
-
     monkeypatch.setattr(hub, "check_can_push", lambda *args, **kwargs: None)  # a bare test server has no whoami
     (tmp_path / "token").write_text(SECRET)
     return shutil.copytree(synthetic_model[0], tmp_path / "model")
@@ -436,19 +433,13 @@ def test_push_refuses_a_model_file_that_is_a_link(server, trained_copy, monkeypa
     """A README linked to the token file was published with the token in it."""
     target = trained_copy.parent / "token"
     if name != "README.md":  # a link to a copy of the real file: what it points at is refused, not its content
-        target = shutil_copy(trained_copy / name, trained_copy.parent / f"elsewhere-{name}")
+        target = Path(shutil.copyfile(trained_copy / name, trained_copy.parent / f"elsewhere-{name}"))
     (trained_copy / name).unlink()
     (trained_copy / name).symlink_to(target)
     assert cli_push(server, monkeypatch, trained_copy) == 2
     err = capsys.readouterr().err
     assert f"{name} is a symbolic link" in err and "Traceback" not in err
     assert REPO not in server.repos and SECRET.encode() not in published_text(server)
-
-
-def shutil_copy(source, target):
-    import shutil
-
-    return Path(shutil.copyfile(source, target))
 
 
 @pytest.mark.parametrize("linked", [False, True], ids=["file", "link-to-a-secret"])
