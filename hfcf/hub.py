@@ -106,6 +106,8 @@ def _stage(folder, staging, repo_id):
     """Copy what a push publishes into `staging` and verify the copy there, so nothing is uploaded that was not
     checked, nor changed after it was: the model files config.json lists, and the card. Returns (card, as_is)."""
     artifacts.recover(folder)  # an interrupted write is finished first, as a load would
+    if not folder.is_dir():
+        raise ArtifactError(f"model folder {folder} does not exist: pass the folder train.py --out wrote")
     for name in MODEL_FILES:
         _copy_regular_file(folder / name, staging / name)
     try:

@@ -142,6 +142,8 @@ def test_push_to_someone_elses_namespace_is_a_permission_error(server, model_fol
 def test_push_refuses_a_folder_without_the_model_files(server, tmp_path):
     with pytest.raises(ArtifactError, match="holds no .safetensors weights"):
         hub.push(tmp_path, REPO, endpoint=server.endpoint)
+    with pytest.raises(ArtifactError, match="missing does not exist"):
+        hub.push(tmp_path / "missing", REPO, endpoint=server.endpoint)
     assert server.requests == []
 
 
