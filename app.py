@@ -235,7 +235,7 @@ def build_demo(recommenders, note=""):
 
         def model_info() -> dict:
             """The served model: source, commit, dataset and the card's held-out metrics."""
-            return {"source": first.source, "revision": first.revision, "models": list(recommenders),
+            return {"source": space.served_name(first), "revision": first.revision, "models": list(recommenders),
                     "dataset": first.config["dataset"]["name"], "metrics": first.config["metrics"]}
 
         gr.api(suggest_titles, api_name="suggest_titles")
@@ -251,7 +251,8 @@ def parse_args(argv=None):
     p.add_argument("--ratings", metavar="PATH", help="the ratings the model was trained on, for users' histories: "
                    "any source train.py --data takes, read as the model's config.json records (default: "
                    "HFCF_RATINGS; MovieLens 100k and the synthetic set are found without it)")
-    p.add_argument("--titles", metavar="PATH", help="the titles table, when it is elsewhere than at training")
+    p.add_argument("--titles", metavar="PATH", help="the titles table, when it is not beside --ratings under "
+                   "the name config.json records")
     p.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")

@@ -28,36 +28,35 @@ def parser():
 
 def link_space(repo_id, readme):
     """Point the Space's front matter at the model it serves (`models:` links it on the Hub), keeping the rest."""
-    from huggingface_hub import SpaceCard
-
-    from . import hub
+    from . import artifacts, card, hub
 
     name, _ = hub.split_revision(repo_id)
     hub.check_repo_id(name, "the model repo id")
-    if not Path(readme).is_file():  # SpaceCard.load would take a missing path for a repo id and ask the Hub
-        raise DataError(f"{readme} does not exist; pass the Space's README with --readme")
+    readme = Path(readme)
+    if readme.is_dir():
+        raise DataError(f"{readme} is a folder: pass the Space's README file with --readme {readme / 'README.md'}")
     try:
-        card = SpaceCard.load(readme)
-        card.data.models = [name]
-        card.save(readme)
+        text = card.decode(readme.read_bytes(), readme.name, "pass the Space's README with --readme")
+        artifacts.write_text_atomically(readme, card.with_models(text, name, readme.name))
+    except FileNotFoundError:
+        raise DataError(f"{readme} does not exist; pass the Space's README with --readme") from None
     except OSError as err:
         raise DataError(f"cannot update {readme}: {err.strerror or err}; pass the Space's README with --readme") \
             from None
-    print(f"{readme}: models: [{card.data.models[0]}]. On the Space, also set the variable HFCF_MODEL={repo_id} "
+    print(f"{readme}: models: [{name}]. On the Space, also set the variable HFCF_MODEL={repo_id} "
           "(Settings, Variables) so the app serves it.")
 
 
 def push(folder, repo_id, private):
-    from . import artifacts, card, hub
+    from . import artifacts, hub
 
     hub.check_can_push(repo_id, private)
-    loaded = artifacts.load(folder)  # a corrupt or foreign folder is refused here, not published
-    published = card.card_for_repo(loaded, repo_id)
-    if published is None:
-        print(f"{folder}/README.md was edited after training: published as it is", file=sys.stderr)
-    else:  # the card names the repo it lives in: its title, links and usage snippet
-        artifacts.write_text_atomically(Path(folder) / "README.md", published)
     result = hub.push(folder, repo_id, private=private)
+    readme = Path(folder) / "README.md"
+    if result.card_as_is:
+        print(f"{readme} was edited after training: published as it is", file=sys.stderr)
+    else:  # only now that the Hub holds it: the local card names the repo it was published to
+        artifacts.write_text_atomically(readme, result.card)
     print(f"pushed commit {result.commit_sha} to {result.repo_url}\n{result.url}\n"
           f"To serve it from a Space: python -m hfcf link-space {repo_id}, and set HFCF_MODEL={repo_id} there")
 

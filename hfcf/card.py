@@ -2,11 +2,15 @@
 
 Rendered at training time from config.json, and again at push time so that it names the repo it is published to.
 """
+import re
 from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 RANKING_K = 10  # the cut-off of the ranking metrics on the card
+RENDER_INSTEAD = "delete README.md to publish the card hfcf renders from config.json"  # what fixes a bad card
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
                  "nn": "fastai `EmbeddingNN` (embeddings + MLP)",
@@ -100,20 +104,80 @@ def card_example(user_keys, item_keys, item_counts):
     return {"user": user_keys[1], "titles": [str(item_keys[row]) for row in most_rated]}
 
 
-def card_for_repo(folder, repo_id):
+def card_for_repo(folder, repo_id, current):
     """The card of a loaded model folder (`artifacts.ModelFolder`) with `repo_id` written into its title, links and
-    snippet, to publish it there.
+    snippet, to publish it there; `current` is the folder's README.md text (None: it has none, so one is rendered).
 
     None when the card is not the one hfcf rendered (edited by hand, or from before vocab.json had item counts):
     it is then published as it is.
     """
     from huggingface_hub import ModelCard
 
+    if current is not None:
+        front_matter(current, "README.md", RENDER_INSTEAD)
     if folder.item_counts is None:
+        if current is None:
+            raise DataError(f"{folder.path} has no README.md and its vocab.json predates item counts, so hfcf "
+                            "cannot render its card: write a README.md there, or retrain it with train.py")
         return None
     example = card_example(folder.users.keys, folder.items.keys, folder.item_counts)
-    current = (folder.path / "README.md").read_text(encoding="utf-8")
-    rendered_for = ModelCard(current).data.model_name
-    if current != render_card(folder.config, rendered_for if "/" in str(rendered_for) else None, example):
-        return None
+    if current is not None:
+        rendered_for = ModelCard(current, ignore_metadata_errors=True).data.model_name
+        if current != render_card(folder.config, rendered_for if "/" in str(rendered_for) else None, example):
+            return None
     return render_card(folder.config, repo_id, example)
+
+
+def decode(data, name, fix):
+    """A card's bytes as text; DataError naming `fix` when they are not UTF-8 (what the Hub reads)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{name} is not UTF-8 text (byte {err.start} is {data[err.start]:#04x}): save it as UTF-8, "
+                        f"or {fix}") from None
+
+
+def front_matter(text, name, fix):
+    """The YAML front matter of a card as a dict ({} when it has none); DataError naming `fix` when it is not
+    YAML key: value lines, which the Hub would refuse."""
+    import yaml
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    match = REGEX_YAML_BLOCK.search(text)
+    if not match:
+        return {}
+    try:
+        data = yaml.safe_load(match.group(2))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 2}: {err.problem})" if mark else ""  # + 2: 1-based, after the opening ---
+        raise DataError(f"the YAML front matter of {name} does not parse{where}: fix it between the --- lines, "
+                        f"or {fix}") from None
+    if data is not None and not isinstance(data, dict):
+        raise DataError(f"the YAML front matter of {name} must be key: value lines (it holds a "
+                        f"{type(data).__name__}): fix it between the --- lines, or {fix}")
+    return data or {}
+
+
+def with_models(text, repo_id, name):
+    """A Space README's `text` with its front matter's `models:` set to [repo_id]: the line is replaced where it
+    is (or added last), so comments, order and layout stay as the author wrote them."""
+    import yaml
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    data = front_matter(text, name, "pass the Space's README with --readme")
+    entry = f"models:\n- {repo_id}"
+    match = REGEX_YAML_BLOCK.search(text)
+    if not match:
+        return f"---\n{entry}\n---\n{text}"
+    block = match.group(2)
+    # A top-level `models:` and the lines of its value (indented, or a list at the key's own column).
+    key = re.compile(r"^models:.*(?:\n[ \t-].*)*", re.M)
+    edited = key.sub(lambda _: entry, block, count=1) if key.search(block) else f"{block}\n{entry}"
+    try:
+        kept = yaml.safe_load(edited) == {**data, "models": [repo_id]}
+    except yaml.YAMLError:
+        kept = False
+    if not kept:  # a layout the line edit cannot follow (a flow mapping, an anchor): write the YAML afresh
+        edited = yaml.safe_dump({**data, "models": [repo_id]}, sort_keys=False, allow_unicode=True).rstrip("\n")
+    return text[:match.start(2)] + edited + text[match.end(2):]

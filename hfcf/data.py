@@ -222,7 +222,10 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
     if format != "table" and table_kwargs:
         options = ", ".join("--" + key.replace("_", "-") for key in table_kwargs)
         raise DataError(f"{options} can only be used with a ratings file, not with {format} data; leave them out")
-    read_as = {"format": format, "source": None if source is None else str(source), "columns": table_kwargs,
+    # Names, not paths: config.json is published, and where the files lie is this machine's business.
+    read_as = {"format": format, "source": None if source is None else Path(source).name,
+               "columns": {key: Path(value).name if key == "titles_path" else value
+                           for key, value in table_kwargs.items()},
                "on_duplicate": on_duplicate}
     if format == "synthetic":
         dataset = synthetic()

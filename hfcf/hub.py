@@ -5,6 +5,11 @@ as an argument and scrubs it from every error it raises. `endpoint=None` means h
 (HF_ENDPOINT); pass another for a self-hosted mirror or a test server.
 """
 
+import errno
+import os
+import shutil
+import stat
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +29,12 @@ from huggingface_hub.errors import (
 
 from huggingface_hub.utils import validate_repo_id
 
+from . import artifacts, card
 from .artifacts import MODEL_FILES
 from .artifacts import WEIGHT_FILES as WEIGHTS_BY_KIND
 from .errors import ArtifactError, DataError, HfcfError, HubError
 
 WEIGHT_FILES = tuple(WEIGHTS_BY_KIND.values())  # a folder holds one or more
-REQUIRED_FILES = set(MODEL_FILES) - set(WEIGHT_FILES)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class PushResult:
     commit_sha: str
     url: str  # the commit's page
     repo_url: str
+    card: str  # the README.md published
+    card_as_is: bool  # True: the folder's own README.md (edited by hand), not one rendered for this repo
 
 
 def check_repo_id(repo_id, what="the repo id"):
@@ -79,34 +86,74 @@ def _check_visibility(api, repo_id, private):
 
 
 def push(folder, repo_id, *, private=False, commit_message=None, endpoint=None) -> PushResult:
-    """Upload the model files of `folder` (nothing else) to `repo_id` in one commit; unchanged files make no commit."""
+    """Publish a model folder to `repo_id` in one commit: only the files artifacts.load verifies, the very bytes it
+    verified, and a card that names the repo; the folder itself is left as it is. Unchanged files make no commit."""
     folder = Path(folder)
-    present = {name for name in MODEL_FILES if (folder / name).is_file()}
-    if not (REQUIRED_FILES <= present and present & set(WEIGHT_FILES)):  # checked before a repo gets created
-        raise ArtifactError(
-            f"{folder} is not a model folder: it needs {', '.join(sorted(REQUIRED_FILES))} "
-            f"and {' or '.join(WEIGHT_FILES)}"
-        )
     api = HfApi(endpoint=endpoint)
-    with _hub_errors(repo_id, None, api.endpoint, "push"):
-        _check_visibility(api, repo_id, private)
-        repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        # When nothing changed, huggingface_hub skips the empty commit and returns the current head.
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="model",
-            folder_path=folder,
-            allow_patterns=list(MODEL_FILES),
-            commit_message=commit_message or "Upload hfcf model",
-        )
-    return PushResult(repo_id=repo_id, commit_sha=commit.oid, url=commit.commit_url, repo_url=str(repo_url))
+    with tempfile.TemporaryDirectory(prefix="hfcf-push-") as staging:
+        text, as_is = _stage(folder, Path(staging), repo_id)  # checked before a repo gets created
+        with _hub_errors(repo_id, None, api.endpoint, "push"):
+            _check_visibility(api, repo_id, private)
+            repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            # When nothing changed, huggingface_hub skips the empty commit and returns the current head.
+            commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
+                                       commit_message=commit_message or "Upload hfcf model")
+    return PushResult(repo_id=repo_id, commit_sha=commit.oid, url=commit.commit_url, repo_url=str(repo_url),
+                      card=text, card_as_is=as_is)
+
+
+def _stage(folder, staging, repo_id):
+    """Copy what a push publishes into `staging` and verify the copy there, so nothing is uploaded that was not
+    checked, nor changed after it was: the model files config.json lists, and the card. Returns (card, as_is)."""
+    artifacts.recover(folder)  # an interrupted write is finished first, as a load would
+    if not folder.is_dir():
+        raise ArtifactError(f"model folder {folder} does not exist: pass the folder train.py --out wrote")
+    for name in MODEL_FILES:
+        _copy_regular_file(folder / name, staging / name)
+    try:
+        loaded = artifacts.load(staging)
+    except ArtifactError as err:  # name the user's folder, not the copy
+        raise ArtifactError(str(err).replace(str(staging), str(folder))) from None
+    listed = {"README.md", "config.json", "vocab.json", *(WEIGHTS_BY_KIND[kind] for kind in loaded.config["models"])}
+    for path in staging.iterdir():
+        if path.name not in listed:  # e.g. a stale weights file of a model config.json no longer holds
+            path.unlink()
+    readme = staging / "README.md"
+    current = card.decode(readme.read_bytes(), "README.md", card.RENDER_INSTEAD) if readme.exists() else None
+    rendered = card.card_for_repo(loaded, repo_id, current)
+    if rendered is None:
+        return current, True
+    readme.write_text(rendered, encoding="utf-8")
+    return rendered, False
+
+
+def _copy_regular_file(source, target):
+    """Copy `source` when it is a regular file; a missing one is skipped. A symbolic link, a device or a pipe is
+    refused, never followed: a link named like a model file may point at a token or a system file."""
+    try:  # O_NOFOLLOW: a link put in place after a check is refused too; O_NONBLOCK: a pipe cannot hang the open
+        source_file = open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise ArtifactError(f"cannot read {source}: {err.strerror or err}") from None
+        raise ArtifactError(f"{source.name} is a symbolic link (to {os.readlink(source)}); hfcf publishes only "
+                            f"regular files, never what a link points at: replace {source} with the file itself "
+                            "(train.py writes it), or remove it") from None
+    with source_file:
+        if not stat.S_ISREG(os.fstat(source_file.fileno()).st_mode):
+            raise ArtifactError(f"{source} is not a regular file; hfcf publishes only the files train.py wrote: "
+                                "replace it with such a file, or remove it")
+        with open(target, "wb") as target_file:
+            shutil.copyfileobj(source_file, target_file)
 
 
 def split_revision(repo_id):
     """'owner/name@rev' -> ('owner/name', 'rev'); 'owner/name' -> ('owner/name', None)."""
     name, at, revision = repo_id.partition("@")
     if at and not (name and revision):
-        raise HubError(f"{repo_id!r} is not 'owner/name' or 'owner/name@revision'")
+        raise DataError(f"{repo_id!r} is not 'owner/name' or 'owner/name@revision': name the repo, and after an '@' "
+                        "a branch, tag or commit sha (or drop the '@')")
     return name, revision or None
 
 

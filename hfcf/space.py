@@ -74,7 +74,8 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
     """Attach the dataset's ratings (users' histories) and return a note for the page ("" when attached).
 
     `ratings` (app.py --ratings, HFCF_RATINGS) is any source train.py --data takes, read the way the model's
-    config.json says its data was read (format, column flags; `titles` replaces a titles file recorded there).
+    config.json says its data was read (format, column flags; a titles table recorded there is looked for by its
+    name beside `ratings`, and `titles` names another).
     Without it, MovieLens 100k is found or downloaded and the synthetic set regenerated. The ratings must be
     the ones the model was trained on: their fingerprint (count and hash) is checked against config.json.
     """
@@ -96,8 +97,9 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
             if dataset.notes[:1] != config.get("notes", [])[:1] or len(dataset.ratings) != config.get("n_ratings"):
                 raise DataError("the synthetic set was generated with other settings")
         else:
-            raise DataError(f"the model was trained on {name} ({read_as.get('source') or 'a file'}), which does not "
-                            "travel with the model: pass that file with --ratings PATH (or set HFCF_RATINGS)")
+            source = Path(read_as.get("source") or "a file").name  # folders written before recorded a full path
+            raise DataError(f"the model was trained on {name if source == name else f'{name} ({source})'}, which "
+                            "does not travel with the model: pass that file with --ratings PATH (or set HFCF_RATINGS)")
         _check_fingerprint(dataset, config, ratings)
     except DataError as err:
         log(f"users' ratings unavailable: {err}")
@@ -115,7 +117,9 @@ def _read_as_trained(ratings, titles, read_as):
     """`ratings` (and `titles`) read the way the model's data was; a missing column gets a fix the app takes."""
     from . import data
 
-    columns = dict(read_as.get("columns") or {}) | ({"titles_path": titles} if titles else {})
+    columns = dict(read_as.get("columns") or {})
+    if titles or columns.get("titles_path"):
+        columns["titles_path"] = titles or _titles_beside(ratings, columns["titles_path"])
     try:
         return data.load(ratings, format=read_as.get("format", "auto"), **columns,
                          on_duplicate=read_as.get("on_duplicate", "error"))
@@ -123,6 +127,15 @@ def _read_as_trained(ratings, titles, read_as):
         raise DataError(f"{err.source} has no column {err.column!r} (columns found: {', '.join(err.found)}), "
                         f"which the model's data had; pass the file the model was trained on with --ratings (its "
                         f"titles with --titles), or rename that column to {err.column!r}") from err
+
+
+def _titles_beside(ratings, recorded):
+    """The titles table the model was trained with, looked for beside `ratings`: config.json records its name only."""
+    path = Path(ratings).expanduser().parent / Path(recorded).name
+    if not path.is_file():
+        raise DataError(f"the model's titles were read from {path.name}, which is not beside {Path(ratings).name}: "
+                        "pass it with --titles PATH")
+    return path
 
 
 def _check_fingerprint(dataset, config, source):
@@ -133,7 +146,7 @@ def _check_fingerprint(dataset, config, source):
     if not recorded:
         return
     found = dataset.fingerprint or data.fingerprint(dataset.ratings)
-    where = source or dataset.name
+    where = Path(source).name if source else dataset.name  # the page shows it: a name, not this machine's path
     if found["n_ratings"] != recorded["n_ratings"]:
         raise DataError(f"{where} holds {found['n_ratings']:,} ratings where the model was trained on "
                         f"{recorded['n_ratings']:,}: pass the file the model was trained on")
@@ -343,13 +356,18 @@ def embedding_map(recommenders, model="topn", n_items=50):
     return figure, frame
 
 
+def served_name(recommender):
+    """What the page calls the served model: its repo id, or a local folder's name (its path is this machine's)."""
+    return recommender.source if recommender.revision else Path(recommender.source).name
+
+
 def model_info(recommenders):
     """(markdown naming the repo, commit and data, the card's metrics as a table)."""
     first = next(iter(recommenders.values()))
     config, dataset = first.config, first.config["dataset"]
     commit = f"commit `{first.revision}`" if first.revision else "a local folder (no Hub commit)"
     models = "; ".join(f"**{LABELS[kind]}**: {settings_text(kind, config['models'][kind])}" for kind in recommenders)
-    text = (f"**Model** `{first.source}`, {commit}.  \n"
+    text = (f"**Model** `{served_name(first)}`, {commit}.  \n"
             f"**Data** {markdown_text(dataset['name'])}: {dataset['n_ratings']:,} ratings by {dataset['n_users']:,} users of "
             f"{dataset['n_items']:,} titles. {config['split']['description']}  \n"
             f"**Models** {models}. Trained with fastai {config.get('fastai_version', '?')}; predictions lie in "
@@ -371,5 +389,5 @@ def header(recommenders):
     commit = f" at commit `{first.revision[:12]}`" if first.revision else ""
     labels = [LABELS[kind] for kind in recommenders]
     kinds = " and ".join(filter(None, [", ".join(labels[:-1]), labels[-1]]))
-    return (f"Serving `{first.source}`{commit}: {kinds} model{'s' if len(recommenders) > 1 else ''} trained on "
+    return (f"Serving `{served_name(first)}`{commit}: {kinds} model{'s' if len(recommenders) > 1 else ''} trained on "
             f"{markdown_text(first.config['dataset']['name'])}; {markdown_text(first.users.describe())}.")

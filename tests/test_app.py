@@ -556,6 +556,7 @@ def test_another_file_than_the_models_is_refused_with_the_mismatch(csv_model, tm
     user, book, stars = lines[1].split(",")
     lines[1] = f"{user},{book},{int(stars) % 5 + 1}"  # one rating changed
     (tmp_path / "stars.csv").write_text("\n".join(lines) + "\n")
+    shutil.copy(csv_model / "books.csv", tmp_path)  # the titles are looked for beside the ratings
     note = space.load_history(recommenders, str(tmp_path / "stars.csv"), log=quiet)
     assert "as many as the model was trained on, but not the same ones" in note
     (tmp_path / "fewer.csv").write_text("\n".join(lines[:-1]) + "\n")
@@ -595,3 +596,35 @@ def test_a_latest_small_model_finds_its_ratings_again(tmp_path, monkeypatch):
     assert recommenders["topn"].config["dataset"]["name"] == "MovieLens latest-small"
     assert space.load_history(recommenders, log=quiet) == ""
     assert len(recommenders["topn"].history(3)) == 10
+
+
+# --- local paths stay local: config.json and the page name the training files, never where they were ------------
+def test_config_json_records_the_training_files_names_not_their_paths(csv_model):
+    """config.json, which push publishes, held the full paths of the ratings and titles files."""
+    read_as = json.loads((csv_model / "model" / "config.json").read_text())["dataset"]["read_as"]
+    assert read_as["source"] == "stars.csv" and read_as["columns"]["titles_path"] == "books.csv"
+    for path in (csv_model / "model").iterdir():
+        assert str(csv_model) not in path.read_text(errors="replace"), path.name
+
+
+def test_the_page_names_the_training_file_never_its_path(csv_model, tmp_path):
+    """The page said "trained on stars.csv (/tmp/.../stars.csv)"; a folder written with full paths still serves."""
+    folder = shutil.copytree(csv_model / "model", tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["dataset"]["read_as"]["source"] = str(csv_model / "stars.csv")
+    config["dataset"]["read_as"]["columns"]["titles_path"] = str(csv_model / "books.csv")
+    (folder / "config.json").write_text(json.dumps(config))
+    recommenders = space.load_recommenders(str(folder))
+    note = space.load_history(recommenders, log=quiet)
+    assert "stars.csv" in note and str(csv_model) not in note
+    page = space.header(recommenders) + space.model_info(recommenders)[0]
+    assert "`model`" in page and str(tmp_path) not in page  # the served folder too: its name only
+    assert space.load_history(recommenders, str(csv_model / "stars.csv"), log=quiet) == ""
+
+
+def test_a_titles_table_not_beside_the_ratings_is_asked_for_by_name(csv_model, tmp_path):
+    recommenders = space.load_recommenders(str(csv_model / "model"))
+    ratings = shutil.copy(csv_model / "stars.csv", tmp_path / "stars.csv")
+    note = space.load_history(recommenders, str(ratings), log=quiet)
+    assert "books.csv" in note and "--titles PATH" in note and str(tmp_path) not in note
+    assert space.load_history(recommenders, str(ratings), titles=str(csv_model / "books.csv"), log=quiet) == ""

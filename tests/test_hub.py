@@ -1,7 +1,7 @@
 """hfcf.hub against the in-memory Hub of tests/hub_server.py: no request leaves 127.0.0.1."""
 
 import hashlib
-import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import constants
 
 from hfcf import hub
-from hfcf.errors import ArtifactError, HubError
+from hfcf.errors import ArtifactError, DataError, HubError
 from hub_server import HubServer
 
 TOKEN = "hf_test_token_4f1c9a7e2b"
@@ -58,21 +58,16 @@ def server():
 
 
 @pytest.fixture
-def model_folder(tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    files = {
-        "README.md": b"---\nlibrary_name: fastai\ntags: [collaborative-filtering]\n---\n# MovieLens CF\n",
-        "config.json": b'{"format_version": 1, "y_range": [0, 5.5]}',
-        "vocab.json": b'{"users": ["#na#", "1"], "items": ["#na#", "Toy Story (1995)"]}',
-        "dot.safetensors": os.urandom(3000),
-        "nn.safetensors": os.urandom(5000),
-        "topn.safetensors": os.urandom(4000),
-        "notes.txt": b"not part of the model",
-        "weights.bin": b"a pickle that must never be published",
-    }
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
+def model_folder(synthetic_model, tmp_path):
+    """A trained folder whose card names REPO already (so pushing there leaves it as it is), and two files that
+    are not the model's."""
+    from hfcf import artifacts, card
+
+    folder = shutil.copytree(synthetic_model[0], tmp_path / "model")
+    readme = folder / "README.md"
+    readme.write_text(card.card_for_repo(artifacts.load(folder), REPO, readme.read_text()))
+    (folder / "notes.txt").write_text("not part of the model")
+    (folder / "weights.bin").write_bytes(b"a pickle that must never be published")
     return folder
 
 
@@ -145,8 +140,10 @@ def test_push_to_someone_elses_namespace_is_a_permission_error(server, model_fol
 
 
 def test_push_refuses_a_folder_without_the_model_files(server, tmp_path):
-    with pytest.raises(ArtifactError, match="not a model folder"):
+    with pytest.raises(ArtifactError, match="holds no .safetensors weights"):
         hub.push(tmp_path, REPO, endpoint=server.endpoint)
+    with pytest.raises(ArtifactError, match="missing does not exist"):
+        hub.push(tmp_path / "missing", REPO, endpoint=server.endpoint)
     assert server.requests == []
 
 
@@ -182,8 +179,7 @@ def test_download_from_an_unreachable_hub_fails_at_once(target, caplog):
 def test_download_pins_one_commit_and_never_fetches_pickle(server, model_folder):
     first = hub.push(model_folder, REPO, endpoint=server.endpoint)
     old = model_bytes(model_folder)
-    (model_folder / "nn.safetensors").write_bytes(os.urandom(5000))
-    (model_folder / "config.json").write_bytes(b'{"format_version": 1, "y_range": [0.5, 5.5]}')
+    (model_folder / "README.md").write_text((model_folder / "README.md").read_text() + "\nA second revision.\n")
     hub.push(model_folder, REPO, endpoint=server.endpoint)
     latest = server.add_files(REPO, {"pytorch_model.bin": b"pickle"}, message="add a pickle")
 
@@ -230,7 +226,7 @@ def test_download_offline_without_a_cached_copy_says_so(server, monkeypatch, tar
 def test_split_revision():
     assert hub.split_revision("alice/cf@v1") == ("alice/cf", "v1")
     assert hub.split_revision("alice/cf") == ("alice/cf", None)
-    with pytest.raises(HubError):
+    with pytest.raises(DataError, match="owner/name@revision"):
         hub.split_revision("alice/cf@")
 
 
@@ -409,3 +405,126 @@ def test_this_repos_readme_has_no_placeholder_model():
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     assert not SpaceCard.load(readme).data.models  # linked by `python -m hfcf link-space`, never a placeholder
+
+
+# --- what a push publishes: the verified model files and a card, nothing a link points at -----------------------
+SECRET = "hf_secret_token_of_this_machine"
+
+
+@pytest.fixture
+def trained_copy(synthetic_model, tmp_path, monkeypatch):
+    """A copy of a trained folder to push with `python -m hfcf push`, and a secret file beside it."""
+    monkeypatch.setattr(hub, "check_can_push", lambda *args, **kwargs: None)  # a bare test server has no whoami
+    (tmp_path / "token").write_text(SECRET)
+    return shutil.copytree(synthetic_model[0], tmp_path / "model")
+
+
+def cli_push(server, monkeypatch, folder, repo=REPO):
+    from hfcf.__main__ import main as hfcf_main
+
+    use_endpoint(monkeypatch, server.endpoint)
+    return hfcf_main(["push", str(folder), "--repo-id", repo])
+
+
+def published_text(server, repo=REPO):
+    return b"".join(server.files(repo).values()) if repo in server.repos else b""
+
+
+@pytest.mark.parametrize("name", ["README.md", "config.json", "dot.safetensors"])
+def test_push_refuses_a_model_file_that_is_a_link(server, trained_copy, monkeypatch, capsys, name):
+    """A README linked to the token file was published with the token in it."""
+    target = trained_copy.parent / "token"
+    if name != "README.md":  # a link to a copy of the real file: what it points at is refused, not its content
+        target = Path(shutil.copyfile(trained_copy / name, trained_copy.parent / f"elsewhere-{name}"))
+    (trained_copy / name).unlink()
+    (trained_copy / name).symlink_to(target)
+    assert cli_push(server, monkeypatch, trained_copy) == 2
+    err = capsys.readouterr().err
+    assert f"{name} is a symbolic link" in err and "Traceback" not in err
+    assert REPO not in server.repos and SECRET.encode() not in published_text(server)
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["file", "link-to-a-secret"])
+def test_push_publishes_only_the_weights_config_json_lists(server, trained_copy, monkeypatch, linked):
+    """A topn.safetensors that config.json does not list was uploaded, even when it was a link to a secret."""
+    import json
+
+    config = json.loads((trained_copy / "config.json").read_text())
+    del config["models"]["topn"]
+    (trained_copy / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if linked:
+        (trained_copy / "topn.safetensors").unlink()
+        (trained_copy / "topn.safetensors").symlink_to(trained_copy.parent / "token")
+    code = cli_push(server, monkeypatch, trained_copy)
+    assert SECRET.encode() not in published_text(server)
+    if linked:  # a link where a model file belongs is refused outright
+        assert code == 2 and REPO not in server.repos
+    else:
+        assert code == 0
+        assert set(server.files(REPO)) - {".gitattributes"} == {"README.md", "config.json", "vocab.json",
+                                                                "dot.safetensors", "nn.safetensors"}
+
+
+@pytest.mark.parametrize("card, message", [
+    (b"---\nlicense: [mit\n---\n# My model\n", "YAML front matter of README.md does not parse"),
+    (b"---\n- a list\n---\n# My model\n", "YAML front matter of README.md must be key: value lines"),
+    (b"---\nlicense: mit\n---\nCaf\xe9 au lait\n", "README.md is not UTF-8 text"),
+])
+def test_push_of_an_unreadable_card_says_how_to_fix_it(server, trained_copy, monkeypatch, capsys, card, message):
+    """A README of bad YAML or of Latin-1 bytes ended push with a traceback."""
+    (trained_copy / "README.md").write_bytes(card)
+    assert cli_push(server, monkeypatch, trained_copy) == 2
+    err = capsys.readouterr().err
+    assert message in err and "delete README.md to publish the card hfcf renders" in err
+    assert REPO not in server.repos and (trained_copy / "README.md").read_bytes() == card
+
+
+def test_push_of_a_folder_without_a_card_publishes_the_rendered_one(server, trained_copy, monkeypatch):
+    (trained_copy / "README.md").unlink()
+    assert cli_push(server, monkeypatch, trained_copy) == 0
+    published = server.files(REPO)["README.md"].decode()
+    assert f'from_pretrained("{REPO}")' in published and (trained_copy / "README.md").read_text() == published
+
+
+def test_a_refused_push_leaves_the_local_card_as_it_was(server, trained_copy, monkeypatch, capsys):
+    """A push refused with 403 left README.md rewritten for the repo it never reached."""
+    before = (trained_copy / "README.md").read_bytes()
+    assert cli_push(server, monkeypatch, trained_copy, "bob/movielens-cf") == 1
+    assert "No write access to the namespace 'bob'" in capsys.readouterr().err
+    assert (trained_copy / "README.md").read_bytes() == before
+
+
+SPACE_CARD = ("---\n# the Space's settings: keep them\ntitle: hfcf  # shown on the Hub\nsdk: gradio\n"
+              "models:\n- alice/old\n# end of the list\napp_file: app.py\n---\n\n# hfcf\n\nText kept.\n")
+
+
+def test_link_space_keeps_the_comments_and_order_of_the_front_matter(tmp_path, capsys):
+    from hfcf.__main__ import main as hfcf_main
+
+    readme = tmp_path / "README.md"
+    readme.write_text(SPACE_CARD)
+    assert hfcf_main(["link-space", "alice/cf", "--readme", str(readme)]) == 0
+    assert readme.read_text() == SPACE_CARD.replace("- alice/old\n", "- alice/cf\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"---\ntitle: [hfcf\n---\n# hfcf\n", "YAML front matter of README.md does not parse"),
+    (b"---\ntitle: Caf\xe9\n---\n# hfcf\n", "README.md is not UTF-8 text"),
+])
+def test_link_space_refuses_an_unreadable_readme_and_leaves_it(tmp_path, capsys, text, message):
+    from hfcf.__main__ import main as hfcf_main
+
+    readme = tmp_path / "README.md"
+    readme.write_bytes(text)
+    assert hfcf_main(["link-space", "alice/cf", "--readme", str(readme)]) == 2
+    assert message in capsys.readouterr().err and readme.read_bytes() == text
+
+
+def test_link_space_says_what_is_wrong_with_its_arguments(tmp_path, capsys):
+    from hfcf.__main__ import main as hfcf_main
+
+    assert hfcf_main(["link-space", "alice/cf", "--readme", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder" in capsys.readouterr().err
+    (tmp_path / "README.md").write_text("# hfcf\n")
+    assert hfcf_main(["link-space", "alice/good@", "--readme", str(tmp_path / "README.md")]) == 2
+    assert "owner/name@revision" in capsys.readouterr().err
