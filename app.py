@@ -116,7 +116,7 @@ def build_demo(recommenders, note=""):
         def suggest(data: gr.KeyUpData):
             if data.key in NAVIGATION_KEYS:
                 return gr.skip()
-            return gr.Dropdown(choices=first.search_titles(data.input_value[:300], 20))
+            return gr.Dropdown(choices=first.search_titles(data.input_value[:first.items.longest], 20))
 
         box.key_up(suggest, None, box, queue=False, show_progress="hidden", api_visibility="private")
         return box

@@ -407,19 +407,23 @@ def test_a_title_rated_twice_is_refused_not_silently_dropped(demo, truth):
 
 @pytest.fixture(scope="module")
 def tiny_html_model(tmp_path_factory):
-    """A model whose titles hold HTML and Markdown, trained on a small CSV (every title rateable at once)."""
+    """A model whose titles hold HTML, Markdown or 5,000 characters, trained on a small CSV (every title rateable at
+    once)."""
     pytest.importorskip("fastai")
     import train
 
     folder = tmp_path_factory.mktemp("html")
     titles = ["<img src=x onerror=alert(1)> (1999)", "**Bold** _Move_ (2001)", "[Link](http://x) (2002)",
-              "Plain (2003)", "Also Plain (2004)"]
+              "Plain (2003)", "Also Plain (2004)", LONG_TITLE]
     (folder / "titles.csv").write_text("item,title\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(titles, 1)))
-    rows = [f"{u},{i},{(u * i) % 5 + 1}" for u in range(1, 13) for i in range(1, 6) if (u + i) % 4]
+    rows = [f"{u},{i},{(u * i) % 5 + 1}" for u in range(1, 13) for i in range(1, len(titles) + 1) if (u + i) % 4]
     (folder / "ratings.csv").write_text("user,item,rating\n" + "\n".join(rows) + "\n")
     assert train.main(["--data", str(folder / "ratings.csv"), "--titles", str(folder / "titles.csv"), "--epochs", "1",
                        "--out", str(folder / "model")]) == 0
     return space.load_recommenders(str(folder / "model")), titles
+
+
+LONG_TITLE = "The Film That Goes On " * 227 + "(2005)"  # 5,000 characters
 
 
 def test_dataset_strings_are_shown_as_text_not_html(tiny_html_model):
@@ -436,6 +440,23 @@ def test_a_newcomer_who_rated_everything_is_told_so(tiny_html_model):
     recommenders, titles = tiny_html_model
     summary, picks = space.newcomer(recommenders, pd.DataFrame({"title": titles, "rating": 4}), "topn", 5)
     assert picks.empty and "rated every movie this model knows" in summary
+
+
+def test_a_title_the_model_shows_can_be_looked_up_however_long(tiny_html_model):
+    """A 5,000-character title was recommended, but similar, who_would_like and the newcomer tab refused it. Through
+    the handlers the endpoints call: build_demo opens on ten picks, more than this catalogue holds."""
+    recommenders, titles = tiny_html_model
+    ratings = pd.DataFrame({"title": titles[:3], "rating": 4})
+    assert LONG_TITLE in space.newcomer(recommenders, ratings, "topn", 3)[1]["title"].tolist()
+    assert space.suggest_titles(recommenders, LONG_TITLE[:40], 3)[0] == LONG_TITLE
+    nearest = space.similar(recommenders, LONG_TITLE, "dot", 2)[1]
+    assert LONG_TITLE not in nearest["title"].tolist() and len(nearest) == 2
+    assert "Film That Goes On" in space.who_would_like(recommenders, LONG_TITLE.lower(), "nn", 2)[0]
+    ratings = space.add_rating(recommenders, pd.DataFrame({"title": [titles[0]], "rating": [2]}), LONG_TITLE, 5)
+    assert ratings["title"].tolist() == [titles[0], LONG_TITLE]
+    assert "From your 2 ratings" in space.newcomer(recommenders, ratings, "dot", 2)[0]
+    with pytest.raises(HfcfError, match="5,001 characters long; the longest accepted is 5,000"):
+        space.similar(recommenders, LONG_TITLE + "!", "dot", 2)
 
 
 def test_rejected_inputs_leave_no_traceback_in_the_server_log(client, truth, capfd):
