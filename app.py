@@ -32,8 +32,8 @@ QUEUE_SIZE = 256    # waiting requests beyond this are refused ("queue is full")
 MAX_N = 50
 MAX_USER_CHOICES = 2000  # more ids can still be typed; the dropdown lists the first ones
 # A refused request shows its message in a toast. Gradio's progress display ("full" or "minimal") would also put
-# a red "Error" badge over every output and blank the tables until the next answer (issue 10, defect 13);
-# hidden, the previous answer stays readable. Answers take milliseconds, so there is no wait to show.
+# a red "Error" badge over every output and blank the tables until the next answer; hidden, the previous answer
+# stays readable. Answers take milliseconds, so there is no wait to show.
 PROGRESS = "hidden"
 NAVIGATION_KEYS = {"ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Enter", "Escape", "Tab"}
 
@@ -57,10 +57,8 @@ class _TableData(DataframeData):
 
     @classmethod
     def model_validate(cls, obj, **kwargs):
-        rows = obj.get("data") if isinstance(obj, dict) else None
-        if isinstance(rows, list) and len(rows) > space.MAX_NEWCOMER_RATINGS:  # before validating every row
-            raise gr.Error(f"{len(rows):,} rows is more than the {space.MAX_NEWCOMER_RATINGS} ratings this page takes",
-                           print_exception=False)
+        if isinstance(obj, dict):  # before validating every cell
+            user_errors(space.check_table)(obj)
         try:
             return super().model_validate(obj, **kwargs)
         except pydantic.ValidationError:

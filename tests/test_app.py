@@ -202,6 +202,12 @@ def bad_requests(truth):
         ("newcomer", [{"headers": ["title", "rating"], "data": [[title, 7]]}, "dot", 5], "strictly between 0 and 5.5"),
         ("newcomer", [{"headers": ["title", "rating"], "data": [[title, -1]]}, "nn", 5], "strictly between 0 and 5.5"),
         ("newcomer", [{"headers": ["title", "rating"], "data": [[title, "great"]]}, "dot", 5], "not a number"),
+        ("newcomer", [{"headers": ["title", "title"], "data": [[title, 4]]}, "dot", 5], "two columns named 'title'"),
+        ("add_rating", [{"headers": ["title", "title"], "data": [[title, 4]]}, title, 4], "two columns named 'title'"),
+        ("newcomer", [{"headers": ["title", "rating", *"abcdefghi"], "data": [[title, 4, *range(9)]]}, "dot", 5],
+         "has 11 columns, more than the 10 this page reads"),
+        ("add_rating", [{"headers": ["title", "rating"], "data": [[title, 4, *range(2000)]]}, title, 4],
+         "has 2,002 columns"),
         ("suggest_titles", ["star", 10**9], "between 1 and 50"),
     ]
 
