@@ -259,6 +259,17 @@ def who_would_like(recommenders, title, model="topn", n=10):
 NEWCOMER_COLUMNS = ["title", "rating"]
 MAX_NEWCOMER_RATINGS = 100  # a request is checked against this before any title is looked up
 MAX_TABLE_COLUMNS = 10  # the table takes two; a few more (pasted from a spreadsheet) are ignored
+REQUEST_OVERHEAD_BYTES = 64 * 1024  # a request's JSON around the values it holds
+ESCAPED_CHARACTER_BYTES = 12  # json.dumps writes a character outside the BMP as two \uXXXX escapes
+
+
+def max_request_bytes(recommenders):
+    """The largest request body the app reads: a full ratings table of the catalogue's longest title beside its
+    longest user id, every character escaped."""
+    first = next(iter(recommenders.values()))
+    longest_title = max(len(str(title)) for title in first.items.keys[1:])
+    characters = first.users.longest + MAX_NEWCOMER_RATINGS * longest_title
+    return REQUEST_OVERHEAD_BYTES + ESCAPED_CHARACTER_BYTES * characters + 32 * MAX_NEWCOMER_RATINGS
 
 
 def check_table(table):
