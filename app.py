@@ -10,6 +10,7 @@ UI wiring only: what each tab shows comes from hfcf.space; hfcf errors become gr
 import argparse
 import functools
 import html
+import json
 import os
 import sys
 
@@ -23,6 +24,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import gradio as gr  # noqa: E402
 import pydantic  # noqa: E402
 from gradio.components.dataframe import DataframeData  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from hfcf import space  # noqa: E402
 from hfcf.errors import HfcfError  # noqa: E402
@@ -31,9 +33,10 @@ CONCURRENCY = 4     # handlers take milliseconds; more threads than this only co
 QUEUE_SIZE = 256    # waiting requests beyond this are refused ("queue is full") instead of piling up
 MAX_N = 50
 MAX_USER_CHOICES = 2000  # more ids can still be typed; the dropdown lists the first ones
+MAX_REQUEST_BYTES = 1024 * 1024  # when `serve` is not told the served models' own bound
 # A refused request shows its message in a toast. Gradio's progress display ("full" or "minimal") would also put
-# a red "Error" badge over every output and blank the tables until the next answer (issue 10, defect 13);
-# hidden, the previous answer stays readable. Answers take milliseconds, so there is no wait to show.
+# a red "Error" badge over every output and blank the tables until the next answer; hidden, the previous answer
+# stays readable. Answers take milliseconds, so there is no wait to show.
 PROGRESS = "hidden"
 NAVIGATION_KEYS = {"ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Enter", "Escape", "Tab"}
 
@@ -57,15 +60,48 @@ class _TableData(DataframeData):
 
     @classmethod
     def model_validate(cls, obj, **kwargs):
-        rows = obj.get("data") if isinstance(obj, dict) else None
-        if isinstance(rows, list) and len(rows) > space.MAX_NEWCOMER_RATINGS:  # before validating every row
-            raise gr.Error(f"{len(rows):,} rows is more than the {space.MAX_NEWCOMER_RATINGS} ratings this page takes",
-                           print_exception=False)
+        if isinstance(obj, dict):  # before validating every cell
+            user_errors(space.check_table)(obj)
         try:
             return super().model_validate(obj, **kwargs)
         except pydantic.ValidationError:
             raise gr.Error('a table must look like {"headers": ["title", "rating"], "data": [["Fargo (1996)", 4]]}',
                            print_exception=False) from None
+
+
+class _RequestLimit:
+    """ASGI middleware refusing a request body over `limit` bytes before Gradio parses it: Gradio walks every
+    value of a request (looking for files) before any component's check can run."""
+
+    def __init__(self, app, limit):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:  # over the limit, the rest is read and dropped: a client still sending would miss the answer
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size <= self.limit:
+                messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        if size > self.limit:
+            return await self._refuse(send, size)
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send, size):
+        detail = (f"this request is {size:,} bytes, over the {self.limit:,} this app reads (a full table of "
+                  f"{space.MAX_NEWCOMER_RATINGS} ratings fits): send fewer or shorter values")
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def checked(component):
@@ -116,7 +152,7 @@ def build_demo(recommenders, note=""):
         def suggest(data: gr.KeyUpData):
             if data.key in NAVIGATION_KEYS:
                 return gr.skip()
-            return gr.Dropdown(choices=first.search_titles(data.input_value[:300], 20))
+            return gr.Dropdown(choices=first.search_titles(data.input_value[:first.items.longest], 20))
 
         box.key_up(suggest, None, box, queue=False, show_progress="hidden", api_visibility="private")
         return box
@@ -272,14 +308,17 @@ def main(argv=None):
     except HfcfError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    serve(build_demo(recommenders, note), args.host, args.port, args.share)
+    serve(build_demo(recommenders, note), args.host, args.port, args.share,
+          max_request_bytes=space.max_request_bytes(recommenders))
     return 0
 
 
-def serve(demo, host=None, port=None, share=False, **launch_kwargs):
-    """Launch with a bounded queue and concurrency, refusing file uploads (the app takes none)."""
+def serve(demo, host=None, port=None, share=False, max_request_bytes=MAX_REQUEST_BYTES, **launch_kwargs):
+    """Launch with a bounded queue and concurrency, refusing file uploads (the app takes none) and request bodies
+    over `max_request_bytes` (`space.max_request_bytes` of the served models)."""
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    return demo.launch(server_name=host, server_port=port, share=share, max_file_size="1kb", **launch_kwargs)
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size="1kb",
+                       app_kwargs={"middleware": [Middleware(_RequestLimit, limit=max_request_bytes)]}, **launch_kwargs)
 
 
 if __name__ == "__main__":

@@ -282,20 +282,54 @@ def who_would_like(recommenders, title, model="topn", n=10):
 
 
 NEWCOMER_COLUMNS = ["title", "rating"]
-
-
 MAX_NEWCOMER_RATINGS = 100  # a request is checked against this before any title is looked up
+MAX_TABLE_COLUMNS = 10  # the table takes two; a few more (pasted from a spreadsheet) are ignored
+REQUEST_OVERHEAD_BYTES = 64 * 1024  # a request's JSON around the values it holds
+ESCAPED_CHARACTER_BYTES = 12  # json.dumps writes a character outside the BMP as two \uXXXX escapes
+
+
+def max_request_bytes(recommenders):
+    """The largest request body the app reads: a full ratings table of the catalogue's longest title beside its
+    longest user id, every character escaped."""
+    first = next(iter(recommenders.values()))
+    longest_title = max(len(str(title)) for title in first.items.keys[1:])
+    characters = first.users.longest + MAX_NEWCOMER_RATINGS * longest_title
+    return REQUEST_OVERHEAD_BYTES + ESCAPED_CHARACTER_BYTES * characters + 32 * MAX_NEWCOMER_RATINGS
+
+
+def check_table(table):
+    """Refuse a ratings table too big or ambiguous to read, before any title in it is looked up: a DataFrame, or
+    the payload Gradio receives ({"headers": [...], "data": [[...], ...]}) before it reads a cell."""
+    headers, rows, width = _shape(table)
+    if rows > MAX_NEWCOMER_RATINGS:
+        raise DataError(f"{rows:,} rows is more than the {MAX_NEWCOMER_RATINGS} ratings this page takes; keep the "
+                        f"{MAX_NEWCOMER_RATINGS} movies you care most about")
+    if width > MAX_TABLE_COLUMNS:
+        raise DataError(f"the ratings table has {width:,} columns, more than the {MAX_TABLE_COLUMNS} this page reads; "
+                        f"send two, {' and '.join(NEWCOMER_COLUMNS)}")
+    repeated = next((name for i, name in enumerate(headers) if name in headers[:i]), None)
+    if repeated is not None:
+        raise DataError(f"the ratings table has two columns named {repeated[:40]!r}; name its columns "
+                        f"{' and '.join(NEWCOMER_COLUMNS)}, once each")
+
+
+def _shape(table):
+    """(column names, row count, widest row) of a DataFrame or of Gradio's table payload."""
+    if isinstance(table, pd.DataFrame):
+        return [str(name) for name in table.columns], len(table), table.shape[1]
+    headers = table.get("headers") if isinstance(table.get("headers"), list) else []
+    rows = table.get("data") if isinstance(table.get("data"), list) else []
+    return ([str(name) for name in headers], len(rows),
+            max([len(headers), *(len(row) for row in rows if isinstance(row, list))]))
 
 
 def ratings_table(table):
     """A newcomer's ratings table (as a Gradio Dataframe sends it) as a clean frame; blank rows dropped."""
     if table is None:
         return pd.DataFrame(columns=NEWCOMER_COLUMNS)
-    rows = len(table.get("data") or []) if isinstance(table, dict) else len(table)
-    if rows > MAX_NEWCOMER_RATINGS:
-        raise DataError(f"{rows:,} rows is more than the {MAX_NEWCOMER_RATINGS} ratings this page takes; keep the "
-                        f"{MAX_NEWCOMER_RATINGS} movies you care most about")
-    frame = pd.DataFrame(table).reindex(columns=NEWCOMER_COLUMNS)
+    frame = pd.DataFrame(table)
+    check_table(frame)
+    frame = frame.reindex(columns=NEWCOMER_COLUMNS)
     titles = frame["title"].astype("string").str.strip()
     return frame[titles.notna() & (titles != "")].reset_index(drop=True)
 

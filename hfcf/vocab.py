@@ -13,7 +13,7 @@ import pandas as pd
 from .errors import UnknownItemError, UnknownUserError
 
 NA = "#na#"
-MAX_QUERY_LENGTH = 300
+MAX_QUERY_LENGTH = 300  # bounds the fuzzy matching of an unknown query; a vocabulary's own keys may be longer
 # MovieLens moves leading articles to the end ("Silence of the Lambs, The (1991)"), in several languages.
 _ARTICLES = {"the", "a", "an", "il", "la", "le", "les", "l", "el", "los", "las", "das", "der", "die", "lo"}
 _YEAR = re.compile(r"\(\d{4}\)")
@@ -33,12 +33,17 @@ def _strip_year(normalized):
     return " ".join(_YEAR.sub(" ", normalized).split())
 
 
-def _check_query(query, what):
+def _longest_query(keys):
+    """The longest query a vocabulary accepts: every key it holds can be typed back, however long."""
+    return max([MAX_QUERY_LENGTH, *(len(str(key)) for key in keys[1:])])
+
+
+def _check_query(query, what, longest):
     if query is None or not str(query).strip():
         raise (UnknownItemError if what == "title" else UnknownUserError)(f"empty {what}: type a {what}")
-    if len(str(query)) > MAX_QUERY_LENGTH:
+    if len(str(query)) > longest:
         raise (UnknownItemError if what == "title" else UnknownUserError)(
-            f"that {what} is {len(str(query)):,} characters long; the longest accepted is {MAX_QUERY_LENGTH}")
+            f"that {what} is {len(str(query)):,} characters long; the longest accepted is {longest:,}")
 
 
 def _bulk_rows(keys, values, what, error, as_text=False):
@@ -81,6 +86,7 @@ class UserVocab:
     def __init__(self, keys):
         self.keys = list(keys)
         self._index = {str(key): row for row, key in enumerate(self.keys) if row > 0}
+        self.longest = _longest_query(self.keys)
 
     def __len__(self):
         return len(self.keys)
@@ -90,7 +96,7 @@ class UserVocab:
         return _bulk_rows(self.keys, users, "user", None if unknown_as_na else UnknownUserError, as_text=True)
 
     def index(self, user):
-        _check_query(user, "user")
+        _check_query(user, "user", self.longest)
         row = self._index.get(str(user).strip())
         if row is None:
             raise UnknownUserError(f"user {str(user)[:40]!r} is not in this model; {self.describe()}")
@@ -114,6 +120,7 @@ class ItemVocab:
     def __init__(self, keys):
         self.keys = list(keys)
         self._exact = {key: row for row, key in enumerate(self.keys) if row > 0}
+        self.longest = _longest_query(self.keys)
         self._normalized, self._no_year = {}, {}
         for row, key in enumerate(self.keys[1:], start=1):
             normalized = normalize_title(key)
@@ -130,7 +137,7 @@ class ItemVocab:
 
     def index(self, title):
         """The row of `title`: exact, then normalized, then without the year; else suggestions."""
-        _check_query(title, "title")
+        _check_query(title, "title", self.longest)
         title = str(title).strip()
         if title in self._exact:
             return self._exact[title]
@@ -152,7 +159,7 @@ class ItemVocab:
 
     def suggest(self, query, limit=5):
         """Up to `limit` titles close to `query`: containing it first, then by spelling."""
-        if not query or len(str(query)) > MAX_QUERY_LENGTH:
+        if not query or len(str(query)) > self.longest:
             return []
         key = _strip_year(normalize_title(query))
         if not key:

@@ -84,6 +84,7 @@ def serve_app():
 
     sys.path.insert(0, str(ROOT))  # app.py lives at the repo root, as a Space's app_file does
     import app
+    from hfcf import space
 
     demos = []
 
@@ -92,7 +93,8 @@ def serve_app():
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         demo = app.build_demo(recommenders, note)
-        _, url, _ = app.serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        _, url, _ = app.serve(demo, "127.0.0.1", port, max_request_bytes=space.max_request_bytes(recommenders),
+                              prevent_thread_lock=True, quiet=True)
         demos.append(demo)
         return url
 
