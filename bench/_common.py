@@ -39,6 +39,59 @@ def movielens(path):
     return data.load(path, format="ml-100k")
 
 
+def data_arguments(p):
+    """What any-data scripts take beside train.py's own reading flags (which pass through to train.py's parser)."""
+    p.add_argument("--synthetic", metavar="KIND:RATINGS[:USERSxTITLES]",
+                   help="a generated set instead of --data: KIND 'taste' (users choose titles by their planted "
+                   "taste) or 'power' (choices regardless of taste), e.g. taste:1000000 or taste:250000:15000x1000")
+    p.add_argument("--user-share", type=float, default=1.0,
+                   help="keep this seeded random share of the users (e.g. 0.5: MovieLens 100k with half its users)")
+    return p
+
+
+def dataset(args, reading):
+    """(Dataset, y_range, a line describing it) from --synthetic, else --data read with train.py's reading flags
+    (`reading`: the arguments the bench script's own parser did not know), then --user-share."""
+    import tempfile
+
+    import train
+
+    flags = train.parser().parse_args([*(["--data", args.data] if args.data else []), *reading])
+    if args.synthetic:
+        frame, floor = synthetic_frame(args.synthetic)
+        with tempfile.TemporaryDirectory() as folder:  # read back as a user's file would be: hfcf's own loader
+            frame.to_parquet(f"{folder}/{args.synthetic.replace(':', '-')}.parquet", index=False)
+            loaded = data.load(f"{folder}/{args.synthetic.replace(':', '-')}.parquet", y_range=flags.y_range)
+        loaded.truth = {"planted_rmse": floor}
+    else:
+        loaded = data.load(flags.data, format=flags.format, on_duplicate=flags.on_duplicate, y_range=flags.y_range,
+                           **train.table_columns(flags))
+    if args.user_share < 1:
+        import numpy as np
+
+        users = loaded.ratings["user"].unique()
+        kept = np.random.default_rng(SEED).permutation(users)[:max(2, round(args.user_share * len(users)))]
+        loaded = dataclasses.replace(loaded, ratings=loaded.ratings[loaded.ratings["user"].isin(kept)]
+                                     .reset_index(drop=True))
+    ratings = loaded.ratings
+    described = (f"{args.synthetic or loaded.name}"
+                 + (f", {args.user_share:.0%} of its users (seed {SEED})" if args.user_share < 1 else "")
+                 + f": {len(ratings):,} ratings, {ratings['user'].nunique():,} users x "
+                   f"{ratings['title'].nunique():,} titles")
+    return loaded, tuple(flags.y_range), described
+
+
+def synthetic_frame(spec):
+    """(frame, planted RMSE) of a --synthetic spec: KIND:RATINGS[:USERSxTITLES]."""
+    kind, _, rest = spec.partition(":")
+    size, _, shape = rest.partition(":")
+    generate = {"taste": taste_chosen_ratings, "power": power_law_ratings}.get(kind)
+    if generate is None or not size.isdigit():
+        raise SystemExit(f"--synthetic {spec}: expected taste:RATINGS or power:RATINGS[:USERSxTITLES]")
+    dims = tuple(int(part) for part in shape.split("x")) if shape else None
+    return generate(int(size), seed=SEED, shape=dims)
+
+
 def canonical(path, fold):
     """MovieLens 100k u{fold}.base / u{fold}.test as a pipeline Split."""
     return pipeline.make_split(None, "canonical", fold=fold, folder=path)
@@ -49,7 +102,7 @@ def vocabularies(split):
     return vocab.from_ratings(split.train, split.valid)
 
 
-def fit_and_score(split, settings, kinds=("dot", "nn"), seed=SEED):
+def fit_and_score(split, settings, kinds=("dot", "nn"), seed=SEED, y_range=Y_RANGE):
     """Fit `kinds` with hfcf's fastai training and score them on the held-out side.
 
     Returns ({name: {"rmse", "mae"}} for the baselines, each model and the ensemble, {kind: Fitted}).
@@ -57,8 +110,8 @@ def fit_and_score(split, settings, kinds=("dot", "nn"), seed=SEED):
     from hfcf import training
 
     users, items = vocabularies(split)
-    fitted = training.fit(kinds, settings, split.train, split.valid, users, items, Y_RANGE, seed, log=quiet)
-    return pipeline.evaluate_models(fitted, split, users, items, Y_RANGE)[0], fitted
+    fitted = training.fit(kinds, settings, split.train, split.valid, users, items, y_range, seed, log=quiet)
+    return pipeline.evaluate_models(fitted, split, users, items, y_range)[0], fitted
 
 
 def quiet(*_):
@@ -110,18 +163,19 @@ def run(main):
         raise SystemExit(f"error: {error}") from None
 
 
-def power_law_ratings(n_ratings, seed=0, factors=8, noise=0.75):
+def power_law_ratings(n_ratings, seed=0, factors=8, noise=0.75, shape=None):
     """Exactly `n_ratings` distinct (user, title) ratings whose users and titles follow power laws (few very active
     users, few blockbusters; about MovieLens 25M's shape at 25M: 178k users x 27k titles), drawn from a planted
     low-rank taste model plus Gaussian noise, clipped to 0.5..5. Seeded; int32 ids from 1 and float32 ratings.
     Which titles a user rates does not depend on their taste: popularity is the best top-N ranking of these.
+    `shape` (users, titles) overrides the power-law shape (many users with few ratings each, say).
 
     Returns (frame, the RMSE of the planted model itself on these ratings: the floor no model can beat).
     """
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n_users, n_items = _power_law_shape(n_ratings)
+    n_users, n_items = shape or _power_law_shape(n_ratings)
     if n_ratings > n_users * n_items // 2:
         raise ValueError(f"{n_ratings} ratings would fill more than half of {n_users} x {n_items} pairs")
     activity = rng.pareto(1.2, n_users) + 1
@@ -137,7 +191,7 @@ def power_law_ratings(n_ratings, seed=0, factors=8, noise=0.75):
     return _rate(rng, users, items, _planted_taste(rng, n_users, n_items, factors), noise)
 
 
-def taste_chosen_ratings(n_ratings, seed=0, factors=8, noise=0.75, choice=1.0):
+def taste_chosen_ratings(n_ratings, seed=0, factors=8, noise=0.75, choice=1.0, shape=None):
     """Power-law ratings as `power_law_ratings`, but each user picks the titles they rate by popularity times
     exp(`choice` x their planted taste for it) (without repeats: Gumbel top-k), so what a user chose says what
     they like and a top-N model has something past popularity to learn. About `n_ratings` ratings (0.76 of it at
@@ -148,7 +202,7 @@ def taste_chosen_ratings(n_ratings, seed=0, factors=8, noise=0.75, choice=1.0):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n_users, n_items = _power_law_shape(n_ratings)
+    n_users, n_items = shape or _power_law_shape(n_ratings)
     activity = rng.pareto(1.2, n_users) + 1
     per_user = np.minimum(np.maximum(1, np.round(activity / activity.sum() * n_ratings)).astype(int), n_items // 2)
     log_popularity = np.log(1 / np.arange(1, n_items + 1) ** 0.9)[rng.permutation(n_items)].astype(np.float32)
