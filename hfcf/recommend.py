@@ -34,23 +34,59 @@ class History:
     """
 
     def __init__(self, ratings, users, items):
-        user_rows = users.rows(ratings["user"], unknown_as_na=True)
-        item_rows = items.rows(ratings["title"], unknown_as_na=True)
-        values = ratings["rating"].to_numpy()
+        user_column, title_column, values = _ratings_columns(ratings)
+        user_rows = users.rows(user_column, unknown_as_na=True)
+        item_rows = items.rows(title_column, unknown_as_na=True)
         known = (user_rows > 0) & (item_rows > 0)
+        if not known.any():
+            raise DataError(f"none of the {len(values):,} ratings is of a user and a title this model knows "
+                            f"({users.describe()}; titles such as {items.keys[1]!r}): attach the ratings the "
+                            "model was trained on")
         if not known.all():  # the model's own ratings are all known: no masked copies of 25M rows
             user_rows, item_rows, values = user_rows[known], item_rows[known], values[known]
         del known
         order = _stable_order(user_rows)
         if order is not None:  # None: already grouped by user (MovieLens's files), and no 100 MB copies
             user_rows, item_rows, values = user_rows[order], item_rows[order], values[order]
+        self.users, self.items = users, items
         self.item_rows, self.values = item_rows, values
         self.offsets = np.searchsorted(user_rows, np.arange(len(users) + 1))  # user row r: [r, r + 1)
+
+    def check_fits(self, users, items):
+        """Raise a DataError unless this history was grouped for these vocabularies (its rows are their rows)."""
+        if (self.users is users or self.users.keys == users.keys) and (self.items is items
+                                                                       or self.items.keys == items.keys):
+            return
+        raise DataError(f"this History was grouped for another model ({len(self.users) - 1:,} users, "
+                        f"{len(self.items) - 1:,} titles; this one has {len(users) - 1:,} users, {len(items) - 1:,} "
+                        "titles): attach the ratings frame itself, or History(ratings, recommender.users, "
+                        "recommender.items)")
 
     def of(self, user_row):
         """(item rows, ratings) the user gave, in the dataset's order; None when they rated nothing here."""
         start, end = self.offsets[user_row], self.offsets[user_row + 1]
         return (self.item_rows[start:end], self.values[start:end]) if end > start else None
+
+
+def _ratings_columns(ratings):
+    """(user, title, rating) columns of a ratings frame, the ratings as finite numbers, else a DataError."""
+    if not isinstance(ratings, pd.DataFrame):
+        raise DataError(f"history takes a ratings frame (columns user, title, rating, as hfcf.data returns), a "
+                        f"History of this model, or None (got {type(ratings).__name__})")
+    missing = [column for column in ("user", "title", "rating") if column not in ratings.columns]
+    if missing:
+        raise DataError(f"the ratings frame has no column {missing[0]!r} (columns found: "
+                        f"{', '.join(map(str, ratings.columns))[:200]}); pass a frame from hfcf.data.load")
+    values = ratings["rating"].to_numpy()
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"the ratings frame's rating column holds {values.dtype} values, not numbers; pass a frame "
+                        "from hfcf.data.load, which reads them as numbers")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise DataError(f"the ratings frame has {int((~np.isfinite(values)).sum()):,} missing or infinite ratings "
+                        f"(the first in row {bad:,}); drop them (ratings.dropna(subset=['rating'])) or pass a frame "
+                        "from hfcf.data.load, which refuses them")
+    return ratings["user"], ratings["title"], values
 
 
 def _stable_order(keys):
@@ -145,6 +181,8 @@ class Recommender:
         seen titles are left out of picks, the history is shown, and the top-N model names the rated titles behind
         each pick. None detaches it."""
         self._counts = self._axes = self._floor = None  # popularity may now come from these ratings
+        if isinstance(ratings, History):
+            ratings.check_fits(self.users, self.items)
         if ratings is None or isinstance(ratings, History):
             self._history = ratings
         else:

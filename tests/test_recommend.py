@@ -263,3 +263,55 @@ def test_picks_break_ties_by_row_and_never_pick_nan(synthetic_model):
     rows, values = rec._top(scores, 4, [1])
     assert rows.tolist() == [20, 2, 4, 5] and values.tolist() == [6.0, 5.5, 5.5, 5.5]  # not #na#, 1, or NaN
     assert rec._top(np.full(len(rec.items), np.nan), 3, [])[0].tolist() == []
+
+
+
+def test_a_history_grouped_for_another_model_is_refused(synthetic_model, synthetic_dataset):
+    from hfcf import vocab
+    from hfcf.recommend import History
+
+    rec = Recommender.from_pretrained(synthetic_model[0])
+    fewer = synthetic_dataset.ratings[synthetic_dataset.ratings["user"] <= 50]
+    other = History(fewer, *vocab.from_ratings(fewer))  # another folder's vocabularies: its rows are not ours
+    with pytest.raises(DataError, match="grouped for another model"):
+        rec.attach_history(other)
+    assert rec.recommend(150, n=3)["title"].size == 3  # nothing was attached: no IndexError past its users
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_history_with_a_missing_rating_is_refused(synthetic_model, synthetic_dataset, bad):
+    ratings = synthetic_dataset.ratings.copy()
+    ratings.loc[0, "rating"] = bad
+    rec = Recommender.from_pretrained(synthetic_model[0], model="topn")
+    with pytest.raises(DataError, match="1 missing or infinite ratings.*dropna"):
+        rec.attach_history(ratings)
+
+
+def test_history_matches_titles_by_their_string_form():
+    """A model of string item ids (a CSV without titles) and a frame that read the same ids as numbers."""
+    import pandas as pd
+
+    from hfcf.recommend import History
+    from hfcf.vocab import NA, ItemVocab, UserVocab
+
+    frame = pd.DataFrame({"user": [1, 1, 2], "title": [101, 103, 102], "rating": [4.0, 2.0, 5.0]})
+    history = History(frame, UserVocab([NA, 1, 2]), ItemVocab([NA, "101", "102", "103"]))
+    assert history.of(1)[0].tolist() == [1, 3] and history.of(2)[0].tolist() == [2]
+
+
+def test_a_history_that_matches_nothing_in_the_model_is_refused(synthetic_model, synthetic_dataset):
+    ratings = synthetic_dataset.ratings.assign(title=synthetic_dataset.ratings["item"])  # ids, not titles
+    rec = Recommender.from_pretrained(synthetic_model[0])
+    with pytest.raises(DataError, match="none of the .* ratings is of a user and a title this model knows"):
+        rec.attach_history(ratings)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda frame: [1, 2], "got list"),
+    (lambda frame: "user,title,rating", "got str"),
+    (lambda frame: frame.drop(columns="rating"), "no column 'rating'"),
+    (lambda frame: frame.assign(rating=frame["rating"].astype(str)), "not numbers"),
+])
+def test_history_refuses_what_is_not_a_ratings_frame(synthetic_model, synthetic_dataset, make, message):
+    with pytest.raises(DataError, match=message):
+        Recommender.from_pretrained(synthetic_model[0]).attach_history(make(synthetic_dataset.ratings))
