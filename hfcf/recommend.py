@@ -1,5 +1,6 @@
 """`Recommender`: what a trained model can answer, with numpy, pandas, safetensors and huggingface_hub only (no torch,
 no fastai, no pickle)."""
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from .errors import ArtifactError, DataError, HfcfError, UnknownItemError
 MODELS = ("topn", "dot", "nn")
 REASONS = 2  # titles of the user's own history named as the reason for a pick
 MAX_FOLD_IN = 500  # a newcomer's ratings: more is no newcomer, and each costs a title look-up
+# The rating models' fold-in shrinkage: below, one rating's ridge solve is near-singular; above, the newcomer is the
+# average user already, and the nn's penalty gradient overflows float32 long before l2 = 1e300.
+L2_RANGE = (1e-4, 1e4)
 
 
 @dataclass
@@ -101,13 +105,63 @@ def _stable_order(keys):
     return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
 
 
-def check_n(n, most):
-    """`n` as an int in 1..most, else a DataError giving the valid range."""
+def check_n(n, most, name="n"):
+    """`n` as an int in 1..most (at least 1 when `most` is None), else a DataError giving the valid range."""
+    valid = f"between 1 and {most:,}" if most is not None else "at least 1"
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (isinstance(n, float) and n.is_integer()):
-        raise DataError(f"n must be a whole number between 1 and {most:,} (got {repr(n)[:40]})")
-    if not 1 <= n <= most:
-        raise DataError(f"n must be between 1 and {most:,} (got {int(n):,})")
+        raise DataError(f"{name} must be a whole number {valid} (got {repr(n)[:40]})")
+    if not 1 <= n <= (most if most is not None else n):
+        raise DataError(f"{name} must be {valid} (got {int(n):,})")
     return int(n)
+
+
+def check_l2(l2):
+    """`l2` as a float within L2_RANGE, else a DataError giving the range."""
+    low, high = L2_RANGE
+    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)) or not low <= l2 <= high:
+        raise DataError(f"l2 must be a number between {low:g} and {high:g} (got {repr(l2)[:40]}); the default, 1, "
+                        "suits a few ratings")
+    return float(l2)
+
+
+def _local(text):
+    """(path, "folder" | "missing" | "repo id") for what `text` names, after recovering an interrupted write there;
+    an ArtifactError when the file system refuses the path itself (a NUL byte, a name too long)."""
+    try:
+        path = Path(text).expanduser()
+        artifacts.recover(path)  # an interrupted train.py may have left the previous folder beside it
+        if path.is_dir():
+            return path, "folder"
+        local = (path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
+                 or Path(text.split("/")[0]).is_dir())  # "models/smal" beside a models/ folder is a path
+        return (path.resolve(), "missing") if local else (path, "repo id")
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: "~nobody" has no home directory
+        reason = getattr(err, "strerror", None) or err
+        raise ArtifactError(f"cannot read {text[:80]!r} as a model folder ({reason}): pass a model folder's path "
+                            "or a Hub repo id (owner/name[@revision])") from None
+
+
+def _pairs(ratings):
+    """A newcomer's ratings as a list of (title, rating) pairs, from a mapping (a dict, a Series) or pairs."""
+    if ratings is None:
+        return []
+    if isinstance(ratings, (Mapping, pd.Series)):
+        return list(ratings.items())
+    usage = "give {title: rating} or a list of (title, rating) pairs"
+    if isinstance(ratings, (str, bytes, pd.DataFrame)) or not isinstance(ratings, Iterable):
+        raise DataError(f"a newcomer's ratings are {type(ratings).__name__} {str(ratings)[:40]!r}: {usage}")
+    pairs = list(ratings)
+    if len(pairs) > MAX_FOLD_IN:
+        return pairs  # refused for their number before any is read
+    return [_pair(pair, usage) for pair in pairs]
+
+
+def _pair(pair, usage):
+    if not isinstance(pair, (str, bytes)) and isinstance(pair, Iterable):
+        pair = tuple(pair)
+        if len(pair) == 2:
+            return pair
+    raise DataError(f"{str(pair)[:60]!r} is not a (title, rating) pair: {usage}")
 
 
 class Recommender:
@@ -151,15 +205,12 @@ class Recommender:
         text = str(repo_id_or_path).strip()
         if not text:
             raise ArtifactError("no model given: pass a model folder or a Hub repo id (owner/name[@revision])")
-        path = Path(text).expanduser()
-        artifacts.recover(path)  # an interrupted train.py may have left the previous folder beside it
-        if path.is_dir():
+        path, place = _local(text)
+        if place == "folder":
             return cls(artifacts.load(path), model, source=str(path))
-        local = (path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
-                 or Path(text.split("/")[0]).is_dir())  # "models/smal" beside a models/ folder is a path
-        if local:
+        if place == "missing":
             raise ArtifactError(f"{text} is neither a model folder nor a Hub repo id (owner/name[@revision]): there "
-                                f"is no folder {path.resolve()}; check the path")
+                                f"is no folder {path}; check the path")
         from . import hub
 
         folder, commit = hub.download(text, revision, force_download=force_download)
@@ -284,7 +335,11 @@ class Recommender:
         excluded = np.zeros(len(scores), dtype=bool)  # a mask: on a long tail most titles fall under the floor
         excluded[row] = True
         if counts is not None:
-            excluded |= counts < self._min_ratings(counts, min_ratings)
+            floor = self._min_ratings(counts, min_ratings)
+            excluded |= counts < floor
+            if excluded.all():
+                raise DataError(f"no other title has {floor:g} ratings or more (the most-rated has "
+                                f"{counts[1:].max():,.0f}): lower min_ratings")
         picks, similarity = self._top(scores, n, excluded)
         frame = pd.DataFrame({"title": [self.items.keys[r] for r in picks], "similarity": np.round(similarity, 3)})
         if counts is not None:
@@ -339,10 +394,13 @@ class Recommender:
         else from `item_counts` in vocab.json.
         """
         counts = self._item_counts()
-        n_items = check_n(n_items, len(self.items) - 1)
-        if not 1 <= components <= self._unit_items.shape[1]:
-            raise DataError(f"components must be between 1 and {self._unit_items.shape[1]} (got {components})")
-        order, mean, axes = self._principal_axes(counts, max(pool, n_items))
+        n_items = check_n(n_items, len(self.items) - 1, "n_items")
+        components = check_n(components, self._unit_items.shape[1], "components")
+        pool = min(max(check_n(pool, None, "pool"), n_items), len(self.items) - 1)
+        if components > pool:
+            raise DataError(f"{components} principal components need at least {components} titles to fit them on, "
+                            f"and pool={pool} gives {pool}: raise pool or ask for fewer components")
+        order, mean, axes = self._principal_axes(counts, pool)
         coordinates = (self.scorer.item_vectors()[order[:n_items]] - mean) @ axes[:components].T
         frame = pd.DataFrame(coordinates.round(4), columns=[f"pc{i + 1}" for i in range(components)])
         frame.insert(0, "title", [self.items.keys[r] for r in order[:n_items]])
@@ -371,6 +429,7 @@ class Recommender:
         `l2` is the rating models' shrinkage towards the average user.
         """
         rows, targets = self._check_fold_in(ratings)
+        l2 = check_l2(l2)
         vector, scores = self.scorer.fold_in(rows, targets, l2)
         picks, best = self._top(scores, n, rows)
         if self.scorer is self.rating or self.rating is None:
@@ -383,7 +442,7 @@ class Recommender:
     def _check_fold_in(self, ratings):
         """(item rows, ratings) of a newcomer's `{title: rating}` or (title, rating) pairs, checked before any work:
         at most MAX_FOLD_IN ratings, each a known title rated once within the model's range."""
-        pairs = list(ratings.items()) if isinstance(ratings, dict) else list(ratings or [])
+        pairs = _pairs(ratings)
         if not pairs:
             raise DataError("rate at least one movie to get recommendations")
         if len(pairs) > MAX_FOLD_IN:
@@ -419,7 +478,7 @@ class Recommender:
 
     # --- shared helpers --------------------------------------------------------------------------------------
     def _item_rows(self, titles):
-        if isinstance(titles, str):
+        if isinstance(titles, (str, bytes)) or not isinstance(titles, Iterable):
             titles = [titles]
         return np.array([self.items.index(title) for title in titles], dtype=np.int64)
 

@@ -265,7 +265,6 @@ def test_picks_break_ties_by_row_and_never_pick_nan(synthetic_model):
     assert rec._top(np.full(len(rec.items), np.nan), 3, [])[0].tolist() == []
 
 
-
 def test_a_history_grouped_for_another_model_is_refused(synthetic_model, synthetic_dataset):
     from hfcf import vocab
     from hfcf.recommend import History
@@ -315,3 +314,53 @@ def test_a_history_that_matches_nothing_in_the_model_is_refused(synthetic_model,
 def test_history_refuses_what_is_not_a_ratings_frame(synthetic_model, synthetic_dataset, make, message):
     with pytest.raises(DataError, match=message):
         Recommender.from_pretrained(synthetic_model[0]).attach_history(make(synthetic_dataset.ratings))
+
+
+@pytest.mark.parametrize("ratings", ["abc", 5, ["abc"], [("Cluster 0 Movie 001",)], [(1, 2, 3)]])
+def test_fold_in_refuses_what_is_not_title_rating_pairs(rec, ratings):
+    with pytest.raises(DataError, match=r"give \{title: rating\} or a list of \(title, rating\) pairs"):
+        rec.fold_in(ratings)
+
+
+def test_fold_in_takes_a_series_of_ratings(rec):
+    import pandas as pd
+
+    picks = rec.fold_in(pd.Series({rec.items.keys[1]: 5.0, rec.items.keys[2]: 4.0}), n=3).recommendations
+    assert len(picks) == 3
+
+
+@pytest.mark.parametrize("l2", [float("nan"), 1e300, float("inf"), 0, -1, True, "1"])
+def test_fold_in_refuses_an_unusable_l2(rec, l2):
+    with pytest.raises(DataError, match="l2 must be a number between"):
+        rec.fold_in({rec.items.keys[1]: 4}, l2=l2)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"n_items": 1, "pool": 1}, "need at least 3 titles.*raise pool"),
+    ({"components": 2.5}, "components must be a whole number"),
+    ({"components": 0}, "components must be between 1"),
+    ({"pool": 0}, "pool must be at least 1"),
+    ({"pool": 2.5}, "pool must be a whole number"),
+    ({"n_items": "50"}, "n_items must be a whole number"),
+])
+def test_embedding_map_refuses_unusable_arguments(rec, arguments, message):
+    with pytest.raises(DataError, match=message):
+        rec.embedding_map(**arguments)
+
+
+def test_embedding_map_fits_a_small_pool(rec):
+    frame = rec.embedding_map(n_items=2, components=2, pool=1)  # the pool grows to the titles shown
+    assert list(frame.columns) == ["title", "pc1", "pc2", "ratings"] and len(frame) == 2
+
+
+def test_similar_with_a_floor_above_every_title_is_an_error_not_an_empty_table(rec):
+    with pytest.raises(DataError, match="no other title has .* ratings or more.*lower min_ratings"):
+        rec.similar(rec.items.keys[1], min_ratings=10**9)
+
+
+@pytest.mark.parametrize("where", ["nul\x00byte", "x" * 5000, "~no-such-user-here/model"])
+def test_a_path_the_file_system_refuses_is_an_artifact_error(where):
+    from hfcf.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="cannot read .* as a model folder"):
+        Recommender.from_pretrained(where)
