@@ -1,5 +1,6 @@
 """`Recommender`: what a trained model can answer, with numpy, pandas, safetensors and huggingface_hub only (no torch,
 no fastai, no pickle)."""
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from .errors import ArtifactError, DataError, HfcfError, UnknownItemError
 MODELS = ("topn", "dot", "nn")
 REASONS = 2  # titles of the user's own history named as the reason for a pick
 MAX_FOLD_IN = 500  # a newcomer's ratings: more is no newcomer, and each costs a title look-up
+# The rating models' fold-in shrinkage: below, one rating's ridge solve is near-singular; above, the newcomer is the
+# average user already, and the nn's penalty gradient overflows float32 long before l2 = 1e300.
+L2_RANGE = (1e-4, 1e4)
 
 
 @dataclass
@@ -34,23 +38,59 @@ class History:
     """
 
     def __init__(self, ratings, users, items):
-        user_rows = users.rows(ratings["user"], unknown_as_na=True)
-        item_rows = items.rows(ratings["title"], unknown_as_na=True)
-        values = ratings["rating"].to_numpy()
+        user_column, title_column, values = _ratings_columns(ratings)
+        user_rows = users.rows(user_column, unknown_as_na=True)
+        item_rows = items.rows(title_column, unknown_as_na=True)
         known = (user_rows > 0) & (item_rows > 0)
+        if not known.any():
+            raise DataError(f"none of the {len(values):,} ratings is of a user and a title this model knows "
+                            f"({users.describe()}; titles such as {items.keys[1]!r}): attach the ratings the "
+                            "model was trained on")
         if not known.all():  # the model's own ratings are all known: no masked copies of 25M rows
             user_rows, item_rows, values = user_rows[known], item_rows[known], values[known]
         del known
         order = _stable_order(user_rows)
         if order is not None:  # None: already grouped by user (MovieLens's files), and no 100 MB copies
             user_rows, item_rows, values = user_rows[order], item_rows[order], values[order]
+        self.users, self.items = users, items
         self.item_rows, self.values = item_rows, values
         self.offsets = np.searchsorted(user_rows, np.arange(len(users) + 1))  # user row r: [r, r + 1)
+
+    def check_fits(self, users, items):
+        """Raise a DataError unless this history was grouped for these vocabularies (its rows are their rows)."""
+        if (self.users is users or self.users.keys == users.keys) and (self.items is items
+                                                                       or self.items.keys == items.keys):
+            return
+        raise DataError(f"this History was grouped for another model ({len(self.users) - 1:,} users, "
+                        f"{len(self.items) - 1:,} titles; this one has {len(users) - 1:,} users, {len(items) - 1:,} "
+                        "titles): attach the ratings frame itself, or History(ratings, recommender.users, "
+                        "recommender.items)")
 
     def of(self, user_row):
         """(item rows, ratings) the user gave, in the dataset's order; None when they rated nothing here."""
         start, end = self.offsets[user_row], self.offsets[user_row + 1]
         return (self.item_rows[start:end], self.values[start:end]) if end > start else None
+
+
+def _ratings_columns(ratings):
+    """(user, title, rating) columns of a ratings frame, the ratings as finite numbers, else a DataError."""
+    if not isinstance(ratings, pd.DataFrame):
+        raise DataError(f"history takes a ratings frame (columns user, title, rating, as hfcf.data returns), a "
+                        f"History of this model, or None (got {type(ratings).__name__})")
+    missing = [column for column in ("user", "title", "rating") if column not in ratings.columns]
+    if missing:
+        raise DataError(f"the ratings frame has no column {missing[0]!r} (columns found: "
+                        f"{', '.join(map(str, ratings.columns))[:200]}); pass a frame from hfcf.data.load")
+    values = ratings["rating"].to_numpy()
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"the ratings frame's rating column holds {values.dtype} values, not numbers; pass a frame "
+                        "from hfcf.data.load, which reads them as numbers")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise DataError(f"the ratings frame has {int((~np.isfinite(values)).sum()):,} missing or infinite ratings "
+                        f"(the first in row {bad:,}); drop them (ratings.dropna(subset=['rating'])) or pass a frame "
+                        "from hfcf.data.load, which refuses them")
+    return ratings["user"], ratings["title"], values
 
 
 def _stable_order(keys):
@@ -65,13 +105,63 @@ def _stable_order(keys):
     return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
 
 
-def check_n(n, most):
-    """`n` as an int in 1..most, else a DataError giving the valid range."""
+def check_n(n, most, name="n"):
+    """`n` as an int in 1..most (at least 1 when `most` is None), else a DataError giving the valid range."""
+    valid = f"between 1 and {most:,}" if most is not None else "at least 1"
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (isinstance(n, float) and n.is_integer()):
-        raise DataError(f"n must be a whole number between 1 and {most:,} (got {repr(n)[:40]})")
-    if not 1 <= n <= most:
-        raise DataError(f"n must be between 1 and {most:,} (got {int(n):,})")
+        raise DataError(f"{name} must be a whole number {valid} (got {repr(n)[:40]})")
+    if not 1 <= n <= (most if most is not None else n):
+        raise DataError(f"{name} must be {valid} (got {int(n):,})")
     return int(n)
+
+
+def check_l2(l2):
+    """`l2` as a float within L2_RANGE, else a DataError giving the range."""
+    low, high = L2_RANGE
+    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)) or not low <= l2 <= high:
+        raise DataError(f"l2 must be a number between {low:g} and {high:g} (got {repr(l2)[:40]}); the default, 1, "
+                        "suits a few ratings")
+    return float(l2)
+
+
+def _local(text):
+    """(path, "folder" | "missing" | "repo id") for what `text` names, after recovering an interrupted write there;
+    an ArtifactError when the file system refuses the path itself (a NUL byte, a name too long)."""
+    try:
+        path = Path(text).expanduser()
+        artifacts.recover(path)  # an interrupted train.py may have left its new model inside, to put in place
+        if path.is_dir():
+            return path, "folder"
+        local = (path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
+                 or Path(text.split("/")[0]).is_dir())  # "models/smal" beside a models/ folder is a path
+        return (path.resolve(), "missing") if local else (path, "repo id")
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: "~nobody" has no home directory
+        reason = getattr(err, "strerror", None) or err
+        raise ArtifactError(f"cannot read {text[:80]!r} as a model folder ({reason}): pass a model folder's path "
+                            "or a Hub repo id (owner/name[@revision])") from None
+
+
+def _pairs(ratings):
+    """A newcomer's ratings as a list of (title, rating) pairs, from a mapping (a dict, a Series) or pairs."""
+    if ratings is None:
+        return []
+    if isinstance(ratings, (Mapping, pd.Series)):
+        return list(ratings.items())
+    usage = "give {title: rating} or a list of (title, rating) pairs"
+    if isinstance(ratings, (str, bytes, pd.DataFrame)) or not isinstance(ratings, Iterable):
+        raise DataError(f"a newcomer's ratings are {type(ratings).__name__} {str(ratings)[:40]!r}: {usage}")
+    pairs = list(ratings)
+    if len(pairs) > MAX_FOLD_IN:
+        return pairs  # refused for their number before any is read
+    return [_pair(pair, usage) for pair in pairs]
+
+
+def _pair(pair, usage):
+    if not isinstance(pair, (str, bytes)) and isinstance(pair, Iterable):
+        pair = tuple(pair)
+        if len(pair) == 2:
+            return pair
+    raise DataError(f"{str(pair)[:60]!r} is not a (title, rating) pair: {usage}")
 
 
 class Recommender:
@@ -115,15 +205,12 @@ class Recommender:
         text = str(repo_id_or_path).strip()
         if not text:
             raise ArtifactError("no model given: pass a model folder or a Hub repo id (owner/name[@revision])")
-        path = Path(text).expanduser()
-        artifacts.recover(path)  # an interrupted train.py may have left its new model inside, to put in place
-        if path.is_dir():
+        path, place = _local(text)
+        if place == "folder":
             return cls(artifacts.load(path), model, source=str(path))
-        local = (path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
-                 or Path(text.split("/")[0]).is_dir())  # "models/smal" beside a models/ folder is a path
-        if local:
+        if place == "missing":
             raise ArtifactError(f"{text} is neither a model folder nor a Hub repo id (owner/name[@revision]): there "
-                                f"is no folder {path.resolve()}; check the path")
+                                f"is no folder {path}; check the path")
         from . import hub
 
         folder, commit = hub.download(text, revision, force_download=force_download)
@@ -145,6 +232,8 @@ class Recommender:
         seen titles are left out of picks, the history is shown, and the top-N model names the rated titles behind
         each pick. None detaches it."""
         self._counts = self._axes = self._floor = None  # popularity may now come from these ratings
+        if isinstance(ratings, History):
+            ratings.check_fits(self.users, self.items)
         if ratings is None or isinstance(ratings, History):
             self._history = ratings
         else:
@@ -246,7 +335,11 @@ class Recommender:
         excluded = np.zeros(len(scores), dtype=bool)  # a mask: on a long tail most titles fall under the floor
         excluded[row] = True
         if counts is not None:
-            excluded |= counts < self._min_ratings(counts, min_ratings)
+            floor = self._min_ratings(counts, min_ratings)
+            excluded |= counts < floor
+            if excluded.all():
+                raise DataError(f"no other title has {floor:g} ratings or more (the most-rated has "
+                                f"{counts[1:].max():,.0f}): lower min_ratings")
         picks, similarity = self._top(scores, n, excluded)
         frame = pd.DataFrame({"title": [self.items.keys[r] for r in picks], "similarity": np.round(similarity, 3)})
         if counts is not None:
@@ -301,10 +394,13 @@ class Recommender:
         else from `item_counts` in vocab.json.
         """
         counts = self._item_counts()
-        n_items = check_n(n_items, len(self.items) - 1)
-        if not 1 <= components <= self._unit_items.shape[1]:
-            raise DataError(f"components must be between 1 and {self._unit_items.shape[1]} (got {components})")
-        order, mean, axes = self._principal_axes(counts, max(pool, n_items))
+        n_items = check_n(n_items, len(self.items) - 1, "n_items")
+        components = check_n(components, self._unit_items.shape[1], "components")
+        pool = min(max(check_n(pool, None, "pool"), n_items), len(self.items) - 1)
+        if components > pool:
+            raise DataError(f"{components} principal components need at least {components} titles to fit them on, "
+                            f"and pool={pool} gives {pool}: raise pool or ask for fewer components")
+        order, mean, axes = self._principal_axes(counts, pool)
         coordinates = (self.scorer.item_vectors()[order[:n_items]] - mean) @ axes[:components].T
         frame = pd.DataFrame(coordinates.round(4), columns=[f"pc{i + 1}" for i in range(components)])
         frame.insert(0, "title", [self.items.keys[r] for r in order[:n_items]])
@@ -333,6 +429,7 @@ class Recommender:
         `l2` is the rating models' shrinkage towards the average user.
         """
         rows, targets = self._check_fold_in(ratings)
+        l2 = check_l2(l2)
         vector, scores = self.scorer.fold_in(rows, targets, l2)
         picks, best = self._top(scores, n, rows)
         if self.scorer is self.rating or self.rating is None:
@@ -345,7 +442,7 @@ class Recommender:
     def _check_fold_in(self, ratings):
         """(item rows, ratings) of a newcomer's `{title: rating}` or (title, rating) pairs, checked before any work:
         at most MAX_FOLD_IN ratings, each a known title rated once within the model's range."""
-        pairs = list(ratings.items()) if isinstance(ratings, dict) else list(ratings or [])
+        pairs = _pairs(ratings)
         if not pairs:
             raise DataError("rate at least one movie to get recommendations")
         if len(pairs) > MAX_FOLD_IN:
@@ -381,7 +478,7 @@ class Recommender:
 
     # --- shared helpers --------------------------------------------------------------------------------------
     def _item_rows(self, titles):
-        if isinstance(titles, str):
+        if isinstance(titles, (str, bytes)) or not isinstance(titles, Iterable):
             titles = [titles]
         return np.array([self.items.index(title) for title in titles], dtype=np.int64)
 

@@ -61,8 +61,10 @@ def _bulk_rows(keys, values, what, error, as_text=False):
         rows = per_category[values.cat.codes.to_numpy()]
     else:
         rows = index.get_indexer(values.to_numpy())
-    if as_text and (rows < 0).any():
-        rows = pd.Index([str(key) for key in keys[1:]]).get_indexer(values.astype(str).str.strip().to_numpy())
+    if as_text and (rows < 0).any():  # only the keys that missed: an exact match is never undone by stripping
+        missing = np.flatnonzero(rows < 0)
+        text = pd.Index([str(key) for key in keys[1:]])
+        rows[missing] = text.get_indexer(values.iloc[missing].astype(str).str.strip().to_numpy())
     if error is not None and (rows < 0).any():
         missing = values.iloc[int(np.flatnonzero(rows < 0)[0])]
         raise error(f"{what} {missing!r} is not in the vocabulary")
@@ -133,7 +135,7 @@ class ItemVocab:
     def rows(self, titles, unknown_as_na=False):
         """Rows of many exact titles at once (training data); unknown titles raise, or give row 0 with
         `unknown_as_na`."""
-        return _bulk_rows(self.keys, titles, "title", None if unknown_as_na else UnknownItemError)
+        return _bulk_rows(self.keys, titles, "title", None if unknown_as_na else UnknownItemError, as_text=True)
 
     def index(self, title):
         """The row of `title`: exact, then normalized, then without the year; else suggestions."""

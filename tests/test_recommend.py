@@ -263,3 +263,104 @@ def test_picks_break_ties_by_row_and_never_pick_nan(synthetic_model):
     rows, values = rec._top(scores, 4, [1])
     assert rows.tolist() == [20, 2, 4, 5] and values.tolist() == [6.0, 5.5, 5.5, 5.5]  # not #na#, 1, or NaN
     assert rec._top(np.full(len(rec.items), np.nan), 3, [])[0].tolist() == []
+
+
+def test_a_history_grouped_for_another_model_is_refused(synthetic_model, synthetic_dataset):
+    from hfcf import vocab
+    from hfcf.recommend import History
+
+    rec = Recommender.from_pretrained(synthetic_model[0])
+    fewer = synthetic_dataset.ratings[synthetic_dataset.ratings["user"] <= 50]
+    other = History(fewer, *vocab.from_ratings(fewer))  # another folder's vocabularies: its rows are not ours
+    with pytest.raises(DataError, match="grouped for another model"):
+        rec.attach_history(other)
+    assert rec.recommend(150, n=3)["title"].size == 3  # nothing was attached: no IndexError past its users
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_history_with_a_missing_rating_is_refused(synthetic_model, synthetic_dataset, bad):
+    ratings = synthetic_dataset.ratings.copy()
+    ratings.loc[0, "rating"] = bad
+    rec = Recommender.from_pretrained(synthetic_model[0], model="topn")
+    with pytest.raises(DataError, match="1 missing or infinite ratings.*dropna"):
+        rec.attach_history(ratings)
+
+
+def test_history_matches_titles_by_their_string_form():
+    """A model of string item ids (a CSV without titles) and a frame that read the same ids as numbers."""
+    import pandas as pd
+
+    from hfcf.recommend import History
+    from hfcf.vocab import NA, ItemVocab, UserVocab
+
+    frame = pd.DataFrame({"user": [1, 1, 2], "title": [101, 103, 102], "rating": [4.0, 2.0, 5.0]})
+    history = History(frame, UserVocab([NA, 1, 2]), ItemVocab([NA, "101", "102", "103"]))
+    assert history.of(1)[0].tolist() == [1, 3] and history.of(2)[0].tolist() == [2]
+
+
+def test_a_history_that_matches_nothing_in_the_model_is_refused(synthetic_model, synthetic_dataset):
+    ratings = synthetic_dataset.ratings.assign(title=synthetic_dataset.ratings["item"])  # ids, not titles
+    rec = Recommender.from_pretrained(synthetic_model[0])
+    with pytest.raises(DataError, match="none of the .* ratings is of a user and a title this model knows"):
+        rec.attach_history(ratings)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda frame: [1, 2], "got list"),
+    (lambda frame: "user,title,rating", "got str"),
+    (lambda frame: frame.drop(columns="rating"), "no column 'rating'"),
+    (lambda frame: frame.assign(rating=frame["rating"].astype(str)), "not numbers"),
+])
+def test_history_refuses_what_is_not_a_ratings_frame(synthetic_model, synthetic_dataset, make, message):
+    with pytest.raises(DataError, match=message):
+        Recommender.from_pretrained(synthetic_model[0]).attach_history(make(synthetic_dataset.ratings))
+
+
+@pytest.mark.parametrize("ratings", ["abc", 5, ["abc"], [("Cluster 0 Movie 001",)], [(1, 2, 3)]])
+def test_fold_in_refuses_what_is_not_title_rating_pairs(rec, ratings):
+    with pytest.raises(DataError, match=r"give \{title: rating\} or a list of \(title, rating\) pairs"):
+        rec.fold_in(ratings)
+
+
+def test_fold_in_takes_a_series_of_ratings(rec):
+    import pandas as pd
+
+    picks = rec.fold_in(pd.Series({rec.items.keys[1]: 5.0, rec.items.keys[2]: 4.0}), n=3).recommendations
+    assert len(picks) == 3
+
+
+@pytest.mark.parametrize("l2", [float("nan"), 1e300, float("inf"), 0, -1, True, "1"])
+def test_fold_in_refuses_an_unusable_l2(rec, l2):
+    with pytest.raises(DataError, match="l2 must be a number between"):
+        rec.fold_in({rec.items.keys[1]: 4}, l2=l2)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"n_items": 1, "pool": 1}, "need at least 3 titles.*raise pool"),
+    ({"components": 2.5}, "components must be a whole number"),
+    ({"components": 0}, "components must be between 1"),
+    ({"pool": 0}, "pool must be at least 1"),
+    ({"pool": 2.5}, "pool must be a whole number"),
+    ({"n_items": "50"}, "n_items must be a whole number"),
+])
+def test_embedding_map_refuses_unusable_arguments(rec, arguments, message):
+    with pytest.raises(DataError, match=message):
+        rec.embedding_map(**arguments)
+
+
+def test_embedding_map_fits_a_small_pool(rec):
+    frame = rec.embedding_map(n_items=2, components=2, pool=1)  # the pool grows to the titles shown
+    assert list(frame.columns) == ["title", "pc1", "pc2", "ratings"] and len(frame) == 2
+
+
+def test_similar_with_a_floor_above_every_title_is_an_error_not_an_empty_table(rec):
+    with pytest.raises(DataError, match="no other title has .* ratings or more.*lower min_ratings"):
+        rec.similar(rec.items.keys[1], min_ratings=10**9)
+
+
+@pytest.mark.parametrize("where", ["nul\x00byte", "x" * 5000, "~no-such-user-here/model"])
+def test_a_path_the_file_system_refuses_is_an_artifact_error(where):
+    from hfcf.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="cannot read .* as a model folder"):
+        Recommender.from_pretrained(where)
