@@ -23,10 +23,9 @@ THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity"
 RANKING_BLOCK = 1 << 18  # first-layer activations an nn ranking holds at once (1 MB: a core's cache)
 
 
-# The most first-layer activations an nn ranking of the whole catalogue should read: 4M (16 MB) is 2-3 ms for the
-# two threads above, within the 5 ms a request may take (issue 11). training.defaults_for narrows the default first
-# layer to fit, down to 64 units: 128 up to 32k titles, 64 beyond. From 1M to 25M ratings 64 units caught 1-3 points
-# less of the signal than 128, and 32 units 5-6 points less (59% at 1M): BENCHMARKS.md, "The nn's width".
+# The most first-layer activations an nn ranking of the whole catalogue should read (16 MB: a few ms on two threads,
+# within a request's budget); training.defaults_for narrows the first layer to fit, never below 64 units, whose cost
+# in accuracy is in BENCHMARKS.md, "The nn's width".
 NN_RANKING_BUDGET = 1 << 22
 NN_NARROWEST = 64
 
