@@ -627,6 +627,7 @@ def test_another_file_than_the_models_is_refused_with_the_mismatch(csv_model, tm
 def test_ratings_with_a_renamed_column_get_a_fix_the_app_takes(csv_model, tmp_path):
     recommenders = space.load_recommenders(str(csv_model / "model"))
     text = (csv_model / "stars.csv").read_text()
+    (tmp_path / "books.csv").write_text((csv_model / "books.csv").read_text())  # the titles are found beside it
     (tmp_path / "stars.csv").write_text(text.replace("reader,", "user,", 1))
     note = space.load_history(recommenders, str(tmp_path / "stars.csv"), log=quiet)
     assert "has no column 'reader'" in note and "rename that column to 'reader'" in note and "--ratings" in note
