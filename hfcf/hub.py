@@ -219,6 +219,9 @@ def parse_dataset_url(url):
         what = f"a {uri.type} repo" if uri.type != "dataset" else "no file in it"
         raise DataError(f"{url} names {what}; ratings are read from one file of a dataset repo: write it "
                         f"{DATASET_URL}, e.g. {example}")
+    if {".", ".."} & set(uri.path_in_repo.split("/")):  # a file of the repo, never a way out of its cache folder
+        raise DataError(f"{url} has a '.' or '..' in its PATH: name the file by its path from the repo's top, "
+                        f"{DATASET_URL}")
     return uri
 
 

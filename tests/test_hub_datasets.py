@@ -140,6 +140,7 @@ def test_offline_with_nothing_cached_says_so_and_a_local_copy_works(repo, server
 @pytest.mark.parametrize("given, fixed", [
     (f"hf://{DATASET}/data/stars.csv", f"hf://datasets/{DATASET}/data/stars.csv"),  # a model repo
     (f"hf://datasets/{DATASET}", f"hf://datasets/{DATASET}/PATH"),  # no file
+    (f"hf://datasets/{DATASET}/data/../../../etc/passwd", None),  # out of the repo's cache folder
     ("hf://", None),
 ])
 def test_a_url_of_the_wrong_shape_is_refused_with_the_right_form(repo, given, fixed, capsys):
@@ -172,6 +173,15 @@ def test_a_missing_repo_or_revision_is_named(repo):
         hub.dataset_file("hf://datasets/alice/nothing-here/stars.csv")
     with pytest.raises(HubError, match=f"Revision 'v9' not found in datasets/{DATASET}"):
         hub.dataset_file(url(revision="v9"))
+
+
+def test_an_unreachable_hub_with_nothing_cached_fails_at_once(caplog):
+    from test_hub import closed_port_endpoint
+
+    endpoint = closed_port_endpoint()
+    with pytest.raises(HubError, match=f"not in the local cache and the Hub could not be reached at {endpoint}"):
+        hub.dataset_file(url(), endpoint=endpoint)
+    assert "Retrying" not in caplog.text
 
 
 def test_a_gated_repo_says_to_accept_its_conditions(repo, server):
