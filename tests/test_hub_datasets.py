@@ -76,11 +76,30 @@ def test_a_revision_pins_the_file_as_it_was_then(repo, server):
 
 
 @pytest.fixture
-def hub_model(repo, tmp_path):
+def hub_model_folder(repo, tmp_path):
     pytest.importorskip("fastai")
     code, out = train_from_hub(tmp_path)
     assert code == 0
-    return space.load_recommenders(str(out))
+    return out
+
+
+@pytest.fixture
+def hub_model(hub_model_folder):
+    return space.load_recommenders(str(hub_model_folder))
+
+
+@pytest.mark.parametrize("how", ["--ratings", "HFCF_RATINGS"])
+def test_app_py_reads_histories_from_the_url_as_ratings_or_from_hfcf_ratings(hub_model_folder, monkeypatch, how):
+    import app
+
+    shown = {}
+    monkeypatch.setattr(app, "build_demo", lambda recommenders, note="": shown.update(recommenders=recommenders,
+                                                                                         note=note))
+    monkeypatch.setattr(app, "serve", lambda *args, **kwargs: None)
+    monkeypatch.setenv("HFCF_RATINGS", url() if how == "HFCF_RATINGS" else "")
+
+    assert app.main(["--model", str(hub_model_folder)] + (["--ratings", url()] if how == "--ratings" else [])) == 0
+    assert shown["note"] == "" and len(shown["recommenders"]["dot"].history("7")) > 0
 
 
 def test_the_app_shows_histories_read_from_the_dataset_repo(hub_model):
