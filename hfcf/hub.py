@@ -236,7 +236,7 @@ def dataset_file(url, *, endpoint=None) -> tuple[Path, str]:
     uri = parse_dataset_url(url)
     api = HfApi(endpoint=endpoint)
     fetch = dict(repo_id=uri.id, repo_type="dataset")
-    with _hub_errors(f"datasets/{uri.id}", uri.revision, api.endpoint, "read"):
+    with _hub_errors(f"datasets/{uri.id}", uri.revision, api.endpoint, "read", target=url):
         # resolve_revision notes branch -> commit in the cache (refs/), so a branch name resolves offline too;
         # a file fetched by commit is then served from the cache without a request.
         sha = api.resolve_revision(revision=uri.revision, **fetch).resolved
@@ -260,15 +260,15 @@ def _missing_file(api, uri, sha):
 
 
 @contextmanager
-def _hub_errors(repo_id, revision, endpoint, action):
+def _hub_errors(repo_id, revision, endpoint, action, target=None):
     """Turn huggingface_hub's and httpx2's exceptions into a HubError that says what to do for `action` (a key of
-    INSTEAD), without the token."""
+    INSTEAD), without the token; `target` names what a cache lacked (default: the repo at `revision`)."""
     try:
         yield
     except HfcfError:
         raise
     except Exception as err:
-        message = next(filter(None, (_explain(e, repo_id, revision, endpoint, action) for e in _chain(err))), None)
+        message = next(filter(None, (_explain(e, repo_id, revision, endpoint, action, target) for e in _chain(err))), None)
         if message is None:
             raise
         token = get_token()
@@ -290,9 +290,9 @@ def _chain(err):
             pending += [err.__cause__, err.__context__]
 
 
-def _explain(err, repo_id, revision, endpoint, action):
+def _explain(err, repo_id, revision, endpoint, action, target=None):
     """A message for the first exception in a chain that hfcf knows how to explain, else None."""
-    target = f"{repo_id}@{revision}" if revision else repo_id
+    target = target or (f"{repo_id}@{revision}" if revision else repo_id)
     instead = INSTEAD[action]
     if isinstance(err, (RevisionResolutionError, LocalEntryNotFoundError)):
         offline = constants.is_offline_mode()

@@ -122,6 +122,17 @@ def test_the_app_refuses_other_ratings_in_the_repo_by_their_fingerprint(hub_mode
     assert space.load_history(hub_model, pinned, log=notes.append) == ""  # the commit it was trained on
 
 
+def test_the_app_serves_without_histories_when_the_hub_cannot_answer(hub_model, server, monkeypatch):
+    go_offline(server, monkeypatch)
+    notes = []
+
+    note = space.load_history(hub_model, url("data/more-stars.csv"), log=notes.append)  # never downloaded
+
+    assert f"{url('data/more-stars.csv')} is not in the local cache and offline mode is on" in note
+    assert "predictions only" in note
+    assert hub_model["dot"]._history is None and notes
+
+
 def test_without_ratings_the_app_names_the_pinned_url_to_pass(hub_model, repo):
     note = space.load_history(hub_model, None, log=lambda *_: None)
 
@@ -147,7 +158,7 @@ def test_train_py_and_the_app_work_offline_from_the_cache(repo, server, tmp_path
 
 def test_offline_with_nothing_cached_says_so_and_a_local_copy_works(repo, server, monkeypatch, tmp_path):
     go_offline(server, monkeypatch)
-    with pytest.raises(HubError, match=r"not in the local cache and offline mode is on \(HF_HUB_OFFLINE=1\): "
+    with pytest.raises(HubError, match=url() + r" is not in the local cache and offline mode is on \(HF_HUB_OFFLINE=1\): "
                                        r"download it once online, or pass a local copy of the file"):
         hub.dataset_file(url())
 
