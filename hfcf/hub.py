@@ -11,7 +11,7 @@ import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx2
@@ -244,8 +244,7 @@ def dataset_file(url, *, endpoint=None) -> tuple[Path, str]:
             path = hf_hub_download(filename=uri.path_in_repo, revision=sha, endpoint=api.endpoint, **fetch)
         except RemoteEntryNotFoundError:
             raise DataError(_missing_file(api, uri, sha)) from None
-    pinned = type(uri)(type="dataset", id=uri.id, revision=sha, path_in_repo=uri.path_in_repo)
-    return Path(path), pinned.to_uri()
+    return Path(path), replace(uri, revision=sha).to_uri()
 
 
 def _missing_file(api, uri, sha):
@@ -268,7 +267,8 @@ def _hub_errors(repo_id, revision, endpoint, action, target=None):
     except HfcfError:
         raise
     except Exception as err:
-        message = next(filter(None, (_explain(e, repo_id, revision, endpoint, action, target) for e in _chain(err))), None)
+        explained = (_explain(e, repo_id, revision, endpoint, action, target) for e in _chain(err))
+        message = next(filter(None, explained), None)
         if message is None:
             raise
         token = get_token()

@@ -158,8 +158,9 @@ def test_train_py_and_the_app_work_offline_from_the_cache(repo, server, tmp_path
 
 def test_offline_with_nothing_cached_says_so_and_a_local_copy_works(repo, server, monkeypatch, tmp_path):
     go_offline(server, monkeypatch)
-    with pytest.raises(HubError, match=url() + r" is not in the local cache and offline mode is on \(HF_HUB_OFFLINE=1\): "
-                                       r"download it once online, or pass a local copy of the file"):
+    with pytest.raises(HubError, match=url() + r" is not in the local cache and offline mode is on "
+                                               r"\(HF_HUB_OFFLINE=1\): download it once online, or pass a local "
+                                               r"copy of the file"):
         hub.dataset_file(url())
 
     copy = tmp_path / "stars.csv"
