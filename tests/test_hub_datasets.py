@@ -224,3 +224,26 @@ def test_a_gated_repo_says_to_accept_its_conditions(repo, server):
 def test_a_dataset_and_a_model_repo_of_the_same_name_are_kept_apart(repo, server):
     server.add_files(DATASET, {"data/stars.csv": b"a model repo's file"})
     assert hub.dataset_file(url())[0].read_bytes().startswith(b"reader,book,stars\n")
+
+
+def test_a_private_dataset_repo_is_read_with_the_token_only(repo, server, monkeypatch):
+    server.repos[f"datasets/{DATASET}"].private = True
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubError, match=f"datasets/{DATASET} not found .* a private repo also needs a token"):
+        hub.dataset_file(url())
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the fix it names
+    assert hub.dataset_file(url())[1] == url(revision=repo)
+
+
+def test_a_parquet_file_stored_through_lfs_is_read(repo, server, tmp_path):
+    import pandas as pd
+
+    local = tmp_path / "stars.parquet"
+    pd.read_csv(hub.dataset_file(url())[0]).to_parquet(local)
+    server.add_files(f"datasets/{DATASET}", {"stars.parquet": local.read_bytes()}, message="add parquet")
+    assert server.repos[f"datasets/{DATASET}"].files_at("main")[1]["stars.parquet"].lfs  # binary: the Hub's LFS
+
+    dataset = data.load(url("stars.parquet"), user_col="reader", item_col="book", rating_col="stars")
+    assert dataset.fingerprint == data.load(str(local), user_col="reader", item_col="book",
+                                            rating_col="stars").fingerprint
