@@ -285,8 +285,9 @@ def parse_args(argv=None):
     p.add_argument("--model", help="a Hub repo id (owner/name or owner/name@revision) or a local model folder "
                    "(default: HFCF_MODEL, then ./model, else a demo model trained here)")
     p.add_argument("--ratings", metavar="PATH", help="the ratings the model was trained on, for users' histories: "
-                   "any source train.py --data takes, read as the model's config.json records (default: "
-                   "HFCF_RATINGS; MovieLens 100k and the synthetic set are found without it)")
+                   "any source train.py --data takes, a Hub dataset file hf://datasets/OWNER/NAME[@REVISION]/PATH "
+                   "included, read as the model's config.json records (default: HFCF_RATINGS; MovieLens 100k and "
+                   "the synthetic set are found without it)")
     p.add_argument("--titles", metavar="PATH", help="the titles table, when it is not beside --ratings under "
                    "the name config.json records")
     p.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")

@@ -35,18 +35,22 @@ def parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data (default: MovieLens 100k through fastai's untar_data)")
     data.add_argument("--data", metavar="PATH", help="a MovieLens folder (100k, latest-small, 1M) or a CSV/TSV/Parquet "
-                      "ratings file; 'synthetic' for a small generated set with planted clusters")
+                      "ratings file, on disk or in a Hub dataset repo as hf://datasets/OWNER/NAME[@REVISION]/PATH "
+                      "(pinned to the commit it resolves to, cached; offline from the cache with HF_HUB_OFFLINE=1); "
+                      "'synthetic' for a small generated set with planted clusters")
     data.add_argument("--format", default="auto", choices=["auto", "ml-100k", "ml-latest-small", "ml-1m", "table",
                                                            "synthetic"], help="how to read --data (default: detect)")
     data.add_argument("--user-col", help="ratings-file column of user ids (default: user)")
     data.add_argument("--item-col", help="ratings-file column of item ids (default: item)")
     data.add_argument("--rating-col", help="ratings-file column of ratings (default: rating)")
     data.add_argument("--timestamp-col", help="ratings-file column of timestamps (optional)")
-    data.add_argument("--titles", metavar="PATH", help="a CSV/Parquet table of item titles for a ratings file")
+    data.add_argument("--titles", metavar="PATH", help="a CSV/Parquet table of item titles for a ratings file "
+                      "(a path or an hf://datasets/... URL)")
     data.add_argument("--title-col", help="column of titles in --titles (default: title)")
     data.add_argument("--titles-item-col", help="column of item ids in --titles (default: --item-col)")
     data.add_argument("--dataset-id", metavar="OWNER/NAME", help="the Hub dataset repo the ratings come from, "
-                      "for the card's `datasets:` (left out when not given: a file name is no dataset id)")
+                      "for the card's `datasets:` (default: the repo of an hf://datasets/... --data; left out for "
+                      "a local file: a file name is no dataset id)")
     data.add_argument("--on-duplicate", default="error", choices=["error", "last", "mean"],
                       help="a user rating the same item twice: refuse (default), keep the last, or average")
     split = p.add_argument_group("evaluation split")
@@ -166,7 +170,7 @@ def main(argv=None):
     trained, world = False, None
     try:
         check_args(args)
-        from hfcf import artifacts, data, distributed, pipeline
+        from hfcf import artifacts, data, distributed, hub, pipeline
 
         world = distributed.join()  # torchrun's variables: one process of several, else a single one
         if world.is_main:
@@ -176,10 +180,10 @@ def main(argv=None):
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
         settings = model_settings(args, *pipeline.training_size(split))
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,
-                                args.force, args.repo_id, world=world, dataset_id=args.dataset_id)
+                                args.force, args.repo_id, world=world,
+                                dataset_id=args.dataset_id or hub.dataset_repo_id(args.data))
         trained = True
         if args.push and world.is_main:
-            from hfcf import hub
             result = hub.push(args.out, args.repo_id, private=args.private)
             print(f"pushed commit {result.commit_sha} to {result.repo_url}\n{result.url}")
         distributed.barrier(world)  # the other ranks wait until rank 0 has written (and pushed) the folder

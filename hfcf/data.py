@@ -213,9 +213,11 @@ def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=
 
 
 def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **table_kwargs):
-    """Load `source` (None: MovieLens 100k; "synthetic"; a MovieLens folder; a ratings file) as a Dataset."""
+    """Load `source` (None: MovieLens 100k; "synthetic"; a MovieLens folder; a ratings file, on disk or an
+    hf://datasets/OWNER/NAME[@REVISION]/PATH on the Hub) as a Dataset."""
     if format not in ("auto", *FORMATS):
         raise DataError(f"unknown format {format!r}; pass --format with one of auto, {', '.join(FORMATS)}")
+    source, pinned, table_kwargs = _fetch_from_hub(source, table_kwargs)
     if format == "auto":
         format = _detect_format(source)
     table_kwargs = {key: value for key, value in table_kwargs.items() if value is not None}
@@ -223,7 +225,7 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
         options = ", ".join("--" + key.replace("_", "-") for key in table_kwargs)
         raise DataError(f"{options} can only be used with a ratings file, not with {format} data; leave them out")
     # Names, not paths: config.json is published, and where the files lie is this machine's business.
-    read_as = {"format": format, "source": None if source is None else Path(source).name,
+    read_as = {"format": format, "source": pinned or (None if source is None else Path(source).name),
                "columns": {key: Path(value).name if key == "titles_path" else value
                            for key, value in table_kwargs.items()},
                "on_duplicate": on_duplicate}
@@ -244,6 +246,19 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
     # float64 as they were read, so a folder written when they stayed float64 still matches its data.
     dataset.ratings["rating"] = dataset.ratings["rating"].astype("float32")
     return dataset
+
+
+def _fetch_from_hub(source, table_kwargs):
+    """(local source, the hf:// URL pinned to its commit or None, table_kwargs with a local titles_path): files on
+    the Hub are downloaded (or found in the cache) first, so everything after reads a local file."""
+    from . import hub  # here, not at the top: hub imports the modules that build on this one
+
+    pinned = None
+    if hub.is_hub_url(source):
+        source, pinned = hub.dataset_file(source)
+    if hub.is_hub_url(table_kwargs.get("titles_path")):
+        table_kwargs = table_kwargs | {"titles_path": hub.dataset_file(table_kwargs["titles_path"])[0]}
+    return source, pinned, table_kwargs
 
 
 def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):

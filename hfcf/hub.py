@@ -11,17 +11,21 @@ import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, constants, get_cached_repo_tree, get_token, snapshot_download
+from huggingface_hub import (HfApi, constants, get_cached_repo_tree, get_token, hf_hub_download, parse_hf_uri,
+                             snapshot_download)
 from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError,
+    GatedRepoError,
+    HfUriError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
     RevisionResolutionError,
@@ -35,6 +39,9 @@ from .artifacts import WEIGHT_FILES as WEIGHTS_BY_KIND
 from .errors import ArtifactError, DataError, HfcfError, HubError
 
 WEIGHT_FILES = tuple(WEIGHTS_BY_KIND.values())  # a folder holds one or more
+DATASET_URL = "hf://datasets/OWNER/NAME[@REVISION]/PATH"  # the one shape of ratings on the Hub hfcf reads
+# What else to do when `action` fails on the Hub's side.
+INSTEAD = {"push": "", "download": ", or load a local model folder", "read": ", or pass a local copy of the file"}
 
 
 @dataclass(frozen=True)
@@ -195,16 +202,73 @@ def download(repo_id, revision=None, *, endpoint=None, force_download=False) -> 
     return folder, sha
 
 
+def is_hub_url(source):
+    """True for an hf:// source: a file in a Hub repo rather than on this machine."""
+    return isinstance(source, str) and source.startswith(constants.HF_PROTOCOL)
+
+
+def parse_dataset_url(url):
+    """`url` as huggingface_hub's HfUri, refused (DataError) unless it names one file of a dataset repo."""
+    try:
+        uri = parse_hf_uri(url)
+    except HfUriError as err:
+        problem = str(err).split(": ", 1)[-1]
+        raise DataError(f"{url} is not a Hub dataset file ({problem}): write it {DATASET_URL}") from None
+    if uri.type != "dataset" or not uri.path_in_repo:
+        example = f"hf://datasets/{uri.id}{'@' + uri.revision if uri.revision else ''}/{uri.path_in_repo or 'PATH'}"
+        what = f"a {uri.type} repo" if uri.type != "dataset" else "no file in it"
+        raise DataError(f"{url} names {what}; ratings are read from one file of a dataset repo: write it "
+                        f"{DATASET_URL}, e.g. {example}")
+    if {".", ".."} & set(uri.path_in_repo.split("/")):  # a file of the repo, never a way out of its cache folder
+        raise DataError(f"{url} has a '.' or '..' in its PATH: name the file by its path from the repo's top, "
+                        f"{DATASET_URL}")
+    return uri
+
+
+def dataset_repo_id(source):
+    """The dataset repo id ('owner/name') of an hf:// source, else None."""
+    return parse_dataset_url(source).id if is_hub_url(source) else None
+
+
+def dataset_file(url, *, endpoint=None) -> tuple[Path, str]:
+    """The file `url` (hf://datasets/OWNER/NAME[@REVISION]/PATH) names, at the one commit its revision resolves to;
+    returns (local path in the Hub cache, `url` pinned to that commit). Offline, the cache answers."""
+    uri = parse_dataset_url(url)
+    api = HfApi(endpoint=endpoint)
+    fetch = dict(repo_id=uri.id, repo_type="dataset")
+    with _hub_errors(f"datasets/{uri.id}", uri.revision, api.endpoint, "read", target=url):
+        # resolve_revision notes branch -> commit in the cache (refs/), so a branch name resolves offline too;
+        # a file fetched by commit is then served from the cache without a request.
+        sha = api.resolve_revision(revision=uri.revision, **fetch).resolved
+        try:
+            path = hf_hub_download(filename=uri.path_in_repo, revision=sha, endpoint=api.endpoint, **fetch)
+        except RemoteEntryNotFoundError:
+            raise DataError(_missing_file(api, uri, sha)) from None
+    return Path(path), replace(uri, revision=sha).to_uri()
+
+
+def _missing_file(api, uri, sha):
+    """Say that `uri`'s file is not in its repo at commit `sha`, with the URLs of a few files that are."""
+    held = [name for name in api.list_repo_files(uri.id, repo_type="dataset", revision=sha)
+            if name != ".gitattributes"]
+    held.sort(key=lambda name: Path(name).name != Path(uri.path_in_repo).name)  # the same name in a folder first
+    at = f"@{uri.revision}" if uri.revision else ""
+    shown = ", ".join(f"hf://datasets/{uri.id}{at}/{name}" for name in held[:5]) + (", ..." if len(held) > 5 else "")
+    return (f"datasets/{uri.id} has no file {uri.path_in_repo!r} at commit {sha}: "
+            + (f"pass one it holds: {shown}" if held else "it holds no files; check the repo, or upload the file"))
+
+
 @contextmanager
-def _hub_errors(repo_id, revision, endpoint, action):
-    """Turn huggingface_hub's and httpx2's exceptions into a HubError that says what to do for `action` ("push"
-    or "download"), without the token."""
+def _hub_errors(repo_id, revision, endpoint, action, target=None):
+    """Turn huggingface_hub's and httpx2's exceptions into a HubError that says what to do for `action` (a key of
+    INSTEAD), without the token; `target` names what a cache lacked (default: the repo at `revision`)."""
     try:
         yield
     except HfcfError:
         raise
     except Exception as err:
-        message = next(filter(None, (_explain(e, repo_id, revision, endpoint, action) for e in _chain(err))), None)
+        explained = (_explain(e, repo_id, revision, endpoint, action, target) for e in _chain(err))
+        message = next(filter(None, explained), None)
         if message is None:
             raise
         token = get_token()
@@ -226,10 +290,10 @@ def _chain(err):
             pending += [err.__cause__, err.__context__]
 
 
-def _explain(err, repo_id, revision, endpoint, action):
+def _explain(err, repo_id, revision, endpoint, action, target=None):
     """A message for the first exception in a chain that hfcf knows how to explain, else None."""
-    target = f"{repo_id}@{revision}" if revision else repo_id
-    instead = ", or load a local model folder" if action == "download" else ""
+    target = target or (f"{repo_id}@{revision}" if revision else repo_id)
+    instead = INSTEAD[action]
     if isinstance(err, (RevisionResolutionError, LocalEntryNotFoundError)):
         offline = constants.is_offline_mode()
         reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else f"the Hub could not be reached at {endpoint}"
@@ -248,6 +312,9 @@ def _explain(err, repo_id, revision, endpoint, action):
     if not isinstance(err, HfHubHTTPError):
         return None
     status = err.response.status_code
+    if isinstance(err, GatedRepoError):  # a RepositoryNotFoundError too, though the repo exists
+        return (f"{repo_id} is gated: accept its conditions on its Hub page with your account, then log in "
+                f"(`hf auth login` or set HF_TOKEN){instead}")
     if isinstance(err, RepositoryNotFoundError) or status == 404:
         return (
             f"Repository {repo_id} not found at {endpoint}: check the spelling; a private repo also needs a token "

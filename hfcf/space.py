@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, HfcfError, MissingColumnError
+from .errors import DataError, HfcfError, HubError, MissingColumnError
 from .card import settings_text
 from .recommend import MODELS, History, Recommender, check_n
 
@@ -73,9 +73,9 @@ def bootstrap(out=LOCAL_MODEL, log=print):
 def load_history(recommenders, ratings=None, titles=None, log=print):
     """Attach the dataset's ratings (users' histories) and return a note for the page ("" when attached).
 
-    `ratings` (app.py --ratings, HFCF_RATINGS) is any source train.py --data takes, read the way the model's
-    config.json says its data was read (format, column flags; a titles table recorded there is looked for by its
-    name beside `ratings`, and `titles` names another).
+    `ratings` (app.py --ratings, HFCF_RATINGS) is any source train.py --data takes (an hf://datasets/... URL
+    included), read the way the model's config.json says its data was read (format, column flags; a titles table
+    recorded there is looked for by its name beside `ratings`, and `titles` names another).
     Without it, MovieLens 100k is found or downloaded and the synthetic set regenerated. The ratings must be
     the ones the model was trained on: their fingerprint (count and hash) is checked against config.json.
     """
@@ -97,11 +97,9 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
             if dataset.notes[:1] != config.get("notes", [])[:1] or len(dataset.ratings) != config.get("n_ratings"):
                 raise DataError("the synthetic set was generated with other settings")
         else:
-            source = Path(read_as.get("source") or "a file").name  # folders written before recorded a full path
-            raise DataError(f"the model was trained on {name if source == name else f'{name} ({source})'}, which "
-                            "does not travel with the model: pass that file with --ratings PATH (or set HFCF_RATINGS)")
+            raise DataError(_ratings_needed(name, read_as.get("source")))
         _check_fingerprint(dataset, config, ratings)
-    except DataError as err:
+    except (DataError, HubError) as err:  # the models still serve without histories
         log(f"users' ratings unavailable: {err}")
         return (f"Users' own ratings are not available here ({markdown_text(err)}), so the first tab shows "
                 "predictions only and top picks may include movies they have already rated.")
@@ -111,6 +109,18 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
     for recommender in recommenders.values():
         recommender.attach_history(history)
     return ""
+
+
+def _ratings_needed(name, source):
+    """Why no histories are shown for data that does not travel with the model, and the flag that brings them."""
+    from . import hub
+
+    if hub.is_hub_url(source):  # a Space reads nothing it was not told to: the owner passes the recorded URL
+        return (f"the model was trained on {source}: pass --ratings {source} (or set HFCF_RATINGS to it) to read "
+                "it from the Hub")
+    source = Path(source or "a file").name  # folders written before recorded a full path
+    return (f"the model was trained on {name if source == name else f'{name} ({source})'}, which does not travel "
+            "with the model: pass that file with --ratings PATH (or set HFCF_RATINGS)")
 
 
 def _read_as_trained(ratings, titles, read_as):
@@ -131,6 +141,10 @@ def _read_as_trained(ratings, titles, read_as):
 
 def _titles_beside(ratings, recorded):
     """The titles table the model was trained with, looked for beside `ratings`: config.json records its name only."""
+    from . import hub
+
+    if hub.is_hub_url(ratings):  # beside it in the same repo, at the same revision
+        return f"{ratings.rsplit('/', 1)[0]}/{Path(recorded).name}"
     path = Path(ratings).expanduser().parent / Path(recorded).name
     if not path.is_file():
         raise DataError(f"the model's titles were read from {path.name}, which is not beside {Path(ratings).name}: "

@@ -1,6 +1,6 @@
 """A small in-memory Hub on 127.0.0.1, enough for huggingface_hub 2.4's push and download paths.
 
-What it serves (model repos, "owner/name" ids only):
+What it serves (model repos, "owner/name" ids; dataset repos read-only, kept as "datasets/owner/name"):
 - GET /api/whoami-v2 (the server's user; 401 without a valid token);
 - POST /api/repos/create (409 with the repo url when it exists), POST /api/validate-yaml (accepts anything);
 - GET /api/models/{id}[/revision/{rev}] (id, sha, private, siblings), GET /api/models/{id}/tree/{rev}[/{path}];
@@ -12,17 +12,20 @@ What it serves (model repos, "owner/name" ids only):
 - POST /api/models/{id}/commit/{branch} (ndjson: header, file, lfsFile, deletedFile, deletedFolder);
 - HEAD/GET /{id}/resolve/{rev}/{path} with X-Repo-Commit, ETag (sha256 for LFS files, git sha1 otherwise),
   X-Linked-Etag / X-Linked-Size for LFS files, Content-Length; errors carry the Hub's X-Error-Code.
+- for dataset repos: GET /api/datasets/{id}[/revision/{rev}], GET /api/datasets/{id}/tree/{rev}[/{path}] and
+  HEAD/GET /datasets/{id}/resolve/{rev}/{path}, as above; a gated repo answers 403 GatedRepo to every read.
 Auth: a wrong bearer token gets 401 everywhere; writes need the token and the server user's namespace (403
 otherwise); private repos answer 401 RepoNotFound to anonymous reads, as the Hub does.
 A new repo starts with an "initial commit" holding .gitattributes, as on the Hub; commit shas are 40 hex digits,
 `main` moves, old commits stay readable by sha. Tests inspect `requests` [(method, unquoted path)], `files()`,
-`commits()`, `head()` and seed repos with `add_files()`.
+`commits()`, `head()` and seed repos with `add_files()` ("datasets/owner/name" for a dataset repo).
 
 What it does NOT do: Xet (no X-Xet-* headers are sent, so downloads use plain HTTP; uploads need
 HF_HUB_DISABLE_XET, because huggingface_hub 2.4 picks Xet on the client side whenever hf_xet is installed),
 multipart LFS, CDN redirects, Range requests, token scopes or orgs, tags, pull requests, parentCommit checks,
-rate limits, gated repos, list_repo_commits, dataset/space repos, README metadata validation, pagination,
-revisions with a slash in them, folder entries in non-recursive tree listings.
+rate limits, gated-repo access requests (a gated repo refuses every read), list_repo_commits, pushes to dataset
+repos, space repos, README metadata validation, pagination, revisions with a slash in them (refs/convert/parquet),
+folder entries in non-recursive tree listings, Parquet conversion or the dataset viewer.
 """
 
 import base64
@@ -67,6 +70,7 @@ class Repo:
     private: bool
     commits: dict = field(default_factory=dict)  # sha -> {path: Blob}, oldest first; old commits stay readable
     branches: dict = field(default_factory=dict)  # name -> sha
+    gated: bool = False  # reads refused with 403 GatedRepo, as for an account that has not accepted the conditions
 
     def files_at(self, rev):
         sha = self.branches.get(rev, rev)
@@ -152,6 +156,7 @@ def _is_lfs(path, head, size):
 
 
 _ID = r"(?P<repo>[^/]+/[^/]+)"
+_DATASET = r"(?P<dataset>[^/]+/[^/]+)"  # routed to the repo "datasets/" + id
 _ROUTES = [  # (method, pattern, handler name, needs write access)
     ("GET", r"/api/whoami-v2", "whoami", True),
     ("POST", r"/api/repos/create", "create", True),
@@ -165,6 +170,10 @@ _ROUTES = [  # (method, pattern, handler name, needs write access)
     ("POST", rf"/api/models/{_ID}/commit/(?P<rev>[^/]+)", "commit", True),
     ("HEAD", rf"/{_ID}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve", False),
     ("GET", rf"/{_ID}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve", False),
+    ("GET", rf"/api/datasets/{_DATASET}(?:/revision/(?P<rev>[^/]+))?", "info", False),
+    ("GET", rf"/api/datasets/{_DATASET}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree", False),
+    ("HEAD", rf"/datasets/{_DATASET}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve", False),
+    ("GET", rf"/datasets/{_DATASET}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve", False),
 ]
 
 
@@ -189,9 +198,12 @@ class _Handler(BaseHTTPRequestHandler):
             for method, pattern, name, write in _ROUTES:
                 match = re.fullmatch(pattern, path)
                 if match and method == self.command:
-                    self._authorize(match.groupdict().get("repo"), write)
+                    groups = {k: v for k, v in match.groupdict().items() if v}
+                    if "dataset" in groups:
+                        groups["repo"] = "datasets/" + groups.pop("dataset")
+                    self._authorize(groups.get("repo"), write)
                     with hub._lock:
-                        return getattr(self, name)(hub, **{k: v for k, v in match.groupdict().items() if v})
+                        return getattr(self, name)(hub, **groups)
             raise _HttpError(404, f"hub_server does not implement {self.command} {path}")
         except _HttpError as err:
             self._send(err.status, {"error": str(err)}, err.headers)
@@ -215,6 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(401, "You must be authenticated to write to the Hub")
         if auth is None and repo_id in hub.repos and hub.repos[repo_id].private:
             raise _HttpError(401, "Repository not found", "RepoNotFound")  # the Hub does not confirm it exists
+        if repo_id in hub.repos and hub.repos[repo_id].gated:
+            raise _HttpError(403, f"Access to {repo_id} is restricted: you must accept its conditions", "GatedRepo")
         if write and repo_id and repo_id.split("/")[0] != hub.user:
             raise _HttpError(403, f"You don't have the rights to write to {repo_id}")
 
@@ -257,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
     def info(self, hub, repo, rev=None):
         sha, files = self._repo(hub, repo, rev)
         siblings = [{"rfilename": p} for p in files]
-        self._send(200, {"id": repo, "sha": sha, "private": hub.repos[repo].private, "siblings": siblings})
+        self._send(200, {"id": repo.removeprefix("datasets/"), "sha": sha, "private": hub.repos[repo].private, "siblings": siblings})
 
     def tree(self, hub, repo, rev, path=""):
         _, files = self._repo(hub, repo, rev)

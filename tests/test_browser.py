@@ -193,10 +193,27 @@ def test_a_visit_to_every_tab(page, served, tmp_path):
     screenshot(page, tmp_path, "inside")
 
 
-def test_a_model_of_other_data_shows_each_users_history(page, serve_app, csv_model):
-    """Issue 13: a model trained on a CSV (not MovieLens) served with the ratings it was trained on (--ratings)."""
+@pytest.fixture
+def ratings_on_the_hub(csv_model, tmp_path, monkeypatch):
+    """The CSV model's ratings and titles in a dataset repo of a local Hub (tests/hub_server.py): their hf:// URL."""
+    from hub_server import HubServer
+    from test_hub import TOKEN, private_hub, use_endpoint
+
+    private_hub(tmp_path, monkeypatch)
+    with HubServer(token=TOKEN) as server:
+        use_endpoint(monkeypatch, server.endpoint)
+        server.add_files("datasets/alice/books", {name: (csv_model / name).read_bytes()
+                                                  for name in ("stars.csv", "books.csv")})
+        yield "hf://datasets/alice/books/stars.csv"
+
+
+@pytest.mark.parametrize("source", ["file", "hub"])
+def test_a_model_of_other_data_shows_each_users_history(page, serve_app, csv_model, source, request):
+    """A model trained on a CSV (not MovieLens) served with the ratings it was trained on (--ratings), read from
+    disk or from a Hub dataset repo."""
     recommenders = space.load_recommenders(str(csv_model / "model"))
-    assert space.load_history(recommenders, str(csv_model / "stars.csv"), log=lambda *_: None) == ""
+    ratings = str(csv_model / "stars.csv") if source == "file" else request.getfixturevalue("ratings_on_the_hub")
+    assert space.load_history(recommenders, ratings, log=lambda *_: None) == ""
     page.goto(serve_app(recommenders))
     user = "7"
     box = page.get_by_role("combobox", name="User")

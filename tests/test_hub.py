@@ -24,6 +24,11 @@ def closed_port_endpoint():
 
 @pytest.fixture(autouse=True)
 def hub_env(tmp_path, monkeypatch):
+    """Every test here gets `private_hub`."""
+    private_hub(tmp_path, monkeypatch)
+
+
+def private_hub(tmp_path, monkeypatch):
     """A private HF cache and home, a token in HF_TOKEN, and no way to reach the real Hub.
 
     huggingface_hub reads these variables at import, so its constants are patched as well. Xet is off because
