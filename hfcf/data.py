@@ -186,7 +186,9 @@ def ratings_matrix(path, user_col=None, missing=None, titles_path=None, title_co
     else the row numbers from 1."""
     path = Path(path).expanduser()
     table, reading = _read_table(path, sep, header, columns, encoding, default_columns=None)
-    user_col = user_col or next((name for name in map(str, table.columns) if "user" in name.lower()), None)
+    _check_read_as_table(table, path, reading, sep)
+    user_col = user_col or next((name for name in map(str, table.columns)
+                                 if any(word in name.lower() for word in COLUMN_WORDS["user"])), None)
     if user_col is not None:
         _pick_columns(table, {"user": (user_col, "--user-col")}, path.name)  # only to refuse a missing one
         users = table.pop(user_col).to_numpy()
@@ -202,16 +204,18 @@ def _melt(table, users, missing, source):
     """The rated cells of a users-by-items `table` as user, item, rating rows, user by user; a cell that is neither a
     number nor `missing` is refused."""
     numbers = table.apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64")
-    text = table.astype(str).apply(lambda column: column.str.strip()).to_numpy()
-    absent = table.isna().to_numpy() | (text == "")
-    if missing is not None and str(missing).strip() != "":
-        absent |= text == str(missing).strip()
-        if delimited.is_number(missing):
-            absent |= numbers == float(missing)
+    absent = table.isna().to_numpy().copy()  # pandas may hand back a read-only view
+    marker = None if missing is None else str(missing).strip()
+    if marker and delimited.is_number(marker):
+        absent |= numbers == float(marker)
+    texts = [position for position, dtype in enumerate(table.dtypes) if not pd.api.types.is_numeric_dtype(dtype)]
+    for position in texts:  # only columns holding text need it compared as text: a numeric matrix skips this
+        text = table.iloc[:, position].astype(str).str.strip().to_numpy()
+        absent[:, position] |= (text == "") | (text == marker)
     bad = np.isnan(numbers) & ~absent
     if bad.any():
         row, column = (int(index[0]) for index in np.nonzero(bad))
-        value = text[row, column]
+        value = str(table.iat[row, column]).strip()
         raise DataError(f"{source} has {int(bad.sum())} cells that are neither ratings nor the missing marker (first: "
                         f"{value!r} in column {table.columns[column]}, data row {row + 1}); pass --missing "
                         f"{shlex.quote(value)} if it marks 'not rated', or fix those cells")
@@ -557,8 +561,8 @@ def _read(file, **kwargs):
     except UnicodeDecodeError as error:
         raise DataError(f"{Path(file).name} is not UTF-8 text ({error}); re-save it as UTF-8") from error
     except (ValueError, OSError) as error:
-        raise DataError(f"{Path(file).name} could not be read ({error}); check its format: .tsv files are "
-                        "read as tab separated, .parquet as Parquet, anything else as comma separated") from error
+        raise DataError(f"{Path(file).name} could not be read ({error}); check that it is the MovieLens file it "
+                        "is named for") from error
 
 
 def _read_table(path, sep=None, header=None, columns=None, encoding=None, default_columns=(), id_columns=()):

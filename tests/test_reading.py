@@ -268,6 +268,12 @@ def test_a_wrong_separator_forced_names_the_one_detected(tmp_path, capsys):
     assert code == 2 and "reads as one column ('1 1 2') when split on semicolon; pass --sep whitespace" in err, err
 
 
+def test_a_matrix_read_with_a_wrong_separator_is_refused_naming_the_right_one(tmp_path, capsys):
+    argv = ["--data", str(wide_matrix(tmp_path)), "--format", "matrix", "--missing", "99", "--y-range", "-10.5,10.5"]
+    code, _, err = train_main(tmp_path, capsys, [*argv, "--sep", "tab"])
+    assert code == 2 and "jester.csv reads as one column ('user,joke1," in err and "pass --sep comma" in err, err
+
+
 def test_a_file_with_no_separator_says_to_pass_one(tmp_path, capsys):
     path = write(tmp_path, "r.txt", "".join(f"{u}:{i}:{stars(u, i)}\n" for u, i in pairs()))
     code, _, err = train_main(tmp_path, capsys, ["--data", str(path)])
