@@ -89,7 +89,8 @@ def test_help_documents_every_setting(capsys):
     text = capsys.readouterr().out
     for flag in ["--data", "--user-col", "--item-col", "--rating-col", "--out", "--models", "--epochs", "--factors",
                  "--layers", "--bs", "--lr", "--wd", "--y-range", "--seed", "--split", "--push", "--repo-id",
-                 "--on-duplicate", "--force", "--fold", "--private"]:
+                 "--on-duplicate", "--force", "--fold", "--private", "--sep", "--header", "--no-header", "--columns",
+                 "--missing", "matrix"]:
         assert flag in text, flag
 
 
