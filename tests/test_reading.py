@@ -312,16 +312,26 @@ def test_sep_names_and_bad_values(tmp_path):
 
 # The app reads a file the way training did.
 
-def test_the_app_reads_a_headerless_file_as_recorded(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("shape, flags, recorded", [
+    (headerless_whitespace, ["--columns", "item,user,rating"],
+     {"sep": "whitespace", "header": False, "columns": ["item", "user", "rating"]}),
+    (wide_matrix, ["--format", "matrix", "--missing", "99", "--y-range", "-10.5,10.5"],
+     {"sep": ",", "header": True, "missing": "99"}),
+])
+def test_the_app_reads_a_file_as_training_recorded(tmp_path, capsys, monkeypatch, shape, flags, recorded):
+    """app.py --ratings takes no reading flags: config.json's read_as brings what was given and what was detected."""
     from hfcf import space
 
-    path = headerless_whitespace(tmp_path)
-    assert train_main(tmp_path, capsys, ["--data", str(path), "--columns", "item,user,rating"])[0] == 0
+    path = shape(tmp_path)
+    assert train_main(tmp_path, capsys, ["--data", str(path), *flags])[0] == 0
     recommenders = space.load_recommenders(str(tmp_path / "model"))
     calls = []
     real_load = data.load
     monkeypatch.setattr(data, "load", lambda *args, **kwargs: calls.append(kwargs) or real_load(*args, **kwargs))
-    assert space.load_history(recommenders, ratings=str(path), log=lambda *_: None) == ""
-    assert calls[0] | {"sep": "whitespace", "header": False, "columns": ["item", "user", "rating"]} == calls[0]
+    assert space.load_history(recommenders, ratings=str(path), log=lambda *_: None) == ""  # fingerprint matched
+    assert calls[0] | recorded == calls[0]
     recommender = next(iter(recommenders.values()))
-    assert len(recommender.history(1)) == sum(1 for _, i in pairs() if i == 1)  # users are the second column
+    if shape is headerless_whitespace:  # users are the second column, as --columns said
+        assert len(recommender.history(1)) == sum(1 for _, i in pairs() if i == 1)
+    else:
+        assert len(recommender.history(1)) == sum(1 for u, _ in pairs() if u == 1)
