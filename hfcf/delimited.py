@@ -93,9 +93,11 @@ def read(path, reading, string_columns=()):
         return _read_with_pandas(path, reading, string_columns)  # runs of spaces: pyarrow splits on one character
     try:
         return _read_with_pyarrow(path, reading, string_columns)
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, DataError):
         raise  # `_read_with_pyarrow` turns the invalid UTF-8 pyarrow reports into this; the caller retries
     except Exception as error:  # pyarrow's ArrowInvalid and OSError: one fix for all
+        if reading.sep == WHITESPACE:  # a run of spaces past the sample: pandas splits on any
+            return _read_with_pandas(path, reading, string_columns)
         raise _unreadable(path, reading, error) from error
 
 

@@ -128,6 +128,12 @@ def test_other_separators_and_runs_of_spaces_are_detected(tmp_path, separator):
     assert len(dataset.ratings) == len(pairs()) and dataset.ratings["rating"].iloc[0] == stars(*pairs()[0])
 
 
+def test_a_run_of_spaces_past_the_sample_is_still_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(delimited, "SNIFF_BYTES", 64)
+    text = "".join(f"{u} {i} {stars(u, i)}\n" for u, i in pairs()) + "99   1  3\n"
+    assert data.load(write(tmp_path, "r.txt", text)).ratings.iloc[-1].tolist()[:2] == [99, 1]
+
+
 @pytest.mark.parametrize("encoding, named", [("utf-8", "UTF-8"), ("utf-8-sig", "UTF-8 with BOM"),
                                              ("latin-1", "Latin-1")])
 def test_encodings_are_read_and_reported(tmp_path, encoding, named):
