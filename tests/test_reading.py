@@ -40,7 +40,7 @@ def headerless_whitespace(folder):
 
 def semicolon_latin1(folder):
     """Book-Crossing: quoted, semicolon separated, Latin-1, string ISBNs, ratings 0 to 10; titles in BX-Books.csv."""
-    isbn = {i: f"03454510{i:02d}X" for i in range(1, ITEMS + 1)}
+    isbn = {i: f"03454510{i:02d}X" for i in range(1, ITEMS + 1)} | {1: "3442É4510X"}  # the real file has such ids
     books = "".join(f'"{isbn[i]}";"Les Misérables, tome {i}";"Victor Hugo"\n' for i in range(1, ITEMS + 1))
     write(folder, "BX-Books.csv", '"ISBN";"Book-Title";"Book-Author"\n' + books, encoding="latin-1")
     rows = "".join(f'"{27000 + u}";"{isbn[i]}";"{stars(u, i) * 2}"\n' for u, i in pairs())
@@ -103,11 +103,25 @@ def _without(argv, flag):
 
 # Detection.
 
-@pytest.mark.parametrize("shape, sep, header", [(headerless_whitespace, "whitespace", False), (tidy_csv, ",", True),
-                                                (semicolon_latin1, ";", True), (wide_matrix, ",", True)])
-def test_each_shape_is_detected(tmp_path, shape, sep, header):
+@pytest.mark.parametrize("shape, sep, header, encoding", [
+    (headerless_whitespace, "whitespace", False, "utf-8"), (tidy_csv, ",", True, "utf-8"),
+    (semicolon_latin1, ";", True, "latin-1"), (wide_matrix, ",", True, "utf-8")])
+def test_each_shape_is_detected(tmp_path, shape, sep, header, encoding):
     reading = delimited.sniff(shape(tmp_path))
-    assert (reading.sep, reading.header) == (sep, header)
+    assert (reading.sep, reading.header, reading.encoding) == (sep, header, encoding)
+    titles = delimited.sniff(tmp_path / "BX-Books.csv") if shape is semicolon_latin1 else reading
+    assert (titles.sep, titles.header, titles.encoding) == (sep, header, encoding)
+
+
+def test_a_book_crossing_file_trains_with_its_titles_read_as_latin1(tmp_path, capsys):
+    path = semicolon_latin1(tmp_path)
+    code, out, err = train_main(tmp_path, capsys, [
+        "--data", str(path), "--user-col", "User-ID", "--item-col", "ISBN", "--rating-col", "Book-Rating",
+        "--titles", str(tmp_path / "BX-Books.csv"), "--title-col", "Book-Title", "--y-range", "0,10.5"])
+    assert code == 0, err
+    assert "read BX-Book-Ratings.csv: semicolon-separated, a header row, Latin-1" in out
+    items = artifacts.load(tmp_path / "model").items.keys
+    assert "Les Misérables, tome 1" in items and len(items) == ITEMS + 1
 
 
 def test_a_headerless_whitespace_file_trains_with_no_flags_and_says_how_it_was_read(tmp_path, capsys):
