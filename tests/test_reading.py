@@ -241,6 +241,8 @@ def test_column_flags_of_a_long_table_are_refused_for_a_matrix(tmp_path):
         data.load(wide_matrix(tmp_path), format="matrix", item_col="joke1")
     with pytest.raises(DataError, match="--missing can only be used with --format matrix"):
         data.load(tidy_csv(tmp_path), missing="99")
+    assert len(data.load(tidy_csv(tmp_path)).ratings) == len(pairs())  # "leave them out"
+    assert len(data.load(wide_matrix(tmp_path), format="matrix", missing="99").ratings) == len(pairs())
 
 
 # Every refusal of the reader: its advice, followed, trains.
