@@ -39,7 +39,16 @@ def parser():
                       "(pinned to the commit it resolves to, cached; offline from the cache with HF_HUB_OFFLINE=1); "
                       "'synthetic' for a small generated set with planted clusters")
     data.add_argument("--format", default="auto", choices=["auto", "ml-100k", "ml-latest-small", "ml-1m", "table",
-                                                           "synthetic"], help="how to read --data (default: detect)")
+                                                           "matrix", "synthetic"],
+                      help="how to read --data (default: detect); matrix: one row per user, one column per item")
+    data.add_argument("--sep", help="a text file's field separator: one character, or tab, comma, semicolon, pipe, "
+                      "whitespace (default: detected from its first lines)")
+    data.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                      help="whether a text file's first row names its columns (default: detected)")
+    data.add_argument("--columns", metavar="NAME,NAME,...", help="a text file's column names in order, e.g. "
+                      "user,item,rating,timestamp (default: its header; without one, user,item,rating,timestamp)")
+    data.add_argument("--missing", metavar="VALUE", help="--format matrix: the cell value meaning 'not rated', "
+                      "e.g. 99 (empty cells always are)")
     data.add_argument("--user-col", help="ratings-file column of user ids (default: user)")
     data.add_argument("--item-col", help="ratings-file column of item ids (default: item)")
     data.add_argument("--rating-col", help="ratings-file column of ratings (default: rating)")
@@ -137,7 +146,8 @@ def table_columns(args):
     """The ratings-file flags the user gave (the loader refuses them for MovieLens folders)."""
     given = {"user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
              "timestamp_col": args.timestamp_col, "titles_path": args.titles, "title_col": args.title_col,
-             "titles_item_col": args.titles_item_col}
+             "titles_item_col": args.titles_item_col, "sep": args.sep, "header": args.header, "columns": args.columns,
+             "missing": args.missing}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -177,6 +187,8 @@ def main(argv=None):
             artifacts.check_output(args.out, args.force)
         dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate, y_range=args.y_range,
                             **table_columns(args))
+        if dataset.reading is not None and world.is_main:
+            print(f"read {dataset.name}: {dataset.reading.describe()}")
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)
         settings = model_settings(args, *pipeline.training_size(split))
         pipeline.train_and_save(dataset, split, args.out, args.models, settings, args.y_range, args.seed,

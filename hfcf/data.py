@@ -38,13 +38,19 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from . import delimited
 from .errors import DataError, MissingColumnError
 from .vocab import NA
 
 COLUMNS = ["user", "item", "title", "rating", "timestamp"]
 FINGERPRINT_CHUNK = 1 << 22  # rows hashed at once
 DUPLICATE_POLICIES = ("error", "last", "mean")
-FORMATS = ("ml-100k", "ml-latest-small", "ml-1m", "table", "synthetic")
+FORMATS = ("ml-100k", "ml-latest-small", "ml-1m", "table", "matrix", "synthetic")
+# The keyword arguments of `load` that say how to read a text table, and those each kind of file takes.
+READING_OPTIONS = {"sep", "header", "columns", "encoding"}
+TABLE_OPTIONS = READING_OPTIONS | {"user_col", "item_col", "rating_col", "timestamp_col", "titles_path", "title_col",
+                                   "titles_item_col"}
+MATRIX_OPTIONS = READING_OPTIONS | {"user_col", "missing", "titles_path", "title_col", "titles_item_col"}
 
 MOVIELENS_LICENCE = (
     "MovieLens data from GroupLens Research (University of Minnesota): research use only, no commercial "
@@ -65,7 +71,7 @@ DOWNLOAD_TIMEOUT = 30  # seconds without data before a download gives up
 # ml-25m, ml-32m and ml-latest use the same two CSV files as ml-latest-small.
 MOVIELENS_CSV_NAMES = {"ml-25m": "MovieLens 25M", "ml-32m": "MovieLens 32M", "ml-latest": "MovieLens latest"}
 # Words that hint which column a user meant, for the fix in a missing-column error.
-COLUMN_WORDS = {"user": ("user",), "item": ("item", "movie", "product", "book"),
+COLUMN_WORDS = {"user": ("user",), "item": ("item", "movie", "product", "book", "isbn"),
                 "rating": ("rating", "score", "star"), "timestamp": ("time", "date"), "title": ("title", "name")}
 # The ratings file of each MovieLens folder, and the columns of the CSV pair MovieLens latest-small reads.
 MOVIELENS_RATINGS_FILES = {"ml-100k": "u.data", "ml-latest-small": "ratings.csv", "ml-1m": "ratings.dat"}
@@ -88,6 +94,7 @@ class Dataset:
     truth: dict | None = None
     read_as: dict | None = None  # how `load` read it (format, source, column flags), for reading it again
     fingerprint: dict | None = None  # `fingerprint(ratings)`, taken by `load` before a split doubles the memory
+    reading: "delimited.Reading | None" = None  # how a text table's separator, header and encoding were taken
 
 
 def fingerprint(ratings):
@@ -150,31 +157,86 @@ def movielens_1m(path, on_duplicate="error", y_range=None):
 
 
 def ratings_table(path, user_col, item_col, rating_col, timestamp_col=None, titles_path=None, title_col="title",
-                  titles_item_col=None, on_duplicate="error", y_range=None):
-    """Any ratings table (CSV, .tsv or .parquet), with titles from its own column or a second table."""
+                  titles_item_col=None, on_duplicate="error", y_range=None, sep=None, header=None, columns=None,
+                  encoding=None):
+    """Any ratings table (delimited text as `delimited.sniff` detects it, or .parquet), with titles from its own
+    column or a second table. `sep`, `header`, `columns` and `encoding` say outright what detection would guess."""
     path = Path(path).expanduser()
-    table = _read_table(path)
+    table, reading = _read_table(path, sep, header, columns, encoding, default_columns=("user", "item", "rating",
+                                                                                        "timestamp"),
+                                 id_columns=(user_col, item_col))
     wanted = {"user": (user_col, "--user-col"), "item": (item_col, "--item-col"),
               "rating": (rating_col, "--rating-col")}
     if timestamp_col is not None:
         wanted["timestamp"] = (timestamp_col, "--timestamp-col")
     if titles_path is None and title_col in table.columns:
         wanted["title"] = (title_col, "--title-col")
-    _refuse_movielens_file(path, table, wanted)
-    _check_read_as_table(table, path, ("user", "item", "rating", "timestamp"))
+    _refuse_movielens_file(path, table, wanted, reading)
+    _check_read_as_table(table, path, reading, sep)
     ratings = _pick_columns(table, wanted, path.name)
     del table  # the picked columns are a copy: at 25M ratings the whole table is worth a GB
+    return _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_col or item_col, on_duplicate,
+                           y_range)
+
+
+def ratings_matrix(path, user_col=None, missing=None, titles_path=None, title_col="title", titles_item_col=None,
+                   on_duplicate="error", y_range=None, sep=None, header=None, columns=None, encoding=None):
+    """A wide matrix: one row per user, one column per item (named by the header, else numbered from 1), a cell
+    `missing` (or empty) where the user rated nothing. Users are `user_col`'s ids, a column named like "user", or
+    else the row numbers from 1."""
+    path = Path(path).expanduser()
+    table, reading = _read_table(path, sep, header, columns, encoding, default_columns=None)
+    _check_read_as_table(table, path, reading, sep)
+    user_col = user_col or next((name for name in map(str, table.columns)
+                                 if any(word in name.lower() for word in COLUMN_WORDS["user"])), None)
+    if user_col is not None:
+        _pick_columns(table, {"user": (user_col, "--user-col")}, path.name)  # only to refuse a missing one
+        users = table.pop(user_col).to_numpy()
+    else:
+        users = np.arange(1, len(table) + 1)
+    ratings = _melt(table, users, missing, path.name)
+    del table
+    return _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_col or "item", on_duplicate,
+                           y_range)
+
+
+def _melt(table, users, missing, source):
+    """The rated cells of a users-by-items `table` as user, item, rating rows, user by user; a cell that is neither a
+    number nor `missing` is refused."""
+    numbers = table.apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64")
+    absent = table.isna().to_numpy().copy()  # pandas may hand back a read-only view
+    marker = None if missing is None else str(missing).strip()
+    if marker and delimited.is_number(marker):
+        absent |= numbers == float(marker)
+    texts = [position for position, dtype in enumerate(table.dtypes) if not pd.api.types.is_numeric_dtype(dtype)]
+    for position in texts:  # only columns holding text need it compared as text: a numeric matrix skips this
+        text = table.iloc[:, position].astype(str).str.strip().to_numpy()
+        absent[:, position] |= (text == "") | (text == marker)
+    bad = np.isnan(numbers) & ~absent
+    if bad.any():
+        row, column = (int(index[0]) for index in np.nonzero(bad))
+        value = str(table.iat[row, column]).strip()
+        raise DataError(f"{source} has {int(bad.sum())} cells that are neither ratings nor the missing marker (first: "
+                        f"{value!r} in column {table.columns[column]}, data row {row + 1}); pass --missing "
+                        f"{shlex.quote(value)} if it marks 'not rated', or fix those cells")
+    rows, columns = np.nonzero(~absent)
+    return pd.DataFrame({"user": users[rows], "item": np.asarray(table.columns.map(str))[columns],
+                         "rating": numbers[rows, columns]})
+
+
+def _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_col, on_duplicate, y_range):
+    """Validate `ratings` read from `path`, their titles from `titles_path` when given, into a Dataset."""
     notes = []
     if titles_path is not None:
         titles_path = Path(titles_path).expanduser()
-        wanted = {"item": (titles_item_col or item_col, "--titles-item-col"), "title": (title_col, "--title-col")}
-        catalogue = _read_table(titles_path)
-        _check_read_as_table(catalogue, titles_path, ("item", "title"))
+        wanted = {"item": (titles_item_col, "--titles-item-col"), "title": (title_col, "--title-col")}
+        catalogue, catalogue_reading = _read_table(titles_path, default_columns=("item", "title"))
+        _check_read_as_table(catalogue, titles_path, catalogue_reading)
         catalogue = _pick_columns(catalogue, wanted, titles_path.name)
         titles, notes = _unique_titles(_normalise_ids(catalogue["item"]), catalogue["title"])
         ratings["title"] = _normalise_ids(ratings["item"]).map(titles)
     clean, validation_notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=path.name)
-    return Dataset(clean, path.name, "", "", "", notes + validation_notes)
+    return Dataset(clean, path.name, "", "", "", notes + validation_notes, reading=reading)
 
 
 def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=0, noise=0.3, own_share=0.5):
@@ -221,9 +283,7 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
     if format == "auto":
         format = _detect_format(source)
     table_kwargs = {key: value for key, value in table_kwargs.items() if value is not None}
-    if format != "table" and table_kwargs:
-        options = ", ".join("--" + key.replace("_", "-") for key in table_kwargs)
-        raise DataError(f"{options} can only be used with a ratings file, not with {format} data; leave them out")
+    _check_options(format, table_kwargs)
     # Names, not paths: config.json is published, and where the files lie is this machine's business.
     read_as = {"format": format, "source": pinned or (None if source is None else Path(source).name),
                "columns": {key: Path(value).name if key == "titles_path" else value
@@ -237,9 +297,13 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
     elif format == "table":
         columns = {"user_col": "user", "item_col": "item", "rating_col": "rating"} | table_kwargs
         dataset = ratings_table(source, on_duplicate=on_duplicate, y_range=y_range, **columns)
+    elif format == "matrix":
+        dataset = ratings_matrix(source, on_duplicate=on_duplicate, y_range=y_range, **table_kwargs)
     else:
         reader = {"ml-100k": movielens_100k, "ml-latest-small": movielens_latest_small, "ml-1m": movielens_1m}[format]
         dataset = reader(source, on_duplicate=on_duplicate, y_range=y_range)
+    if dataset.reading is not None:  # what was detected too, so the app reads the file again the same way
+        read_as["columns"] |= dataset.reading.options()
     dataset.read_as = read_as
     dataset.fingerprint = fingerprint(dataset.ratings)
     # float32 from here, as the models take them (100 MB less per copy at 25M ratings); fingerprinted before, in
@@ -259,6 +323,19 @@ def _fetch_from_hub(source, table_kwargs):
     if hub.is_hub_url(table_kwargs.get("titles_path")):
         table_kwargs = table_kwargs | {"titles_path": hub.dataset_file(table_kwargs["titles_path"])[0]}
     return source, pinned, table_kwargs
+
+
+def _check_options(format, options):
+    """Refuse `load` options that `format` does not take, naming them as train.py's flags."""
+    allowed = {"table": TABLE_OPTIONS, "matrix": MATRIX_OPTIONS}.get(format, set())
+    refused = [key for key in options if key not in allowed]
+    if refused:
+        flags = ", ".join("--" + key.replace("_", "-").replace("header", "header/--no-header") for key in refused)
+        if format == "table":
+            raise DataError(f"{flags} can only be used with --format matrix; leave them out")
+        if format == "matrix":
+            raise DataError(f"{flags} cannot be used with --format matrix (its columns are the items); leave them out")
+        raise DataError(f"{flags} can only be used with a ratings file, not with {format} data; leave them out")
 
 
 def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
@@ -499,14 +576,34 @@ def _read(file, **kwargs):
     except UnicodeDecodeError as error:
         raise DataError(f"{Path(file).name} is not UTF-8 text ({error}); re-save it as UTF-8") from error
     except (ValueError, OSError) as error:
-        raise DataError(f"{Path(file).name} could not be read ({error}); check its format: .tsv files are "
-                        "read as tab separated, .parquet as Parquet, anything else as comma separated") from error
+        raise DataError(f"{Path(file).name} could not be read ({error}); check that it is the MovieLens file it "
+                        "is named for") from error
 
 
-def _read_table(path):
-    """Read a CSV, TSV (.tsv) or Parquet (.parquet) table."""
-    if path.suffix.lower() != ".parquet":
-        return _read(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+def _read_table(path, sep=None, header=None, columns=None, encoding=None, default_columns=(), id_columns=()):
+    """(table, its `delimited.Reading`) of a delimited text file, or (table, None) of a .parquet one.
+
+    Whole-number ids past 2**53 are read again as text (pyarrow makes them floats, and rounds them)."""
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path), None
+    reading = delimited.sniff(path, sep, header, columns, encoding, default_columns)
+    try:
+        table = delimited.read(path, reading)
+    except UnicodeDecodeError:  # the sample was UTF-8, a later line is not: Latin-1 reads every byte
+        reading.encoding = "latin-1"
+        table = delimited.read(path, reading)
+    rounded = [name for name in id_columns if name in table.columns and pd.api.types.is_float_dtype(table[name])
+               and (table[name].abs() >= 2.0**53).any()]
+    if rounded:
+        exact = delimited.read(path, reading, string_columns=rounded)
+        for name in rounded:
+            digits = exact[name].str.strip().str.fullmatch(r"[+-]?\d+").all()
+            table[name] = exact[name] if digits else table[name]
+    return table, reading
+
+
+def _read_parquet(path):
+    """Read a Parquet table."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; check the path")
     try:
@@ -527,15 +624,24 @@ def _pick_columns(table, wanted, source):
     for ours, (theirs, option) in wanted.items():
         if theirs not in table.columns:
             unused = [column for column in found if column not in {name for name, _ in wanted.values()}]
+            guess = _guess_column(unused, ours, found)
             raise MissingColumnError(f"{source} has no column {theirs!r} (columns found: {', '.join(found)}); "
-                                     f"pass {option} {shlex.quote(_guess_column(unused, ours))}", source, theirs, found)
+                                     f"pass {option} {shlex.quote(guess)}", source, theirs, found)
     return pd.DataFrame({ours: table[theirs] for ours, (theirs, _) in wanted.items()}).reset_index(drop=True)
 
 
-def _guess_column(columns, ours):
-    """The column of `columns` that most likely holds `ours` (by its name, or the only one left), else "NAME"."""
-    likely = [column for column in columns if any(word in column.lower() for word in COLUMN_WORDS[ours])]
-    return likely[0] if likely else columns[0] if len(columns) == 1 else "NAME"
+def _guess_column(columns, ours, found=()):
+    """The column of `columns` that most likely holds `ours`: named for it alone ("Book-Rating" is no item), at its
+    place in user,item,rating,timestamp order among `found`, named for it, the only one left; else "NAME"."""
+    def named(column, name):
+        return any(word in column.lower() for word in COLUMN_WORDS[name])
+
+    alone = [column for column in columns if named(column, ours)
+             and not any(named(column, other) for other in COLUMN_WORDS if other != ours)]
+    place = list(COLUMN_WORDS).index(ours)
+    placed = [found[place]] if place < len(found) and found[place] in columns else []
+    likely = alone + placed + [column for column in columns if named(column, ours)] + columns[:len(columns) == 1]
+    return likely[0] if likely else "NAME"
 
 
 def _guess_columns(table, ours):
@@ -563,40 +669,30 @@ def _require_movielens_columns(folder, tables):
                             f"them as a ratings file and a titles table, naming their columns: {flags}")
 
 
-def _refuse_movielens_file(path, table, wanted):
-    """Refuse a MovieLens folder's ratings file given alone without the columns asked for: read the folder."""
+def _refuse_movielens_file(path, table, wanted, reading):
+    """Refuse a MovieLens folder's ratings file given alone, headerless or without the columns asked for: its titles
+    are in the folder."""
     format = _folder_format(path.parent)
+    headerless = reading is not None and not reading.header
     if format and path.name == MOVIELENS_RATINGS_FILES[format] and \
-            any(theirs not in table.columns for theirs, _ in wanted.values()):
+            (headerless or any(theirs not in table.columns for theirs, _ in wanted.values())):
         raise DataError(f"{path.name} is the ratings file of a MovieLens folder ({format}), which hfcf reads with "
                         f"its titles; pass the folder that holds it: --data {shlex.quote(str(path.parent))}")
 
 
-def _check_read_as_table(table, path, names):
-    """Refuse a text table that did not read as one: a single column named by a whole line (its fields are not
-    comma separated), or numbers for column names over columns of numbers (no header: its first row is lost)."""
-    if path.suffix.lower() == ".parquet":
+def _check_read_as_table(table, path, reading, sep_given=None):
+    """Refuse a text table that read as a single column: its fields are not separated by the separator used."""
+    if reading is None or len(table.columns) > 1:
         return
-    columns = [str(column) for column in table.columns]
-    separator = next((mark for mark in ("\t", ";", "|", ":") if len(columns) == 1 and mark in columns[0]), None)
-    if separator is not None:
-        fix = "name it .tsv" if separator == "\t" else "save it comma separated"
-        raise DataError(f"{path.name} reads as one column named {columns[0]!r}: its fields are separated by "
-                        f"{separator!r}, not commas; {fix}")
-    if any(_is_number(name) and pd.api.types.is_numeric_dtype(table[name]) for name in table.columns):
-        header = [*names, *(f"column{i}" for i in range(len(names) + 1, len(columns) + 1))][:len(columns)]
-        raise DataError(f"{path.name} seems to have no header row: its first row ({', '.join(columns)}) was read as "
-                        f"column names, and would be lost; add a header line at the top naming its {len(columns)} "
-                        f"columns, separated as its rows are (e.g. {','.join(header)})")
-
-
-def _is_number(text):
-    """Whether `text` (a column name) reads as a number."""
-    try:
-        float(text)
-    except (TypeError, ValueError):
-        return False
-    return True
+    found = delimited.detect_sep(path, reading.encoding)
+    used = delimited.SEPARATORS.get(reading.sep, repr(reading.sep))
+    if sep_given is not None and found not in (None, reading.sep):
+        fix = f"pass --sep {delimited.quoted(found)} (or leave --sep out to detect it)"
+    elif sep_given is not None:
+        fix = "pass --sep with the character between its fields"
+    else:
+        fix = "separate its fields by commas, tabs, semicolons or whitespace, or pass --sep with the character used"
+    raise DataError(f"{path.name} reads as one column ({str(table.columns[0])[:80]!r}) when split on {used}; {fix}")
 
 
 def _check_y_range(y_range):

@@ -706,30 +706,28 @@ def test_a_movielens_ratings_file_given_alone_says_to_pass_its_folder(tmp_path):
     assert data.load(folder).name == "MovieLens 100k"  # the fix
 
 
-def test_a_table_separated_by_tabs_but_named_csv_says_how_to_read_it(tmp_path):
+def test_a_table_separated_by_tabs_but_named_csv_is_read_as_tab_separated(tmp_path):
     text = "user\titem\trating\n1\t1\t4\n2\t1\t3\n2\t2\t5\n"
-    with pytest.raises(DataError, match=r"reads as one column named 'user\\titem\\trating'.*separated by '\\t'.*"
-                                        r"name it .tsv"):
-        data.load(write(tmp_path, "r.csv", text))
-    assert len(data.load(write(tmp_path, "r.tsv", text)).ratings) == 3  # the fix
+    dataset = data.load(write(tmp_path, "r.csv", text))
+    assert len(dataset.ratings) == 3 and dataset.read_as["columns"]["sep"] == "\t"
 
 
 @pytest.mark.parametrize("text", ["1,10,4\n2,10,3\n2,20,5\n", "ann,10,4\nbob,10,3\nbob,20,5\n"])
-def test_a_table_without_a_header_is_refused_rather_than_losing_its_first_row(tmp_path, text):
-    first = text.split("\n")[0].replace(",", ", ")
-    path = write(tmp_path, "r.csv", text)
-    with pytest.raises(DataError, match=rf"no header row: its first row \({first}\).*would be lost; add a header "
-                                        r"line .*\(e.g. user,item,rating\)"):
-        data.load(path)
-    with pytest.raises(DataError, match="no header row"):  # naming the first row's values no longer drops it
-        data.load(path, user_col=first.split(", ")[0], item_col="10", rating_col="4")
-    assert len(data.load(write(tmp_path, "r.csv", "user,item,rating\n" + text)).ratings) == 3  # the fix
+def test_a_table_without_a_header_keeps_its_first_row(tmp_path, text):
+    dataset = data.load(write(tmp_path, "r.csv", text))
+    assert len(dataset.ratings) == 3 and dataset.ratings["rating"].tolist() == [4, 3, 5]
+    assert dataset.read_as["columns"] | {"sep": ",", "header": False, "columns": ["user", "item", "rating"]} == \
+        dataset.read_as["columns"]
 
 
-def test_a_titles_table_without_a_header_is_refused(tmp_path):
+def test_a_titles_table_without_a_header_reads_as_item_and_title(tmp_path):
     write(tmp_path, "titles.csv", "1,Alpha\n2,Beta\n")
-    with pytest.raises(DataError, match=r"titles.csv seems to have no header row.*\(e.g. item,title\)"):
-        table(tmp_path, "userId,movieId,rating\n1,1,4\n2,2,3\n", titles_path=tmp_path / "titles.csv")
+    text, titles = "userId,movieId,rating\n1,1,4\n2,2,3\n", tmp_path / "titles.csv"
+    with pytest.raises(DataError, match=r"titles.csv has no column 'movieId' \(columns found: item, title\); pass "
+                                        r"--titles-item-col item"):
+        table(tmp_path, text, titles_path=titles)
+    dataset = table(tmp_path, text, titles_path=titles, titles_item_col="item")  # the fix
+    assert list(dataset.ratings["title"]) == ["Alpha", "Beta"]
 
 
 def test_a_folder_with_other_ratings_and_movies_csvs_gives_the_flags_that_read_them(tmp_path):

@@ -76,10 +76,10 @@ OFFLINE = {"~/data/ml-100k": str(ml100k_path())}  # placeholders a clone cannot 
 KINDS = ("dot", "nn", "topn")
 
 
-def shell_commands():
-    """Each command of every ```bash block: `# comments` dropped, `\\` continuations joined."""
+def shell_commands(text=PAGES):
+    """Each command of every ```bash block of `text`: `# comments` dropped, `\\` continuations joined."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", PAGES, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in re.sub(r"\\\n", " ", block).splitlines():
             line = re.sub(r"(^|\s)#.*", "", line).strip()
             if line:
@@ -117,7 +117,7 @@ def parse(program, argv):
     """(exit status, printed text) of `program`'s own argument parser on `argv`: 0 when it parses."""
     if program == "train.py":
         import train
-        parse_args = train.parser().parse_args
+        parse_args = lambda argv: train.parser().parse_args(train.negative_values_attached(argv))  # as main does
     elif program == "app.py":
         import app  # imports gradio: a second or two
         parse_args = app.parse_args
@@ -211,7 +211,8 @@ def runs_offline(line):
     runs = invocations(line)
     if runs[0][0] != "train.py" or len(runs) != 1 or {"--push", "--help"} & set(runs[0][1]):
         return False
-    return train.parser().parse_args(runs[0][1]).data in (None, "synthetic", OFFLINE["~/data/ml-100k"])
+    argv = train.negative_values_attached(runs[0][1])
+    return train.parser().parse_args(argv).data in (None, "synthetic", OFFLINE["~/data/ml-100k"])
 
 
 @pytest.mark.integration
@@ -232,3 +233,28 @@ def test_a_train_command_runs_offline(line, request, tmp_path):
     one_epoch = ["--epochs", "1", *[word for kind in KINDS for word in ("--set", f"{kind}.epochs=1")]]
     assert train.main([*argv, *one_epoch, "--out", str(out)]) == 0
     assert (out / "config.json").is_file()
+
+
+def own_data_commands():
+    """The commands of the README's "Bring your own data" section."""
+    return shell_commands(README.split("\n## Bring your own data\n", 1)[1].split("\n## ", 1)[0])
+
+
+def test_bring_your_own_data_shows_the_four_shapes():
+    from test_reading import SHAPES
+
+    assert [invocations(line)[0][1][1] for line in own_data_commands()] == list(SHAPES)
+
+
+@pytest.mark.parametrize("line", own_data_commands())
+def test_a_bring_your_own_data_command_trains_on_its_shape(line, tmp_path):
+    """Each command, on a generated file of the shape it names (and its titles table), trains as written."""
+    pytest.importorskip("fastai")
+    import train
+    from test_reading import SHAPES
+
+    argv = invocations(line)[0][1]
+    SHAPES[argv[argv.index("--data") + 1]](tmp_path)
+    argv = [str(tmp_path / word) if (tmp_path / word).is_file() else word for word in argv]
+    one_epoch = ["--epochs", "1", *[word for kind in KINDS for word in ("--set", f"{kind}.epochs=1")]]
+    assert train.main([*argv, *one_epoch, "--out", str(tmp_path / "model")]) == 0
