@@ -44,6 +44,10 @@ from .vocab import NA
 COLUMNS = ["user", "item", "title", "rating", "timestamp"]
 FINGERPRINT_CHUNK = 1 << 22  # rows hashed at once
 DUPLICATE_POLICIES = ("error", "last", "mean")
+NO_RATINGS = "none"  # --rating-col none: the table says who chose what, not how much they liked it
+IMPLICIT_RATING = 1.0  # what a choice counts as in implicit data: every choice weighs the same
+IMPLICIT_NOTE = ("{source} has no ratings (implicit data): each (user, item) row is a choice weighing 1, so only the "
+                 "top-N model trains on it")
 FORMATS = ("ml-100k", "ml-latest-small", "ml-1m", "table", "synthetic")
 
 MOVIELENS_LICENCE = (
@@ -88,6 +92,7 @@ class Dataset:
     truth: dict | None = None
     read_as: dict | None = None  # how `load` read it (format, source, column flags), for reading it again
     fingerprint: dict | None = None  # `fingerprint(ratings)`, taken by `load` before a split doubles the memory
+    implicit: bool = False  # no ratings in the source: every rating is IMPLICIT_RATING, a choice
 
 
 def fingerprint(ratings):
@@ -151,15 +156,20 @@ def movielens_1m(path, on_duplicate="error", y_range=None):
 
 def ratings_table(path, user_col, item_col, rating_col, timestamp_col=None, titles_path=None, title_col="title",
                   titles_item_col=None, on_duplicate="error", y_range=None):
-    """Any ratings table (CSV, .tsv or .parquet), with titles from its own column or a second table."""
+    """Any ratings table (CSV, .tsv or .parquet), with titles from its own column or a second table.
+
+    `rating_col=None`, or a table whose only columns are the others asked for, is implicit data: who chose what.
+    """
     path = Path(path).expanduser()
     table = _read_table(path)
-    wanted = {"user": (user_col, "--user-col"), "item": (item_col, "--item-col"),
-              "rating": (rating_col, "--rating-col")}
+    wanted = {"user": (user_col, "--user-col"), "item": (item_col, "--item-col")}
     if timestamp_col is not None:
         wanted["timestamp"] = (timestamp_col, "--timestamp-col")
     if titles_path is None and title_col in table.columns:
         wanted["title"] = (title_col, "--title-col")
+    implicit = rating_col is None or _only_columns(table, wanted, rating_col)
+    if not implicit:
+        wanted["rating"] = (rating_col, "--rating-col")
     _refuse_movielens_file(path, table, wanted)
     _check_read_as_table(table, path, ("user", "item", "rating", "timestamp"))
     ratings = _pick_columns(table, wanted, path.name)
@@ -173,8 +183,18 @@ def ratings_table(path, user_col, item_col, rating_col, timestamp_col=None, titl
         catalogue = _pick_columns(catalogue, wanted, titles_path.name)
         titles, notes = _unique_titles(_normalise_ids(catalogue["item"]), catalogue["title"])
         ratings["title"] = _normalise_ids(ratings["item"]).map(titles)
-    clean, validation_notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=path.name)
-    return Dataset(clean, path.name, "", "", "", notes + validation_notes)
+    clean, validation_notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=path.name,
+                                       implicit=implicit)
+    if implicit:
+        notes.insert(0, IMPLICIT_NOTE.format(source=path.name))
+    return Dataset(clean, path.name, "", "", "", notes + validation_notes, implicit=implicit)
+
+
+def _only_columns(table, wanted, rating_col):
+    """Whether `table` lacks `rating_col` and holds nothing but the `wanted` columns (user and item, say): a table
+    of choices. Any other column might be the ratings under another name, so that is refused as missing."""
+    picked = {theirs for theirs, _ in wanted.values()}
+    return rating_col not in table.columns and all(column in picked for column in table.columns)
 
 
 def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=0, noise=0.3, own_share=0.5):
@@ -234,7 +254,11 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
         raise DataError(f"format {format} needs a source; pass a folder or file")
     elif format == "table":
         columns = {"user_col": "user", "item_col": "item", "rating_col": "rating"} | table_kwargs
+        if columns["rating_col"] == NO_RATINGS:
+            columns["rating_col"] = None
         dataset = ratings_table(source, on_duplicate=on_duplicate, y_range=y_range, **columns)
+        if dataset.implicit:  # read again (the app's histories) as implicit, whatever the file holds by then
+            read_as["columns"]["rating_col"] = NO_RATINGS
     else:
         reader = {"ml-100k": movielens_100k, "ml-latest-small": movielens_latest_small, "ml-1m": movielens_1m}[format]
         dataset = reader(source, on_duplicate=on_duplicate, y_range=y_range)
@@ -246,8 +270,11 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
     return dataset
 
 
-def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
-    """Check and tidy a ratings frame; return (frame with COLUMNS in file order, notes) or raise DataError."""
+def validate(df, *, y_range=None, on_duplicate="error", source="ratings", implicit=False):
+    """Check and tidy a ratings frame; return (frame with COLUMNS in file order, notes) or raise DataError.
+
+    `implicit`: the frame says who chose what and needs no rating column; every rating becomes IMPLICIT_RATING.
+    """
     if on_duplicate not in DUPLICATE_POLICIES:
         raise DataError(f"on_duplicate must be one of {', '.join(DUPLICATE_POLICIES)} (got {on_duplicate!r}); "
                         "pass --on-duplicate last or --on-duplicate mean")
@@ -255,18 +282,21 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
     if df is None or len(df) == 0:
         raise DataError(f"{source} has no ratings (it is empty or holds only a header); "
                         "point at a table with at least one rating row")
-    missing = [column for column in ("user", "item", "rating") if column not in df.columns]
+    missing = [column for column in ("user", "item", *(() if implicit else ("rating",))) if column not in df.columns]
     if missing:
         found = ", ".join(map(str, df.columns))
         raise DataError(f"{source} has no column {missing[0]!r} (columns found: {found}); "
                         f"rename the column that holds it to {missing[0]!r} or pass --{missing[0]}-col NAME")
+    if implicit:
+        df = df.assign(rating=IMPLICIT_RATING)
     # No column of missing titles: at 25M ratings that would be 200 MB of pointers, replaced a few lines down.
     df = df.reset_index(drop=True).reindex(columns=[column for column in COLUMNS
                                                     if column != "title" or "title" in df.columns])
     for column in ("user", "item"):
         df[column] = _check_ids(df[column], column, source)
     _refuse_reserved_users(df["user"], source)
-    df["rating"] = _check_ratings(df["rating"], y_range, source)
+    if not implicit:
+        df["rating"] = _check_ratings(df["rating"], y_range, source)
     df["timestamp"] = _seconds(df["timestamp"], source)
     df, notes = _merge_duplicates(df, on_duplicate, source)
     codes, uniques = pd.factorize(df["item"])
@@ -283,6 +313,18 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
             raise DataError(f"{source} has {count} distinct {noun[:-1]}; collaborative filtering needs at least "
                             f"2 users and 2 items; load a table with ratings from more {noun}")
     return df[COLUMNS].reset_index(drop=True), notes + title_notes
+
+
+def ids_as_trained(users, items=None):
+    """(users, titles) from a frame's user and item id columns as `validate` makes them, for matching a frame keyed by
+    ids to a model's vocabularies: ids normalised (whole numbers, or their text, alike), and each item titled as an
+    item without a title is (its id as text); titles is None without `items`. Missing ids stay missing."""
+    users = _normalise_ids(users)
+    if items is None:
+        return users, None
+    codes, uniques = pd.factorize(_normalise_ids(items))
+    titles, _ = _unique_titles(pd.Series(uniques), pd.Series([None] * len(uniques), dtype=object))
+    return users, pd.Categorical.from_codes(codes, categories=[titles[item] for item in uniques])
 
 
 def random_split(df, valid_pct=0.2, seed=42):
