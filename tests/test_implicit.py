@@ -156,3 +156,11 @@ def test_a_client_session_with_the_implicit_folder(serve_app, plays_app):
     _, top, history, _ = client.predict("3", "topn", 4, api_name="/rate_user")
     assert frame(top)["title"].tolist() == recommenders["topn"].recommend(3, 4)["title"].tolist()
     assert frame(history)["title"].tolist() == sorted(recommenders["topn"].history(3)["title"])
+
+
+def test_a_frame_of_ids_as_the_user_has_it_gives_the_same_histories(plays_model, plays):
+    rec = Recommender.from_pretrained(str(plays_model[0]))
+    expected = rec.attach_history(data.load(plays[0])).history(5)
+    frame = pd.read_csv(plays[0])  # user and item only: no rating column is needed where the data had none
+    assert rec.attach_history(frame).history(5).equals(expected)
+    assert rec.attach_history(frame.astype(str).assign(rating=3)).history(5).equals(expected)
