@@ -184,7 +184,7 @@ def build_demo(recommenders, note=""):
             summary, top, history, figure = space.rate_user(recommenders, ids[0], user_model.value, 10)
             user_summary = gr.Markdown(summary)
             user_top = table("Top picks they have not rated", top, wrap=True)
-            predicts = bool(space.rating_kinds(recommenders))  # without a rating model there is nothing to plot
+            predicts = any(rec.rating_model for rec in recommenders.values())  # else there is nothing to plot
             with gr.Row(equal_height=True):
                 user_history = table("What they rated, beside the model's prediction" if predicts else
                                      "What they chose" if first.implicit else "What they rated", history, scale=3,

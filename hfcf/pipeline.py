@@ -111,9 +111,9 @@ def model_kinds(dataset, kinds=None, y_range=None):
         return tuple(kinds or artifacts.KINDS), tuple(y_range or DEFAULT_Y_RANGE)
     asked = [kind for kind in kinds or () if kind in RATING_KINDS]
     if asked:
-        raise data.DataError(f"{' and '.join(asked)} predict{'s' if len(asked) == 1 else ''} ratings, and {dataset.name} has none (implicit data: "
-                             "who chose what); train the top-N model alone: pass --models topn (or leave out "
-                             "--models)")
+        verb = "predicts" if len(asked) == 1 else "predict"
+        raise data.DataError(f"{' and '.join(asked)} {verb} ratings, and {dataset.name} has none (implicit data: who "
+                             "chose what); train the top-N model alone: pass --models topn (or leave out --models)")
     if y_range is not None:
         raise data.DataError(f"--y-range is the range of the ratings, and {dataset.name} has none (implicit data: "
                              "every choice weighs 1); leave out --y-range")

@@ -160,18 +160,17 @@ def _check_fingerprint(dataset, config, source):
 def model_choices(recommenders, both=False):
     """(label, value) pairs for a model picker: the kinds present, and "both" rating models when asked and possible."""
     choices = [(LABELS[kind], kind) for kind in recommenders]
-    return choices + [("both rating models, side by side", BOTH)] if both and len(rating_kinds(recommenders)) > 1 \
+    return choices + [("both rating models, side by side", BOTH)] if both and len(_rating_kinds(recommenders)) > 1 \
         else choices
 
 
-def rating_kinds(recommenders):
-    """The served kinds that predict ratings (dot, nn)."""
+def _rating_kinds(recommenders):
     return [kind for kind in recommenders if recommenders[kind].scorer.predicts_ratings]
 
 
 def _kinds(recommenders, model, both=False):
-    if model == BOTH and both and len(rating_kinds(recommenders)) > 1:
-        return rating_kinds(recommenders)
+    if model == BOTH and both and len(_rating_kinds(recommenders)) > 1:
+        return _rating_kinds(recommenders)
     if model not in recommenders:
         valid = [value for _, value in model_choices(recommenders, both)]
         raise HfcfError(f"model must be one of {', '.join(valid)} (got {str(model)[:40]!r})")
@@ -408,10 +407,11 @@ def model_info(recommenders):
     commit = f"commit `{first.revision}`" if first.revision else "a local folder (no Hub commit)"
     models = "; ".join(f"**{LABELS[kind]}**: {settings_text(kind, config['models'][kind])}" for kind in recommenders)
     text = (f"**Model** `{served_name(first)}`, {commit}.  \n"
-            f"**Data** {markdown_text(dataset['name'])}: {dataset['n_ratings']:,} ratings by {dataset['n_users']:,} users of "
+            f"**Data** {markdown_text(dataset['name'])}: {dataset['n_ratings']:,} "
+            f"{'choices' if first.implicit else 'ratings'} by {dataset['n_users']:,} users of "
             f"{dataset['n_items']:,} titles. {config['split']['description']}  \n"
             f"**Models** {models}. Trained with fastai {config.get('fastai_version', '?')}; "
-            + (f"predictions lie in {tuple(config['y_range'])}." if rating_kinds(recommenders) else
+            + (f"predictions lie in {tuple(config['y_range'])}." if _rating_kinds(recommenders) else
                "no rating model: " + ("the data has no ratings, only who chose what (every choice weighs 1)."
                                       if first.implicit else "the top-N model ranks, it does not predict ratings.")))
     metrics = pd.DataFrame([{"model": name, "RMSE": values["rmse"], "MAE": values["mae"]}

@@ -58,6 +58,7 @@ def test_a_file_of_users_and_items_trains_the_top_n_model_alone(plays_model):
     card = (out / "README.md").read_text()
     assert "Implicit data: no ratings, only who chose what, so every choice weighs 1" in card
     assert "- implicit-feedback" in card and "| model | RMSE |" not in card
+    assert "| topn | " in card.split("## Held-out accuracy")[1]  # the top-10 quality, without rating error
     assert "rec.fold_in([" in card and 'model="dot"' not in card
 
 
@@ -164,3 +165,35 @@ def test_a_frame_of_ids_as_the_user_has_it_gives_the_same_histories(plays_model,
     frame = pd.read_csv(plays[0])  # user and item only: no rating column is needed where the data had none
     assert rec.attach_history(frame).history(5).equals(expected)
     assert rec.attach_history(frame.astype(str).assign(rating=3)).history(5).equals(expected)
+
+
+@pytest.mark.browser
+def test_a_browser_visit_shows_choices_and_no_rating_inputs(serve_app, plays_app):
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, grid_rows, pick_title, wait_for_grid
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    recommenders, _ = plays_app
+    topn = recommenders["topn"]
+    user = topn.users.ids()[0]  # the user the page opens on
+    chosen = sorted(topn.history(user)["title"])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.goto(serve_app(recommenders))
+        wait_for_grid(page, "What they chose", chosen[:5])
+        page.get_by_text(f"chose {len(chosen)} titles").wait_for()
+        assert page.locator(".js-plotly-plot").count() == 0
+        page.get_by_role("tab", name="New here? Pick a few titles").click()
+        pick_title(page, "A title you chose", chosen[0], chosen[0])
+        expect(page.get_by_role("combobox", name="A title you chose")).to_have_value(chosen[0])
+        assert page.get_by_label("number input for Your rating").count() == 0
+        page.get_by_role("button", name="Add it").click()
+        wait_for_grid(page, "Your ratings (edit them here too)", [chosen[0]])
+        page.get_by_role("button", name="Recommend for me").click()
+        expected = topn.fold_in([chosen[0]], 10).recommendations
+        wait_for_grid(page, "Your top picks", expected["title"].tolist())
+        assert chosen[0] not in [row[0] for row in grid_rows(page, "Your top picks")]
+        browser.close()
