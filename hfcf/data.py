@@ -233,7 +233,10 @@ def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=
 
 
 def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **table_kwargs):
-    """Load `source` (None: MovieLens 100k; "synthetic"; a MovieLens folder; a ratings file) as a Dataset."""
+    """Load `source` (None: MovieLens 100k; "synthetic"; a MovieLens folder; a ratings file) as a Dataset.
+
+    `rating_col="none"` (NO_RATINGS), or a file of only user and item (and title, timestamp) columns, reads choices
+    without ratings: `Dataset.implicit`, every rating IMPLICIT_RATING."""
     if format not in ("auto", *FORMATS):
         raise DataError(f"unknown format {format!r}; pass --format with one of auto, {', '.join(FORMATS)}")
     if format == "auto":

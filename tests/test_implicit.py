@@ -62,6 +62,16 @@ def test_a_file_of_users_and_items_trains_the_top_n_model_alone(plays_model):
     assert "rec.fold_in([" in card and 'model="dot"' not in card
 
 
+def test_the_cards_example_runs_on_the_implicit_folder(plays_model):
+    import re
+
+    card = (plays_model[0] / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", card, flags=re.S)[0].replace('"you/name"', repr(str(plays_model[0])))
+    namespace = {}
+    exec(compile(code, "README.md of the model", "exec"), namespace)
+    assert namespace["rec"].implicit
+
+
 def test_rating_col_none_reads_a_ratings_file_as_choices(tmp_path):
     path = tmp_path / "stars.csv"
     path.write_text("user,item,stars\n1,10,5\n1,11,2\n2,10,4\n2,12,1\n")
@@ -136,6 +146,11 @@ def test_the_app_serves_the_folder_with_no_rating_columns_or_tabs(plays_app, pla
     added = demo({"headers": ["title", "rating"], "data": [], "metadata": None}, title, 1, api_name="add_rating")
     summary, picks = demo(added, "topn", 5, api_name="newcomer")
     assert len(frame(picks)) == 5 and title not in set(frame(picks)["title"])
+    import gradio as gr
+
+    rated = {"headers": ["title", "rating"], "data": [[title, 5]], "metadata": None}  # what a script could send
+    with pytest.raises(gr.Error, match="each counting 1: give a list of the titles chosen"):
+        demo(rated, "topn", 5, api_name="newcomer")
     names = {fn.api_name for fn in demo.fns.values()}
     assert "biases" not in names and "rate_user" in names
     config = demo.get_config_file()
