@@ -27,6 +27,7 @@ from gradio.components.dataframe import DataframeData  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from hfcf import space  # noqa: E402
+from hfcf.data import IMPLICIT_RATING  # noqa: E402
 from hfcf.errors import HfcfError  # noqa: E402
 
 CONCURRENCY = 4     # handlers take milliseconds; more threads than this only contend for the CPU
@@ -163,7 +164,7 @@ def build_demo(recommenders, note=""):
     def rating_input():
         """A newcomer's rating: a slider over the data's range, or a hidden 1 where the data had no ratings."""
         if first.implicit:
-            return gr.Number(space.IMPLICIT_RATING, label="Your rating", visible=False)
+            return gr.Number(IMPLICIT_RATING, label="Your rating", visible=False)
         low, high = first.config["dataset"].get("rating_range", first.folder.y_range)
         return gr.Slider(low, high, value=min(high, max(low, 4)), step=0.5, label="Your rating")
 

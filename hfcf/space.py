@@ -16,7 +16,6 @@ import pandas as pd
 
 from .errors import DataError, HfcfError, MissingColumnError
 from .card import settings_text
-from .data import IMPLICIT_RATING
 from .recommend import MODELS, History, Recommender, check_n
 
 LABELS = {"topn": "top-N", "dot": "dot product", "nn": "neural net"}
