@@ -202,13 +202,18 @@ def test_a_browser_visit_shows_choices_and_no_rating_inputs(serve_app, plays_app
         page.get_by_text(f"chose {len(chosen)} titles").wait_for()
         assert page.locator(".js-plotly-plot").count() == 0
         page.get_by_role("tab", name="New here? Pick a few titles").click()
-        pick_title(page, "A title you chose", chosen[0], chosen[0])
-        expect(page.get_by_role("combobox", name="A title you chose")).to_have_value(chosen[0])
+        title = topn.search_titles("", 1)[0]  # among the box's first suggestions: no wait on a search
+        box = page.get_by_role("combobox", name="A title you chose")
+        for _ in range(3):  # a late answer to an earlier keystroke can replace the pick on a loaded machine
+            pick_title(page, "A title you chose", title, title)
+            if box.input_value() == title:
+                break
+        expect(box).to_have_value(title)
         assert page.get_by_label("number input for Your rating").count() == 0
         page.get_by_role("button", name="Add it").click()
-        wait_for_grid(page, "Your ratings (edit them here too)", [chosen[0]])
+        wait_for_grid(page, "Your ratings (edit them here too)", [title])
         page.get_by_role("button", name="Recommend for me").click()
-        expected = topn.fold_in([chosen[0]], 10).recommendations
+        expected = topn.fold_in([title], 10).recommendations
         wait_for_grid(page, "Your top picks", expected["title"].tolist())
-        assert chosen[0] not in [row[0] for row in grid_rows(page, "Your top picks")]
+        assert title not in [row[0] for row in grid_rows(page, "Your top picks")]
         browser.close()
