@@ -318,16 +318,18 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings", implic
     return df[COLUMNS].reset_index(drop=True), notes + title_notes
 
 
-def ids_as_trained(users, items=None):
-    """(users, titles) from a frame's user and item id columns as `validate` makes them, for matching a frame keyed by
-    ids to a model's vocabularies: ids normalised (whole numbers, or their text, alike), and each item titled as an
-    item without a title is (its id as text); titles is None without `items`. Missing ids stay missing."""
-    users = _normalise_ids(users)
-    if items is None:
-        return users, None
-    codes, uniques = pd.factorize(_normalise_ids(items))
+def ids_as_trained(ids):
+    """User or item ids as `validate` makes them (whole numbers, or their text, alike: "007", 7.0 and 7 are one id),
+    to match a frame a user has to a model's vocabularies; missing ids stay missing."""
+    return _normalise_ids(pd.Series(ids))
+
+
+def titles_as_trained(items):
+    """Item ids titled as `validate` titles items without a title (each its id as text), a Categorical: the
+    model's item keys for a frame keyed by ids; a missing id has no title."""
+    codes, uniques = pd.factorize(ids_as_trained(items))
     titles, _ = _unique_titles(pd.Series(uniques), pd.Series([None] * len(uniques), dtype=object))
-    return users, pd.Categorical.from_codes(codes, categories=[titles[item] for item in uniques])
+    return pd.Categorical.from_codes(codes, categories=[titles[item] for item in uniques])
 
 
 def random_split(df, valid_pct=0.2, seed=42):

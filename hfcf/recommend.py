@@ -41,6 +41,8 @@ class History:
         ratings = ratings.ratings if isinstance(ratings, data.Dataset) else ratings
         user_column, title_column, values = _ratings_columns(ratings, implicit)
         user_rows = users.rows(user_column, unknown_as_na=True)
+        if not user_rows.all():  # ids written otherwise than training read them ("007", 7.0): read them as it did
+            user_rows = users.rows(data.ids_as_trained(user_column), unknown_as_na=True)
         item_rows = items.rows(title_column, unknown_as_na=True)
         known = (user_rows > 0) & (item_rows > 0)
         if not known.any():
@@ -79,8 +81,8 @@ class History:
 def _ratings_columns(ratings, implicit=False):
     """(user, title, rating) columns of a ratings frame (or the `hfcf.data.Dataset` holding one), the ratings as
     finite numbers, else a DataError. Titles come from a title column, else from item ids as training titled items
-    without one; users are matched as training read them (ids "7" and 7 alike). Data without ratings (`implicit`)
-    needs no rating column: every choice is data.IMPLICIT_RATING, as in training."""
+    without one. Data without ratings (`implicit`) needs no rating column: every choice is data.IMPLICIT_RATING, as
+    in training."""
     if not isinstance(ratings, pd.DataFrame):
         raise DataError(f"history takes a ratings frame (columns user, title or item, rating, as hfcf.data.load(...)"
                         f".ratings has), a History of this model, or None (got {type(ratings).__name__})")
@@ -92,8 +94,8 @@ def _ratings_columns(ratings, implicit=False):
     if missing:
         raise DataError(f"the ratings frame has no column {missing[0]!r} (columns found: {found}); name that column "
                         f"{missing[0]!r}, or pass hfcf.data.load(...).ratings")
-    users, titles = data.ids_as_trained(ratings["user"], None if "title" in ratings.columns else ratings["item"])
-    titles = ratings["title"] if titles is None else titles
+    users = ratings["user"]
+    titles = ratings["title"] if "title" in ratings.columns else data.titles_as_trained(ratings["item"])
     if implicit:
         return users, titles, np.full(len(ratings), data.IMPLICIT_RATING, dtype=np.float32)
     values = ratings["rating"].to_numpy()
