@@ -27,6 +27,7 @@ from gradio.components.dataframe import DataframeData  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from hfcf import space  # noqa: E402
+from hfcf.data import IMPLICIT_RATING  # noqa: E402
 from hfcf.errors import HfcfError  # noqa: E402
 
 CONCURRENCY = 4     # handlers take milliseconds; more threads than this only contend for the CPU
@@ -160,6 +161,13 @@ def build_demo(recommenders, note=""):
     def table(label, value, **kwargs):
         return gr.Dataframe(value, label=label, interactive=False, max_height=420, **kwargs)
 
+    def rating_input():
+        """A newcomer's rating: a slider over the data's range, or a hidden 1 where the data had no ratings."""
+        if first.implicit:
+            return gr.Number(IMPLICIT_RATING, label="Your rating", visible=False)
+        low, high = first.config["dataset"].get("rating_range", first.folder.y_range)
+        return gr.Slider(low, high, value=min(high, max(low, 4)), step=0.5, label="Your rating")
+
     popular = first.search_titles("", 1)[0]
     with gr.Blocks(title="hfcf: MovieLens recommendations", fill_width=True) as demo:
         gr.Markdown("# hfcf: collaborative filtering on MovieLens\n" + space.header(recommenders))
@@ -177,10 +185,12 @@ def build_demo(recommenders, note=""):
             summary, top, history, figure = space.rate_user(recommenders, ids[0], user_model.value, 10)
             user_summary = gr.Markdown(summary)
             user_top = table("Top picks they have not rated", top, wrap=True)
+            predicts = any(rec.rating_model for rec in recommenders.values())  # else there is nothing to plot
             with gr.Row(equal_height=True):
-                user_history = table("What they rated, beside the model's prediction", history, scale=3,
+                user_history = table("What they rated, beside the model's prediction" if predicts else
+                                     "What they chose" if first.implicit else "What they rated", history, scale=3,
                                      column_widths=["50%"])  # long titles would push the predictions out of view
-                user_plot = gr.Plot(figure, label="Actual vs predicted", scale=2)
+                user_plot = gr.Plot(figure, label="Actual vs predicted", scale=2, visible=predicts)
             gr.on([user_go.click, user.input, user_model.input], bound(space.rate_user), [user, user_model, user_n],
                   [user_summary, user_top, user_history, user_plot], api_name="rate_user", show_progress=PROGRESS)
 
@@ -196,14 +206,13 @@ def build_demo(recommenders, note=""):
             gr.on([similar_go.click, similar_title.input], bound(space.similar),
                   [similar_title, similar_model, similar_n], [similar_summary, similar_table], api_name="similar", show_progress=PROGRESS)
 
-        with gr.Tab("New here? Rate a few movies", id="newcomer"):
-            low, high = first.config["dataset"].get("rating_range", first.folder.y_range)
+        with gr.Tab("New here? Pick a few titles" if first.implicit else "New here? Rate a few movies",
+                    id="newcomer"):
             with gr.Row():
-                new_title = title_picker("A movie you have seen")
-                new_rating = checked(gr.Slider(low, high, value=min(high, max(low, 4)), step=0.5,
-                                               label="Your rating"))
+                new_title = title_picker("A title you chose" if first.implicit else "A movie you have seen")
+                new_rating = checked(rating_input())
             with gr.Row():
-                new_add = gr.Button("Add rating")
+                new_add = gr.Button("Add it" if first.implicit else "Add rating")
                 new_clear = gr.Button("Clear")
             new_ratings = checked(gr.Dataframe(space.ratings_table(None), label="Your ratings (edit them here too)",
                                                headers=space.NEWCOMER_COLUMNS, datatype=["str", "number"],

@@ -51,7 +51,8 @@ def parser():
                       "e.g. 99 (empty cells always are)")
     data.add_argument("--user-col", help="ratings-file column of user ids (default: user)")
     data.add_argument("--item-col", help="ratings-file column of item ids (default: item)")
-    data.add_argument("--rating-col", help="ratings-file column of ratings (default: rating)")
+    data.add_argument("--rating-col", help="ratings-file column of ratings (default: rating); 'none' for data "
+                      "without ratings (plays, purchases: who chose what), as a file of only user and item columns is")
     data.add_argument("--timestamp-col", help="ratings-file column of timestamps (optional)")
     data.add_argument("--titles", metavar="PATH", help="a CSV/Parquet table of item titles for a ratings file "
                       "(a path or an hf://datasets/... URL)")
@@ -72,9 +73,9 @@ def parser():
     model = p.add_argument_group(
         "models (defaults differ per model: hfcf.training.DEFAULTS, tuned on MovieLens 100k, see BENCHMARKS.md; "
         "a flag given here applies to every model)")
-    model.add_argument("--models", type=comma_list(str), default=KINDS,
-                       help=f"comma-separated, from {', '.join(KINDS)} (default: all): topn ranks what to watch "
-                       "next, dot and nn predict ratings")
+    model.add_argument("--models", type=comma_list(str),
+                       help=f"comma-separated, from {', '.join(KINDS)} (default: all; topn alone for data without "
+                       "ratings): topn ranks what to watch next, dot and nn predict ratings")
     model.add_argument("--epochs", type=int, help="epochs of fit_one_cycle")
     model.add_argument("--factors", type=int, help="dot and topn models: latent factors")
     model.add_argument("--layers", type=comma_list(int), help="nn model: hidden layer sizes, e.g. 100,50")
@@ -86,7 +87,7 @@ def parser():
                        f"topn.n_factors=128 --set nn.layers=100,50 --set dot.lazy=false (settings: "
                        f"{', '.join(SETTINGS)}); defaults depend on the data's size (from 1M ratings: large batches "
                        "and lazy Adam); the card records what each model used")
-    model.add_argument("--y-range", type=comma_list(float), default=(0.0, 5.5),
+    model.add_argument("--y-range", type=comma_list(float),
                        help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
     model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
     output = p.add_argument_group("output")
@@ -153,10 +154,10 @@ def table_columns(args):
 
 def check_args(args):
     """Refuse bad flag combinations before loading data or training."""
-    unknown = set(args.models) - set(KINDS)
-    if unknown or not args.models or len(set(args.models)) != len(args.models):
-        raise DataError(f"--models takes one or more of {','.join(KINDS)}, each once (got {','.join(args.models)})")
-    if len(args.y_range) != 2 or not args.y_range[0] < args.y_range[1]:
+    models = args.models
+    if models is not None and (set(models) - set(KINDS) or not models or len(set(models)) != len(models)):
+        raise DataError(f"--models takes one or more of {','.join(KINDS)}, each once (got {','.join(models)})")
+    if args.y_range is not None and (len(args.y_range) != 2 or not args.y_range[0] < args.y_range[1]):
         raise DataError(f"--y-range needs low,high with low < high (got {args.y_range})")
     if not 0 <= args.seed < 2 ** 32:  # what numpy's global seed takes
         raise DataError(f"--seed must be a whole number from 0 to {2 ** 32 - 1} (got {args.seed})")
@@ -185,8 +186,8 @@ def main(argv=None):
         world = distributed.join()  # torchrun's variables: one process of several, else a single one
         if world.is_main:
             artifacts.check_output(args.out, args.force)
-        dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate, y_range=args.y_range,
-                            **table_columns(args))
+        dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate,
+                            y_range=args.y_range or pipeline.DEFAULT_Y_RANGE, **table_columns(args))
         if dataset.reading is not None and world.is_main:
             print(f"read {dataset.name}: {dataset.reading.describe()}")
         split = pipeline.make_split(dataset, args.split, args.valid_pct, args.seed, args.fold, args.data)

@@ -57,6 +57,7 @@ def dataset(args, reading):
     import train
 
     flags = train.parser().parse_args([*(["--data", args.data] if args.data else []), *reading])
+    flags.y_range = flags.y_range or pipeline.DEFAULT_Y_RANGE  # train.py leaves it unset: implicit data takes none
     if args.synthetic:
         frame, floor = synthetic_frame(args.synthetic)
         with tempfile.TemporaryDirectory() as folder:  # read back as a user's file would be: hfcf's own loader

@@ -81,6 +81,8 @@ def render_card(config, repo_id=None, example=None):
     tags = ["fastai", "collaborative-filtering", "recommender-system", "safetensors", "tabular-regression"]
     if dataset["name"].startswith("MovieLens"):  # only what is true of this model
         tags.insert(3, "movielens")
+    if dataset.get("implicit"):
+        tags.append("implicit-feedback")
     card_data = ModelCardData(library_name="hfcf", license="other", model_name=name, eval_results=results or None,
                               tags=tags, pipeline_tag="tabular-regression",
                               datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None)

@@ -45,6 +45,10 @@ from .vocab import NA
 COLUMNS = ["user", "item", "title", "rating", "timestamp"]
 FINGERPRINT_CHUNK = 1 << 22  # rows hashed at once
 DUPLICATE_POLICIES = ("error", "last", "mean")
+NO_RATINGS = "none"  # --rating-col none: the table says who chose what, not how much they liked it
+IMPLICIT_RATING = 1.0  # what a choice counts as in implicit data: every choice weighs the same
+IMPLICIT_NOTE = ("{source} has no ratings (implicit data): each (user, item) row is a choice weighing 1, so only the "
+                 "top-N model trains on it")
 FORMATS = ("ml-100k", "ml-latest-small", "ml-1m", "table", "matrix", "synthetic")
 # The keyword arguments of `load` that say how to read a text table, and those each kind of file takes.
 READING_OPTIONS = {"sep", "header", "columns", "encoding"}
@@ -95,6 +99,7 @@ class Dataset:
     read_as: dict | None = None  # how `load` read it (format, source, column flags), for reading it again
     fingerprint: dict | None = None  # `fingerprint(ratings)`, taken by `load` before a split doubles the memory
     reading: "delimited.Reading | None" = None  # how a text table's separator, header and encoding were taken
+    implicit: bool = False  # no ratings in the source: every rating is IMPLICIT_RATING, a choice
 
 
 def fingerprint(ratings):
@@ -160,23 +165,28 @@ def ratings_table(path, user_col, item_col, rating_col, timestamp_col=None, titl
                   titles_item_col=None, on_duplicate="error", y_range=None, sep=None, header=None, columns=None,
                   encoding=None):
     """Any ratings table (delimited text as `delimited.sniff` detects it, or .parquet), with titles from its own
-    column or a second table. `sep`, `header`, `columns` and `encoding` say outright what detection would guess."""
+    column or a second table. `sep`, `header`, `columns` and `encoding` say outright what detection would guess.
+
+    `rating_col=None`, or a table whose only columns are the others asked for, is implicit data: who chose what.
+    """
     path = Path(path).expanduser()
     table, reading = _read_table(path, sep, header, columns, encoding, default_columns=("user", "item", "rating",
                                                                                         "timestamp"),
                                  id_columns=(user_col, item_col))
-    wanted = {"user": (user_col, "--user-col"), "item": (item_col, "--item-col"),
-              "rating": (rating_col, "--rating-col")}
+    wanted = {"user": (user_col, "--user-col"), "item": (item_col, "--item-col")}
     if timestamp_col is not None:
         wanted["timestamp"] = (timestamp_col, "--timestamp-col")
     if titles_path is None and title_col in table.columns:
         wanted["title"] = (title_col, "--title-col")
+    implicit = rating_col is None or _only_columns(table, wanted, rating_col)
+    if not implicit:
+        wanted["rating"] = (rating_col, "--rating-col")
     _refuse_movielens_file(path, table, wanted, reading)
     _check_read_as_table(table, path, reading, sep)
     ratings = _pick_columns(table, wanted, path.name)
     del table  # the picked columns are a copy: at 25M ratings the whole table is worth a GB
     return _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_col or item_col, on_duplicate,
-                           y_range)
+                           y_range, implicit)
 
 
 def ratings_matrix(path, user_col=None, missing=None, titles_path=None, title_col="title", titles_item_col=None,
@@ -224,7 +234,8 @@ def _melt(table, users, missing, source):
                          "rating": numbers[rows, columns]})
 
 
-def _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_col, on_duplicate, y_range):
+def _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_col, on_duplicate, y_range,
+                    implicit=False):
     """Validate `ratings` read from `path`, their titles from `titles_path` when given, into a Dataset."""
     notes = []
     if titles_path is not None:
@@ -235,8 +246,18 @@ def _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_
         catalogue = _pick_columns(catalogue, wanted, titles_path.name)
         titles, notes = _unique_titles(_normalise_ids(catalogue["item"]), catalogue["title"])
         ratings["title"] = _normalise_ids(ratings["item"]).map(titles)
-    clean, validation_notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=path.name)
-    return Dataset(clean, path.name, "", "", "", notes + validation_notes, reading=reading)
+    clean, validation_notes = validate(ratings, y_range=y_range, on_duplicate=on_duplicate, source=path.name,
+                                       implicit=implicit)
+    if implicit:
+        notes.insert(0, IMPLICIT_NOTE.format(source=path.name))
+    return Dataset(clean, path.name, "", "", "", notes + validation_notes, reading=reading, implicit=implicit)
+
+
+def _only_columns(table, wanted, rating_col):
+    """Whether `table` lacks `rating_col` and holds nothing but the `wanted` columns (user and item, say): a table
+    of choices. Any other column might be the ratings under another name, so that is refused as missing."""
+    picked = {theirs for theirs, _ in wanted.values()}
+    return rating_col not in table.columns and all(column in picked for column in table.columns)
 
 
 def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=0, noise=0.3, own_share=0.5):
@@ -276,7 +297,10 @@ def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=
 
 def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **table_kwargs):
     """Load `source` (None: MovieLens 100k; "synthetic"; a MovieLens folder; a ratings file, on disk or an
-    hf://datasets/OWNER/NAME[@REVISION]/PATH on the Hub) as a Dataset."""
+    hf://datasets/OWNER/NAME[@REVISION]/PATH on the Hub) as a Dataset.
+
+    `rating_col="none"` (NO_RATINGS), or a file of only user and item (and title, timestamp) columns, reads choices
+    without ratings: `Dataset.implicit`, every rating IMPLICIT_RATING."""
     if format not in ("auto", *FORMATS):
         raise DataError(f"unknown format {format!r}; pass --format with one of auto, {', '.join(FORMATS)}")
     source, pinned, table_kwargs = _fetch_from_hub(source, table_kwargs)
@@ -296,7 +320,11 @@ def load(source=None, *, format="auto", on_duplicate="error", y_range=None, **ta
         raise DataError(f"format {format} needs a source; pass a folder or file")
     elif format == "table":
         columns = {"user_col": "user", "item_col": "item", "rating_col": "rating"} | table_kwargs
+        if columns["rating_col"] == NO_RATINGS:
+            columns["rating_col"] = None
         dataset = ratings_table(source, on_duplicate=on_duplicate, y_range=y_range, **columns)
+        if dataset.implicit:  # read again (the app's histories) as implicit, whatever the file holds by then
+            read_as["columns"]["rating_col"] = NO_RATINGS
     elif format == "matrix":
         dataset = ratings_matrix(source, on_duplicate=on_duplicate, y_range=y_range, **table_kwargs)
     else:
@@ -338,8 +366,11 @@ def _check_options(format, options):
         raise DataError(f"{flags} can only be used with a ratings file, not with {format} data; leave them out")
 
 
-def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
-    """Check and tidy a ratings frame; return (frame with COLUMNS in file order, notes) or raise DataError."""
+def validate(df, *, y_range=None, on_duplicate="error", source="ratings", implicit=False):
+    """Check and tidy a ratings frame; return (frame with COLUMNS in file order, notes) or raise DataError.
+
+    `implicit`: the frame says who chose what and needs no rating column; every rating becomes IMPLICIT_RATING.
+    """
     if on_duplicate not in DUPLICATE_POLICIES:
         raise DataError(f"on_duplicate must be one of {', '.join(DUPLICATE_POLICIES)} (got {on_duplicate!r}); "
                         "pass --on-duplicate last or --on-duplicate mean")
@@ -347,18 +378,21 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
     if df is None or len(df) == 0:
         raise DataError(f"{source} has no ratings (it is empty or holds only a header); "
                         "point at a table with at least one rating row")
-    missing = [column for column in ("user", "item", "rating") if column not in df.columns]
+    missing = [column for column in ("user", "item", *(() if implicit else ("rating",))) if column not in df.columns]
     if missing:
         found = ", ".join(map(str, df.columns))
         raise DataError(f"{source} has no column {missing[0]!r} (columns found: {found}); "
                         f"rename the column that holds it to {missing[0]!r} or pass --{missing[0]}-col NAME")
+    if implicit:
+        df = df.assign(rating=IMPLICIT_RATING)
     # No column of missing titles: at 25M ratings that would be 200 MB of pointers, replaced a few lines down.
     df = df.reset_index(drop=True).reindex(columns=[column for column in COLUMNS
                                                     if column != "title" or "title" in df.columns])
     for column in ("user", "item"):
         df[column] = _check_ids(df[column], column, source)
     _refuse_reserved_users(df["user"], source)
-    df["rating"] = _check_ratings(df["rating"], y_range, source)
+    if not implicit:
+        df["rating"] = _check_ratings(df["rating"], y_range, source)
     df["timestamp"] = _seconds(df["timestamp"], source)
     df, notes = _merge_duplicates(df, on_duplicate, source)
     codes, uniques = pd.factorize(df["item"])
@@ -375,6 +409,20 @@ def validate(df, *, y_range=None, on_duplicate="error", source="ratings"):
             raise DataError(f"{source} has {count} distinct {noun[:-1]}; collaborative filtering needs at least "
                             f"2 users and 2 items; load a table with ratings from more {noun}")
     return df[COLUMNS].reset_index(drop=True), notes + title_notes
+
+
+def ids_as_trained(ids):
+    """User or item ids as `validate` makes them (whole numbers, or their text, alike: "007", 7.0 and 7 are one id),
+    to match a frame a user has to a model's vocabularies; missing ids stay missing."""
+    return _normalise_ids(pd.Series(ids))
+
+
+def titles_as_trained(items):
+    """Item ids titled as `validate` titles items without a title (each its id as text), a Categorical: the
+    model's item keys for a frame keyed by ids; a missing id has no title."""
+    codes, uniques = pd.factorize(ids_as_trained(items))
+    titles, _ = _unique_titles(pd.Series(uniques), pd.Series([None] * len(uniques), dtype=object))
+    return pd.Categorical.from_codes(codes, categories=[titles[item] for item in uniques])
 
 
 def random_split(df, valid_pct=0.2, seed=42):

@@ -10,6 +10,11 @@ import pandas as pd
 from . import __version__, artifacts, card, data, distributed, evaluate, scoring, vocab
 
 RANKING_USERS = 10_000  # top-k lists scored for at most this many users (a seeded sample beyond)
+DEFAULT_Y_RANGE = (0.0, 5.5)  # the rating models' output range: MovieLens's 0.5 to 5 stars, with room at the top
+# Implicit data has no rating scale; a top-N model weighs each chosen title by its rating on the folder's y_range,
+# so (0, 1) makes every choice (rated data.IMPLICIT_RATING) weigh 1, in training and in fold-in alike.
+IMPLICIT_Y_RANGE = (0.0, 1.0)
+RATING_KINDS = ("dot", "nn")
 
 
 @dataclass
@@ -59,31 +64,38 @@ def make_split(dataset, method="random", valid_pct=0.2, seed=42, fold=1, folder=
     return Split(train, valid, {"method": "random", "valid_pct": valid_pct, "seed": seed})
 
 
-def evaluate_models(fitted, split, users, items, y_range):
+def evaluate_models(fitted, split, users, items, y_range, implicit=False):
     """Held-out quality: ({name: RMSE/MAE} of the baselines, each rating model and (with both) their average,
-    {name: top-k metrics} of popularity and every model); both empty when nothing was held out."""
+    {name: top-k metrics} of popularity and every model); both empty when nothing was held out, the first when the
+    data is `implicit` (every rating is 1: there is no error to measure)."""
     if split.valid.empty:
         return {}, {}
     train_users, train_items = users.rows(split.train["user"]), items.rows(split.train["title"])
     valid_users, valid_items = users.rows(split.valid["user"]), items.rows(split.valid["title"])
-    actual = split.valid["rating"].to_numpy()
-    predictions = {"global mean": evaluate.global_mean(split.train["rating"].to_numpy(), len(actual)),
-                   "user+item bias": evaluate.bias_only(train_users, train_items, split.train["rating"].to_numpy(),
-                                                        valid_users, valid_items, len(users), len(items),
-                                                        clip=y_range)}
     scorers = {kind: scoring.scorer(kind, model.state_dict, y_range) for kind, model in fitted.items()}
-    for kind, scorer in scorers.items():
-        if scorer.predicts_ratings:
-            predictions[kind] = scorer.predict(valid_users, valid_items)
-    if {"dot", "nn"} <= set(fitted):
-        predictions["ensemble"] = (predictions["dot"] + predictions["nn"]) / 2
+    errors = {} if implicit else _rating_errors(scorers, split, train_users, train_items, valid_users, valid_items,
+                                                len(users), len(items), y_range)
     popularity = np.bincount(train_items, minlength=len(items)).astype(float)
     rankers = {"popularity": lambda rows: np.broadcast_to(popularity, (len(rows), len(items))),
                **{kind: scorer.scores_for for kind, scorer in scorers.items()}}
     ranked = evaluate.ranked_users(valid_users, RANKING_USERS)
     ranking = {name: evaluate.ranking(scores_for, train_users, train_items, valid_users, valid_items, len(items),
                                       card.RANKING_K, ranked) for name, scores_for in rankers.items()}
-    return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}, ranking
+    return errors, ranking
+
+
+def _rating_errors(scorers, split, train_users, train_items, valid_users, valid_items, n_users, n_items, y_range):
+    """{name: RMSE/MAE} on the held-out ratings of the baselines, each rating model and (with both) their average."""
+    actual = split.valid["rating"].to_numpy()
+    predictions = {"global mean": evaluate.global_mean(split.train["rating"].to_numpy(), len(actual)),
+                   "user+item bias": evaluate.bias_only(train_users, train_items, split.train["rating"].to_numpy(),
+                                                        valid_users, valid_items, n_users, n_items, clip=y_range)}
+    for kind, scorer in scorers.items():
+        if scorer.predicts_ratings:
+            predictions[kind] = scorer.predict(valid_users, valid_items)
+    if {"dot", "nn"} <= set(scorers):
+        predictions["ensemble"] = (predictions["dot"] + predictions["nn"]) / 2
+    return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}
 
 
 def training_size(split):
@@ -92,14 +104,33 @@ def training_size(split):
     return len(split.train), split.train["user"].nunique(), split.train["title"].nunique()
 
 
-def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_range=(0.0, 5.5), seed=42,
+def model_kinds(dataset, kinds=None, y_range=None):
+    """(kinds, y_range) to train on `dataset`: by default every model on DEFAULT_Y_RANGE, or for implicit data the
+    top-N model alone on IMPLICIT_Y_RANGE; refuses rating models or a y_range asked for on implicit data."""
+    if not dataset.implicit:
+        return tuple(kinds or artifacts.KINDS), tuple(y_range or DEFAULT_Y_RANGE)
+    asked = [kind for kind in kinds or () if kind in RATING_KINDS]
+    if asked:
+        verb = "predicts" if len(asked) == 1 else "predict"
+        raise data.DataError(f"{' and '.join(asked)} {verb} ratings, and {dataset.name} has none (implicit data: who "
+                             "chose what); train the top-N model alone: pass --models topn (or leave out --models)")
+    if y_range is not None:
+        raise data.DataError(f"--y-range is the range of the ratings, and {dataset.name} has none (implicit data: "
+                             "every choice weighs 1); leave out --y-range")
+    return ("topn",), IMPLICIT_Y_RANGE
+
+
+def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None, seed=42,
                    force=False, repo_id=None, log=print, world=distributed.SINGLE, dataset_id=None):
     """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns the config.
 
-    Under torchrun every rank trains its share; rank 0 alone evaluates and writes (the others return None).
+    `kinds` and `y_range` default as `model_kinds` says. Under torchrun every rank trains its share; rank 0 alone
+    evaluates and writes (the others return None).
     """
     from . import training  # fastai is imported only when a model is actually trained
 
+    given = kinds
+    kinds, y_range = model_kinds(dataset, kinds, y_range)
     if world.is_main:
         artifacts.check_output(out, force)
     settings = settings or training.defaults_for(*training_size(split))
@@ -107,6 +138,8 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     users, items = vocab.from_ratings(split.train, split.valid)
     distributed.check_same(world, "vocabularies", [users.keys, items.keys, len(split.train), len(split.valid)])
     log = log if world.is_main else (lambda *_: None)
+    if dataset.implicit and given is None:
+        log(f"{dataset.name} has no ratings: training the top-N model only (dot and nn predict ratings)")
     log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}"
         + (f" Data-parallel over {world.size} processes ({world.backend})." if world.distributed else ""))
     started = time.perf_counter()
@@ -114,7 +147,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
     if not world.is_main:
         return None
     training.release_freed_memory()  # what the fits freed, before evaluation allocates its own
-    metrics, ranking = evaluate_models(fitted, split, users, items, y_range)
+    metrics, ranking = evaluate_models(fitted, split, users, items, y_range, dataset.implicit)
     for name, value in metrics.items():
         log(f"{name:>15}: RMSE {value['rmse']:.4f}  MAE {value['mae']:.4f}")
     for name, value in ranking.items():
@@ -131,7 +164,7 @@ def train_and_save(dataset, split, out, kinds=artifacts.KINDS, settings=None, y_
                           **({"ranking": ranking[kind]} if kind in ranking else {})}
                    for kind, model in fitted.items()},
         "dataset": {"id": re.sub(r"[^a-z0-9]+", "-", dataset.name.lower()).strip("-"), "hub_id": dataset_id,
-                    "name": dataset.name, "url": dataset.url, "licence": dataset.licence,
+                    "name": dataset.name, "implicit": dataset.implicit, "url": dataset.url, "licence": dataset.licence,
                     "citation": dataset.citation, "notes": list(dataset.notes), "n_ratings": len(ratings),
                     "n_users": int(ratings["user"].nunique()), "n_items": int(ratings["title"].nunique()),
                     "rating_range": [round(float(ratings["rating"].min()), 6),  # float32 noise off

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import artifacts, scoring, vocab
+from . import artifacts, data, scoring, vocab
 from .errors import ArtifactError, DataError, HfcfError, UnknownItemError
 
 # The kinds a Recommender can rank with, in the order `model=None` prefers them: the top-N model answers
@@ -37,14 +37,20 @@ class History:
     the model does not know are left out.
     """
 
-    def __init__(self, ratings, users, items):
-        user_column, title_column, values = _ratings_columns(ratings)
+    def __init__(self, ratings, users, items, implicit=False):
+        ratings = ratings.ratings if isinstance(ratings, data.Dataset) else ratings
+        user_column, title_column, values = _ratings_columns(ratings, implicit)
         user_rows = users.rows(user_column, unknown_as_na=True)
+        if not user_rows.all():  # ids written otherwise than training read them ("007", 7.0): read them as it did
+            user_rows = users.rows(data.ids_as_trained(user_column), unknown_as_na=True)
         item_rows = items.rows(title_column, unknown_as_na=True)
         known = (user_rows > 0) & (item_rows > 0)
         if not known.any():
+            keyed = "" if "title" in getattr(ratings, "columns", ()) else (
+                " (this frame's items were matched by their ids, as titles of items without one; a model trained "
+                "with titles needs the frame's title column, as hfcf.data.load(...).ratings has)")
             raise DataError(f"none of the {len(values):,} ratings is of a user and a title this model knows "
-                            f"({users.describe()}; titles such as {items.keys[1]!r}): attach the ratings the "
+                            f"({users.describe()}; titles such as {items.keys[1]!r}){keyed}: attach the ratings the "
                             "model was trained on")
         if not known.all():  # the model's own ratings are all known: no masked copies of 25M rows
             user_rows, item_rows, values = user_rows[known], item_rows[known], values[known]
@@ -72,25 +78,36 @@ class History:
         return (self.item_rows[start:end], self.values[start:end]) if end > start else None
 
 
-def _ratings_columns(ratings):
-    """(user, title, rating) columns of a ratings frame, the ratings as finite numbers, else a DataError."""
+def _ratings_columns(ratings, implicit=False):
+    """(user, title, rating) columns of a ratings frame (or the `hfcf.data.Dataset` holding one), the ratings as
+    finite numbers, else a DataError. Titles come from a title column, else from item ids as training titled items
+    without one. Data without ratings (`implicit`) needs no rating column: every choice is data.IMPLICIT_RATING, as
+    in training."""
     if not isinstance(ratings, pd.DataFrame):
-        raise DataError(f"history takes a ratings frame (columns user, title, rating, as hfcf.data returns), a "
-                        f"History of this model, or None (got {type(ratings).__name__})")
-    missing = [column for column in ("user", "title", "rating") if column not in ratings.columns]
+        raise DataError(f"history takes a ratings frame (columns user, title or item, rating, as hfcf.data.load(...)"
+                        f".ratings has), a History of this model, or None (got {type(ratings).__name__})")
+    found = ", ".join(map(str, ratings.columns))[:200]
+    if "title" not in ratings.columns and "item" not in ratings.columns:
+        raise DataError(f"the ratings frame has neither a 'title' nor an 'item' column (columns found: {found}); "
+                        "name the column of item ids 'item', or pass hfcf.data.load(...).ratings")
+    missing = [column for column in ("user", *(() if implicit else ("rating",))) if column not in ratings.columns]
     if missing:
-        raise DataError(f"the ratings frame has no column {missing[0]!r} (columns found: "
-                        f"{', '.join(map(str, ratings.columns))[:200]}); pass a frame from hfcf.data.load")
+        raise DataError(f"the ratings frame has no column {missing[0]!r} (columns found: {found}); name that column "
+                        f"{missing[0]!r}, or pass hfcf.data.load(...).ratings")
+    users = ratings["user"]
+    titles = ratings["title"] if "title" in ratings.columns else data.titles_as_trained(ratings["item"])
+    if implicit:
+        return users, titles, np.full(len(ratings), data.IMPLICIT_RATING, dtype=np.float32)
     values = ratings["rating"].to_numpy()
     if values.dtype.kind not in "iuf":
-        raise DataError(f"the ratings frame's rating column holds {values.dtype} values, not numbers; pass a frame "
-                        "from hfcf.data.load, which reads them as numbers")
+        raise DataError(f"the ratings frame's rating column holds {values.dtype} values, not numbers; pass "
+                        "hfcf.data.load(...).ratings, which reads them as numbers")
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise DataError(f"the ratings frame has {int((~np.isfinite(values)).sum()):,} missing or infinite ratings "
-                        f"(the first in row {bad:,}); drop them (ratings.dropna(subset=['rating'])) or pass a frame "
-                        "from hfcf.data.load, which refuses them")
-    return ratings["user"], ratings["title"], values
+                        f"(the first in row {bad:,}); drop them (ratings.dropna(subset=['rating'])) or pass "
+                        "hfcf.data.load(...).ratings, which refuses them")
+    return users, titles, values
 
 
 def _stable_order(keys):
@@ -141,22 +158,27 @@ def _local(text):
                             "or a Hub repo id (owner/name[@revision])") from None
 
 
-def _pairs(ratings):
-    """A newcomer's ratings as a list of (title, rating) pairs, from a mapping (a dict, a Series) or pairs."""
+def _pairs(ratings, implicit=False):
+    """A newcomer's ratings as a list of (title, rating) pairs, from a mapping (a dict, a Series) or pairs; for a
+    model of data without ratings (`implicit`) also from a list of the titles chosen, each rated IMPLICIT_RATING."""
     if ratings is None:
         return []
     if isinstance(ratings, (Mapping, pd.Series)):
         return list(ratings.items())
     usage = "give {title: rating} or a list of (title, rating) pairs"
+    if implicit:
+        usage = "give a list of the titles chosen"
     if isinstance(ratings, (str, bytes, pd.DataFrame)) or not isinstance(ratings, Iterable):
         raise DataError(f"a newcomer's ratings are {type(ratings).__name__} {str(ratings)[:40]!r}: {usage}")
     pairs = list(ratings)
     if len(pairs) > MAX_FOLD_IN:
         return pairs  # refused for their number before any is read
-    return [_pair(pair, usage) for pair in pairs]
+    return [_pair(pair, usage, implicit) for pair in pairs]
 
 
-def _pair(pair, usage):
+def _pair(pair, usage, implicit=False):
+    if implicit and isinstance(pair, str):
+        return pair, data.IMPLICIT_RATING
     if not isinstance(pair, (str, bytes)) and isinstance(pair, Iterable):
         pair = tuple(pair)
         if len(pair) == 2:
@@ -172,7 +194,11 @@ class Recommender:
     def __init__(self, folder, model=None, source=None, revision=None):
         model = model or next(kind for kind in MODELS if kind in folder.weights)
         if model not in folder.weights:
-            raise HfcfError(f"this repo has no {model!r} model; it has {sorted(folder.weights)}")
+            why = (" (it was trained on data without ratings, and dot and nn need ratings)"
+                   if folder.config["dataset"].get("implicit") else "")
+            present = next(kind for kind in MODELS if kind in folder.weights)
+            raise DataError(f"this repo has no {str(model)[:40]!r} model; it has {sorted(folder.weights)}{why}: pass "
+                            f"model={present!r}, or leave model out")
         self.folder, self.model = folder, model
         self.users, self.items, self.config = folder.users, folder.items, folder.config
         self.source, self.revision = source or str(folder.path), revision
@@ -183,6 +209,7 @@ class Recommender:
         self.rating_model = rating_kind  # the kind behind the "predicted" column, or None
         self.rating = (self.scorer if rating_kind == model else
                        scoring.scorer(rating_kind, folder.weights[rating_kind], folder.y_range) if rating_kind else None)
+        self.implicit = bool(self.config["dataset"].get("implicit"))  # trained on who chose what, not ratings
         self._history = None
         self._counts = None
         self._axes = None  # the embedding map's PCA, computed once
@@ -228,16 +255,17 @@ class Recommender:
 
     # --- history: the dataset's ratings, which never travel with the model -------------------------------
     def attach_history(self, ratings):
-        """Remember who rated what (a ratings frame from `hfcf.data`, or a `History` of this folder to share one):
-        seen titles are left out of picks, the history is shown, and the top-N model names the rated titles behind
-        each pick. None detaches it."""
+        """Remember who rated what (`hfcf.data.load(...)` or its ratings frame; a frame of user, item and rating, its
+        ids as in the file; or a `History` of this folder to share one): seen titles are left out of picks, the
+        history is shown, and the top-N model names the rated titles behind each pick. None detaches it. A model
+        of data without ratings needs no rating column: every choice weighs 1, as in training."""
         self._counts = self._axes = self._floor = None  # popularity may now come from these ratings
         if isinstance(ratings, History):
             ratings.check_fits(self.users, self.items)
         if ratings is None or isinstance(ratings, History):
             self._history = ratings
         else:
-            self._history = History(ratings, self.users, self.items)
+            self._history = History(ratings, self.users, self.items, self.implicit)
         return self
 
     def _rated(self, row):
@@ -246,12 +274,14 @@ class Recommender:
 
     def history(self, user):
         """What `user` rated in the attached dataset, beside the rating model's prediction (when the folder has a
-        rating model), highest rating first."""
+        rating model), highest rating first; for a model of data without ratings, the titles they chose."""
         row = self.users.index(user)
         rated = self._rated(row)
         if rated is None:
-            return pd.DataFrame(columns=["title", "rating", "predicted"])
+            return pd.DataFrame(columns=["title"] if self.implicit else ["title", "rating", "predicted"])
         rows, ratings = rated
+        if self.implicit:  # every rating is 1: the titles are all there is to show
+            return pd.DataFrame({"title": [self.items.keys[r] for r in rows]})
         frame = pd.DataFrame({"title": [self.items.keys[r] for r in rows], "rating": ratings.astype(float)})
         if self.rating is None:  # a folder with a top-N model only: nothing predicts ratings
             return frame.sort_values("rating", ascending=False, ignore_index=True)
@@ -261,8 +291,10 @@ class Recommender:
     # --- scores -----------------------------------------------------------------------------------------
     def _rating_scorer(self):
         if self.rating is None:
-            raise HfcfError(f"predicted ratings come from a dot or nn model, and this repo has only "
-                            f"{', '.join(sorted(self.folder.weights))}")
+            why = " (it was trained on data without ratings)" if self.implicit else ""
+            raise DataError(f"predicted ratings come from a dot or nn model, and this repo has only "
+                            f"{', '.join(sorted(self.folder.weights))}{why}; rank titles with recommend() or "
+                            "similar() instead")
         return self.rating
 
     def _scores(self, user_row):
@@ -382,7 +414,8 @@ class Recommender:
     def item_biases(self):
         """Every title's learnt bias from the dot model, highest first (the book's "not your kind of movie" list)."""
         if "dot" not in self.folder.weights:
-            raise HfcfError("item biases come from the dot model, which this repo does not have")
+            raise DataError(f"item biases come from the dot model, and this repo has only "
+                            f"{', '.join(sorted(self.folder.weights))}; compare titles with similar() instead")
         bias = self.folder.weights["dot"]["item_bias.weight"][1:, 0]
         frame = pd.DataFrame({"title": self.items.keys[1:], "bias": bias.round(4)})
         return frame.sort_values("bias", ascending=False, ignore_index=True)
@@ -442,7 +475,7 @@ class Recommender:
     def _check_fold_in(self, ratings):
         """(item rows, ratings) of a newcomer's `{title: rating}` or (title, rating) pairs, checked before any work:
         at most MAX_FOLD_IN ratings, each a known title rated once within the model's range."""
-        pairs = _pairs(ratings)
+        pairs = _pairs(ratings, self.implicit)
         if not pairs:
             raise DataError("rate at least one movie to get recommendations")
         if len(pairs) > MAX_FOLD_IN:
@@ -461,7 +494,11 @@ class Recommender:
                 value = float(rating)
             except (TypeError, ValueError):
                 raise DataError(f"the rating of {str(title)[:80]!r} is {str(rating)[:40]!r}, not a number") from None
-            if not self.low < value < self.high or not np.isfinite(value):
+            if self.implicit and value != data.IMPLICIT_RATING:
+                raise DataError(f"the rating of {str(title)[:80]!r} is {value:g}; this model was trained on choices "
+                                f"without ratings, each counting {data.IMPLICIT_RATING:g}: give a list of the titles "
+                                "chosen instead")
+            if not self.implicit and (not self.low < value < self.high or not np.isfinite(value)):
                 raise DataError(f"the rating of {str(title)[:80]!r} is {value}; this model predicts ratings "
                                 f"strictly between {self.low:g} and {self.high:g}")
             if row in first:

@@ -105,7 +105,7 @@ def load_history(recommenders, ratings=None, titles=None, log=print):
                 "predictions only and top picks may include movies they have already rated.")
     needed = dataset.ratings[["user", "title", "rating"]]
     del dataset  # its other columns (300 MB at 25M ratings) go before the grouping's own peak
-    history = History(needed, first.users, first.items)  # grouped once, shared by every model
+    history = History(needed, first.users, first.items, first.implicit)  # grouped once, shared by every model
     for recommender in recommenders.values():
         recommender.attach_history(history)
     return ""
@@ -226,10 +226,13 @@ def rate_user(recommenders, user, model="topn", n=10):
     raters = list(dict.fromkeys(recommenders[kind].rating_model for kind in kinds
                                 if recommenders[kind].rating_model))
     histories = {kind: recommenders[kind].history(user) for kind in raters}
-    history = first.history(user)[["title", "rating"]] if not raters else histories[raters[0]][["title", "rating"]]
-    for kind in raters:
-        history[_predicted(kind, raters)] = history["title"].map(histories[kind].set_index("title")["predicted"])
-    history = history.sort_values(["rating", "title"], ascending=[False, True], ignore_index=True)
+    if first.implicit:  # no ratings, so no rating model: the titles they chose
+        history = first.history(user).sort_values("title", ignore_index=True)
+    else:
+        history = (histories[raters[0]] if raters else first.history(user))[["title", "rating"]]
+        for kind in raters:
+            history[_predicted(kind, raters)] = history["title"].map(histories[kind].set_index("title")["predicted"])
+        history = history.sort_values(["rating", "title"], ascending=[False, True], ignore_index=True)
     top, history = _tidy(top), _tidy(history)
     if history.empty:
         return (f"User **{markdown_text(user)}**: their own ratings are not available here, so these are predictions only and may "
@@ -238,7 +241,8 @@ def rate_user(recommenders, user, model="topn", n=10):
         f"the {LABELS[first.model]} model ranks what they are likely to pick next, and \"because\" names the movies "
         "they rated that most support each pick" + (f"; \"predicted\" is the {LABELS[first.rating_model]} model's "
                                                     "rating" if first.rating_model else ""))
-    summary = f"User **{markdown_text(user)}** rated **{len(history)}** movies; the top picks leave those out"
+    summary = (f"User **{markdown_text(user)}** {'chose' if first.implicit else 'rated'} **{len(history)}** "
+               f"{'titles' if first.implicit else 'movies'}; the top picks leave those out")
     summary += f": {ranked}." if ranked else "."
     if raters:
         errors = ", ".join(f"{_rmse(history, _predicted(kind, raters)):.2f} ({LABELS[kind]})" for kind in raters)
@@ -416,10 +420,13 @@ def model_info(recommenders):
     commit = f"commit `{first.revision}`" if first.revision else "a local folder (no Hub commit)"
     models = "; ".join(f"**{LABELS[kind]}**: {settings_text(kind, config['models'][kind])}" for kind in recommenders)
     text = (f"**Model** `{served_name(first)}`, {commit}.  \n"
-            f"**Data** {markdown_text(dataset['name'])}: {dataset['n_ratings']:,} ratings by {dataset['n_users']:,} users of "
+            f"**Data** {markdown_text(dataset['name'])}: {dataset['n_ratings']:,} "
+            f"{'choices' if first.implicit else 'ratings'} by {dataset['n_users']:,} users of "
             f"{dataset['n_items']:,} titles. {config['split']['description']}  \n"
-            f"**Models** {models}. Trained with fastai {config.get('fastai_version', '?')}; predictions lie in "
-            f"{tuple(config['y_range'])}.")
+            f"**Models** {models}. Trained with fastai {config.get('fastai_version', '?')}; "
+            + (f"predictions lie in {tuple(config['y_range'])}." if _rating_kinds(recommenders) else
+               "no rating model: " + ("the data has no ratings, only who chose what (every choice weighs 1)."
+                                      if first.implicit else "the top-N model ranks, it does not predict ratings.")))
     metrics = pd.DataFrame([{"model": name, "RMSE": values["rmse"], "MAE": values["mae"]}
                             for name, values in config["metrics"].items()], columns=["model", "RMSE", "MAE"])
     ranking = pd.DataFrame([{"model": name, **values} for name, values in config.get("ranking", {}).items()])

@@ -364,3 +364,46 @@ def test_a_path_the_file_system_refuses_is_an_artifact_error(where):
 
     with pytest.raises(ArtifactError, match="cannot read .* as a model folder"):
         Recommender.from_pretrained(where)
+
+
+# --- histories from the frames a user has: data.load's, or one keyed by item ids ---------------------------------
+def test_history_takes_what_data_load_returns(synthetic_model, synthetic_dataset):
+    rec = Recommender.from_pretrained(synthetic_model[0])
+    user = next(iter(synthetic_dataset.truth["user_cluster"]))
+    expected = rec.attach_history(synthetic_dataset.ratings).history(user)
+    assert rec.attach_history(synthetic_dataset).history(user).equals(expected)
+
+
+def test_history_keyed_by_item_ids_matches_them_as_training_did(tmp_path):
+    """A model of a CSV without titles (its items titled by their ids) and frames holding those ids as numbers,
+    as zero-padded text or as floats (a column with a gap reads as float): each finds the same rows."""
+    import pandas as pd
+
+    from hfcf import data, vocab
+    from hfcf.recommend import History
+
+    path = tmp_path / "stars.csv"
+    path.write_text("user,item,rating\n1,7,4\n1,10,2\n2,7,5\n3,11,3\n3,10,1\n")
+    dataset = data.load(path)
+    users, items = vocab.from_ratings(dataset.ratings)
+    expected = History(dataset.ratings, users, items)
+    frame = pd.read_csv(path)
+    for keyed in (frame, frame.astype({"user": str, "item": str}).assign(item=lambda f: "00" + f["item"]),
+                  frame.astype({"user": float, "item": float}), dataset):
+        history = History(keyed, users, items)
+        for row in range(1, len(users)):
+            assert history.of(row)[0].tolist() == expected.of(row)[0].tolist()
+            assert history.of(row)[1].tolist() == expected.of(row)[1].tolist()
+
+
+def test_a_frame_with_neither_titles_nor_items_is_refused_naming_its_columns(synthetic_model, synthetic_dataset):
+    ratings = synthetic_dataset.ratings[["user", "item", "rating"]].rename(columns={"item": "movie"})
+    with pytest.raises(DataError, match=r"neither a 'title' nor an 'item' column \(columns found: user, movie, "
+                                        r"rating\); name the column of item ids 'item'"):
+        Recommender.from_pretrained(synthetic_model[0]).attach_history(ratings)
+
+
+def test_item_ids_for_a_model_with_titles_are_refused_with_the_fix(synthetic_model, synthetic_dataset):
+    ratings = synthetic_dataset.ratings[["user", "item", "rating"]]  # ids, where the model knows titles
+    with pytest.raises(DataError, match="matched by their ids.*needs the frame's title column"):
+        Recommender.from_pretrained(synthetic_model[0]).attach_history(ratings)
