@@ -52,7 +52,7 @@ def test_a_file_of_users_and_items_trains_the_top_n_model_alone(plays_model):
     config = json.loads((out / "config.json").read_text())
     assert list(config["models"]) == ["topn"] and config["y_range"] == [0.0, 1.0]
     assert config["dataset"]["implicit"] is True and config["dataset"]["rating_range"] == [1.0, 1.0]
-    assert config["dataset"]["read_as"]["columns"] == {"rating_col": "none"}
+    assert config["dataset"]["read_as"]["columns"]["rating_col"] == "none"  # beside the detected reading options
     assert config["metrics"] == {}  # every rating is 1: no rating error to report
     assert config["ranking"]["topn"]["precision@10"] > config["ranking"]["popularity"]["precision@10"]
     card = (out / "README.md").read_text()
@@ -79,7 +79,7 @@ def test_rating_col_none_reads_a_ratings_file_as_choices(tmp_path):
         data.load(path)  # another column might hold the ratings: it is not taken for choices
     dataset = data.load(path, rating_col="none")
     assert dataset.implicit and dataset.ratings["rating"].tolist() == [1.0] * 4
-    assert dataset.read_as["columns"] == {"rating_col": "none"} and "implicit data" in dataset.notes[0]
+    assert dataset.read_as["columns"]["rating_col"] == "none" and "implicit data" in dataset.notes[0]
     (tmp_path / "titled.csv").write_text("user,item,title\n1,10,A\n1,11,B\n2,10,A\n2,12,C\n")
     titled = data.load(tmp_path / "titled.csv")  # user, item and title: still who chose what
     assert titled.implicit and titled.ratings["title"].astype(str).tolist() == ["A", "B", "A", "C"]

@@ -55,8 +55,13 @@ def wide_matrix(folder):
     return write(folder, "jester.csv", header + "".join(f"{u},{cells(u)}\n" for u in range(1, USERS + 1)))
 
 
+def implicit_plays(folder):
+    """Plays, purchases, clicks: who chose what, tab separated, no header and no rating."""
+    return write(folder, "plays.tsv", "".join(f"{u}\t{i}\n" for u, i in pairs()))
+
+
 SHAPES = {"ratings.csv": tidy_csv, "ratings_1.txt": headerless_whitespace, "BX-Book-Ratings.csv": semicolon_latin1,
-          "jester.csv": wide_matrix}
+          "jester.csv": wide_matrix, "plays.tsv": implicit_plays}
 
 
 def write(folder, name, text, encoding="utf-8"):
@@ -105,7 +110,7 @@ def _without(argv, flag):
 
 @pytest.mark.parametrize("shape, sep, header, encoding", [
     (headerless_whitespace, "whitespace", False, "utf-8"), (tidy_csv, ",", True, "utf-8"),
-    (semicolon_latin1, ";", True, "latin-1"), (wide_matrix, ",", True, "utf-8")])
+    (semicolon_latin1, ";", True, "latin-1"), (wide_matrix, ",", True, "utf-8"), (implicit_plays, "\t", False, "utf-8")])
 def test_each_shape_is_detected(tmp_path, shape, sep, header, encoding):
     reading = delimited.sniff(shape(tmp_path))
     assert (reading.sep, reading.header, reading.encoding) == (sep, header, encoding)

@@ -240,7 +240,7 @@ def own_data_commands():
     return shell_commands(README.split("\n## Bring your own data\n", 1)[1].split("\n## ", 1)[0])
 
 
-def test_bring_your_own_data_shows_the_four_shapes():
+def test_bring_your_own_data_shows_the_five_shapes():
     from test_reading import SHAPES
 
     assert [invocations(line)[0][1][1] for line in own_data_commands()] == list(SHAPES)
