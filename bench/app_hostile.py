@@ -1,4 +1,4 @@
-"""An ordinary one-rating request to the newcomer tab while four hostile requests run (issue 10): the app in its
+"""An ordinary one-rating request to the newcomer tab while four hostile requests run: the app in its
 own process, the attacker in another, as a remote caller would be. Prints one markdown table.
 
 Each round the attacker sends four requests at once over Gradio's HTTP API (encoded beforehand): one with 10,000
