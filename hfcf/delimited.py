@@ -109,7 +109,9 @@ def _read_with_pyarrow(path, reading, string_columns):
                                 encoding="utf8" if reading.encoding.startswith("utf-8") else reading.encoding,
                                 block_size=1 << 24)
     parse = pacsv.ParseOptions(delimiter=" " if reading.sep == WHITESPACE else reading.sep)
-    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in string_columns})
+    # Only an empty cell is missing, as in `_read_with_pandas`: "NA" or "None" is a title or an id like any other.
+    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in string_columns}, null_values=[""],
+                                   strings_can_be_null=True)
     with _binary(path, for_arrow=True) as source:
         try:
             table = pacsv.read_csv(source, read_options=options, parse_options=parse, convert_options=convert)
@@ -129,7 +131,8 @@ def _read_with_pandas(path, reading, string_columns):
     try:
         return pd.read_csv(path, sep=r"\s+" if reading.sep == WHITESPACE else reading.sep,
                            header=0 if reading.header else None, names=reading.columns,
-                           encoding=reading.encoding, dtype={name: str for name in string_columns} or None)
+                           encoding=reading.encoding, dtype={name: str for name in string_columns} or None,
+                           keep_default_na=False, na_values=[""])
     except UnicodeDecodeError:
         raise
     except (ValueError, OSError, pd.errors.ParserError) as error:

@@ -212,6 +212,21 @@ def test_without_pyarrow_the_same_file_reads_to_the_same_fingerprint(tmp_path, m
         assert without.read_as == with_arrow.read_as, name
 
 
+def test_words_that_pandas_would_take_for_missing_are_read_alike_with_and_without_pyarrow(tmp_path, monkeypatch):
+    """Training reads with pyarrow, the Space perhaps with pandas: "NA", "None" or "null" must mean the same to both."""
+    path = write(tmp_path, "r.csv", "user,item,rating,title\n" + "".join(
+        f"{user},{item},{item + 1},{title}\n" for user in ("NA", "null", "7") for item, title in
+        ((1, "None"), (2, "NA"), (3, "Heat"))))
+    with_arrow = data.load(path)
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "pyarrow.csv", None)
+        without = data.load(path)
+    assert sorted(set(with_arrow.ratings["title"])) == ["Heat", "NA", "None"]
+    assert sorted(map(str, set(with_arrow.ratings["user"]))) == ["7", "NA", "null"]
+    assert without.fingerprint == with_arrow.fingerprint
+    assert without.ratings["title"].tolist() == with_arrow.ratings["title"].tolist()
+
+
 # Wide matrices.
 
 def test_a_wide_matrix_reads_as_user_item_rating_rows(tmp_path):
