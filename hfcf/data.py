@@ -183,10 +183,22 @@ def ratings_table(path, user_col, item_col, rating_col, timestamp_col=None, titl
         wanted["rating"] = (rating_col, "--rating-col")
     _refuse_movielens_file(path, table, wanted, reading)
     _check_read_as_table(table, path, reading, sep)
-    ratings = _pick_columns(table, wanted, path.name)
-    del table  # the picked columns are a copy: at 25M ratings the whole table is worth a GB
+    try:
+        ratings = _pick_columns(table, wanted, path.name)
+    except MissingColumnError as err:
+        if _header_assumed(table, reading, header, columns):  # its "columns" may be its first row of data
+            raise MissingColumnError(f"{err}; or, if its first row ({', '.join(err.found)}) is data rather than "
+                                     "column names, pass --no-header", err.source, err.column, err.found) from None
+        raise
+    del table  # the picked columns are a copy
     return _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_col or item_col, on_duplicate,
                            y_range, implicit)
+
+
+def _header_assumed(table, reading, header, columns):
+    """Whether the first row was taken for a header with nothing to tell by: not said, and no column of numbers."""
+    return (reading is not None and reading.header and header is None and columns is None
+            and not any(pd.api.types.is_numeric_dtype(table[name]) for name in table.columns))
 
 
 def ratings_matrix(path, user_col=None, missing=None, titles_path=None, title_col="title", titles_item_col=None,
@@ -255,9 +267,10 @@ def _titled_dataset(ratings, path, reading, titles_path, title_col, titles_item_
 
 def _only_columns(table, wanted, rating_col):
     """Whether `table` lacks `rating_col` and holds nothing but the `wanted` columns (user and item, say): a table
-    of choices. Any other column might be the ratings under another name, so that is refused as missing."""
-    picked = {theirs for theirs, _ in wanted.values()}
-    return rating_col not in table.columns and all(column in picked for column in table.columns)
+    of choices, perhaps with a time column. Any other might be the ratings under another name: refused as missing."""
+    others = [str(column).lower() for column in table.columns if column not in {theirs for theirs, _ in wanted.values()}]
+    return rating_col not in table.columns and all(any(word in name for word in COLUMN_WORDS["timestamp"])
+                                                   for name in others)
 
 
 def synthetic(n_users=200, n_items=120, n_clusters=4, ratings_per_user=30, seed=0, noise=0.3, own_share=0.5):

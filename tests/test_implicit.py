@@ -85,6 +85,26 @@ def test_rating_col_none_reads_a_ratings_file_as_choices(tmp_path):
     assert titled.implicit and titled.ratings["title"].astype(str).tolist() == ["A", "B", "A", "C"]
 
 
+def test_a_play_log_with_a_time_column_reads_as_choices(tmp_path):
+    """user,item,timestamp is the usual play log: implicit, not "pass --rating-col timestamp"."""
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,timestamp\n" + "".join(f"{u},{i},{1600000000 + u * 10 + i}\n"
+                                                      for u in range(1, 5) for i in range(1, 4)))
+    dataset = data.load(path)
+    assert dataset.implicit and len(dataset.ratings) == 12
+
+
+def test_a_headerless_file_of_text_ids_is_told_about_no_header_and_keeps_every_row(tmp_path):
+    """With no column of numbers nothing tells a header from data: the refusal offers --no-header, which keeps row 1."""
+    path = tmp_path / "plays.tsv"
+    rows = [(user, book) for user in ("alice", "bob", "carol", "dan") for book in ("b1", "b2", "b3") if user != book]
+    path.write_text("".join(f"{user}\t{book}\n" for user, book in rows))
+    with pytest.raises(MissingColumnError, match="pass --no-header"):
+        data.load(path)
+    dataset = data.load(path, header=False)
+    assert dataset.implicit and len(dataset.ratings) == len(rows)
+
+
 def test_rating_models_and_a_y_range_are_refused_with_advice_that_works(plays, tmp_path, capsys):
     pytest.importorskip("fastai")
     import train
