@@ -345,7 +345,14 @@ def ratings_table(table):
     """A newcomer's ratings table (as a Gradio Dataframe sends it) as a clean frame; blank rows dropped."""
     if table is None:
         return pd.DataFrame(columns=NEWCOMER_COLUMNS)
-    frame = pd.DataFrame(table)
+    if isinstance(table, dict) and "data" in table:  # Gradio's payload: checked before a frame is built from it
+        check_table(table)
+        table = pd.DataFrame(table["data"], columns=table.get("headers"))
+    try:
+        frame = pd.DataFrame(table)
+    except ValueError as err:
+        raise DataError(f"the ratings table cannot be read ({err}); send columns {' and '.join(NEWCOMER_COLUMNS)}, "
+                        "one value of each a row") from None
     check_table(frame)
     frame = frame.reindex(columns=NEWCOMER_COLUMNS)
     titles = frame["title"].astype("string").str.strip()
@@ -410,7 +417,7 @@ def embedding_map(recommenders, model="topn", n_items=50):
 
 def served_name(recommender):
     """What the page calls the served model: its repo id, or a local folder's name (its path is this machine's)."""
-    return recommender.source if recommender.revision else Path(recommender.source).name
+    return recommender.source if recommender.revision else Path(recommender.source).resolve().name
 
 
 def model_info(recommenders):

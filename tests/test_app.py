@@ -688,3 +688,20 @@ def test_a_titles_table_not_beside_the_ratings_is_asked_for_by_name(csv_model, t
     note = space.load_history(recommenders, str(ratings), log=quiet)
     assert "books.csv" in note and "--titles PATH" in note and str(tmp_path) not in note
     assert space.load_history(recommenders, str(ratings), titles=str(csv_model / "books.csv"), log=quiet) == ""
+
+
+def test_a_table_payload_is_checked_before_a_frame_is_built_from_it():
+    """The library's caller may send Gradio's own payload: refused for its size, read for its cells, never a ValueError."""
+    with pytest.raises(DataError, match="101 rows"):
+        space.ratings_table({"headers": ["title", "rating"], "data": [["Heat (1995)", 4]] * 101})
+    assert space.ratings_table({"headers": ["title", "rating"], "data": [["Heat (1995)", 4]]})["title"].tolist() == \
+        ["Heat (1995)"]
+    with pytest.raises(DataError, match="cannot be read"):
+        space.ratings_table({"title": ["Heat (1995)", "Fargo (1996)"], "rating": [4]})
+
+
+def test_a_folder_served_as_dot_is_named_by_its_real_name(monkeypatch, tmp_path):
+    (tmp_path / "books-model").mkdir()
+    monkeypatch.chdir(tmp_path / "books-model")
+    served = type("Served", (), {"source": ".", "revision": None})()
+    assert space.served_name(served) == "books-model"
