@@ -368,15 +368,22 @@ def _fetch_from_hub(source, table_kwargs):
 
 def _check_options(format, options):
     """Refuse `load` options that `format` does not take, naming them as train.py's flags."""
+    unknown = sorted(set(options) - TABLE_OPTIONS - MATRIX_OPTIONS)
+    if unknown:
+        raise DataError(f"data.load takes no option {', '.join(map(repr, unknown))}; its reading options are "
+                        f"{', '.join(sorted(TABLE_OPTIONS | MATRIX_OPTIONS))}")
     allowed = {"table": TABLE_OPTIONS, "matrix": MATRIX_OPTIONS}.get(format, set())
     refused = [key for key in options if key not in allowed]
     if refused:
-        flags = ", ".join("--" + key.replace("_", "-").replace("header", "header/--no-header") for key in refused)
+        flags = ", ".join(_FLAGS.get(key, "--" + key.replace("_", "-")) for key in refused)
         if format == "table":
             raise DataError(f"{flags} can only be used with --format matrix; leave them out")
         if format == "matrix":
             raise DataError(f"{flags} cannot be used with --format matrix (its columns are the items); leave them out")
         raise DataError(f"{flags} can only be used with a ratings file, not with {format} data; leave them out")
+
+
+_FLAGS = {"titles_path": "--titles", "header": "--header/--no-header"}  # options whose train.py flag is not --OPTION
 
 
 def validate(df, *, y_range=None, on_duplicate="error", source="ratings", implicit=False):

@@ -377,3 +377,11 @@ def test_the_app_reads_a_file_as_training_recorded(tmp_path, capsys, monkeypatch
         assert len(recommender.history(1)) == sum(1 for _, i in pairs() if i == 1)
     else:
         assert len(recommender.history(1)) == sum(1 for u, _ in pairs() if u == 1)
+
+
+def test_an_option_load_does_not_take_is_named_as_such(tmp_path):
+    path = write(tmp_path, "r.csv", "user,item,rating\n1,1,4\n2,1,3\n")
+    with pytest.raises(DataError, match="takes no option 'missng'"):
+        data.load(path, missng="99")
+    with pytest.raises(DataError, match="--missing can only be used with --format matrix"):
+        data.load(path, missing="99")
