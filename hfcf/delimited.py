@@ -66,7 +66,7 @@ def sniff(path, sep=None, header=None, columns=None, encoding=None, default_colu
     when `default_columns` is None."""
     sample = _sample(path)
     encoding = encoding or _encoding(sample)
-    lines = _lines(sample.decode(_codec(encoding), errors="replace"))
+    lines = _lines(sample.decode(encoding, errors="replace"))
     if not lines:
         raise DataError(f"{Path(path).name} is empty; point at a file with ratings in it")
     sep = parse_sep(sep) if sep is not None else _separator(lines) or ","
@@ -188,10 +188,6 @@ def _encoding(sample):
     return "utf-8"
 
 
-def _codec(encoding):
-    return "utf-8-sig" if encoding == "utf-8-sig" else encoding
-
-
 def _lines(text):
     """The sample's complete, non-blank lines (the last one may be cut), at most SNIFF_LINES."""
     lines = text.splitlines()
@@ -208,7 +204,7 @@ def _split(line, sep):
 
 def detect_sep(path, encoding):
     """The separator `path`'s first lines show, or None when none of SEPARATORS splits them."""
-    return _separator(_lines(_sample(path).decode(_codec(encoding), errors="replace")))
+    return _separator(_lines(_sample(path).decode(encoding, errors="replace")))
 
 
 def _separator(lines):
@@ -249,7 +245,7 @@ def _likely_names(width):
 
 def _single_spaced(path, reading):
     """Whether the sample's lines are fields joined by one space each, which pyarrow's " " delimiter reads."""
-    lines = _lines(_sample(path).decode(_codec(reading.encoding), errors="replace"))
+    lines = _lines(_sample(path).decode(reading.encoding, errors="replace"))
     return all(line.split(" ") == line.split() for line in lines)
 
 
