@@ -387,9 +387,7 @@ def newcomer(recommenders, table, model="topn", n=10):
 
 def biases(recommenders, n=15):
     """(highest-bias titles, lowest-bias titles) of the dot model: liked or disliked whoever watches them."""
-    if "dot" not in recommenders:
-        raise HfcfError("item biases come from the dot model, which this repo does not have")
-    frame = recommenders["dot"].item_biases()
+    frame = next(iter(recommenders.values())).item_biases()  # one folder: its dot model's, or the library's refusal
     n = check_n(n, len(frame))
     return _tidy(frame.head(n)), _tidy(frame.tail(n).iloc[::-1].reset_index(drop=True))
 
