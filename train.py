@@ -17,8 +17,7 @@ import shlex
 import sys
 
 from hfcf.errors import DataError, HfcfError, HubError
-
-KINDS = ("dot", "nn", "topn")  # hfcf.artifacts.KINDS, without importing torch before --help
+from hfcf.kinds import KINDS  # no torch: --help stays quick
 
 
 def comma_list(cast):
@@ -70,23 +69,28 @@ def parser():
                        help="held-out fraction for --split random (0.2); 0 trains on every rating (the model to "
                        "publish) and reports no held-out metrics")
     split.add_argument("--fold", type=int, default=1, help="canonical fold 1-5 (default 1)")
+    choosers = [name for name, kind in KINDS.items() if not kind.predicts_ratings]
+    raters = [name for name, kind in KINDS.items() if kind.predicts_ratings]
     model = p.add_argument_group(
-        "models (defaults differ per model: hfcf.training.DEFAULTS, tuned on MovieLens 100k, see BENCHMARKS.md; "
-        "a flag given here applies to every model)")
+        "models (defaults differ per model: each kind's `small` settings in hfcf/kinds/, tuned on MovieLens 100k, "
+        "see BENCHMARKS.md; a flag given here applies to every model that has the setting)")
     model.add_argument("--models", type=comma_list(str),
-                       help=f"comma-separated, from {', '.join(KINDS)} (default: all; topn alone for data without "
-                       "ratings): topn ranks what to watch next, dot and nn predict ratings")
+                       help=f"comma-separated, from {', '.join(KINDS)} (default: all; {' and '.join(choosers)} alone "
+                       f"for data without ratings): {' and '.join(choosers)} ranks what to watch next, "
+                       f"{' and '.join(raters)} predict ratings")
     model.add_argument("--epochs", type=int, help="epochs of fit_one_cycle")
-    model.add_argument("--factors", type=int, help="dot and topn models: latent factors")
-    model.add_argument("--layers", type=comma_list(int), help="nn model: hidden layer sizes, e.g. 100,50")
+    model.add_argument("--factors", type=int, help=f"{' and '.join(having('n_factors'))} models: latent factors")
+    model.add_argument("--layers", type=comma_list(int),
+                       help=f"{' and '.join(having('layers'))} model: hidden layer sizes, e.g. 100,50")
     model.add_argument("--bs", type=int, help="batch size")
     model.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     model.add_argument("--wd", type=float, help="weight decay")
+    first = next(iter(KINDS))
     model.add_argument("--set", type=per_model, action="append", metavar="MODEL.SETTING=VALUE",
-                       help=f"one model's setting, after the flags above: e.g. --set nn.epochs=20 --set "
-                       f"topn.n_factors=128 --set nn.layers=100,50 --set dot.lazy=false (settings: "
-                       f"{', '.join(SETTINGS)}); defaults depend on the data's size (from 1M ratings: large batches "
-                       "and lazy Adam); the card records what each model used")
+                       help=f"one model's setting, after the flags above, e.g. --set {first}.epochs=20 (settings: "
+                       f"{'; '.join(f'{name}: ' + ', '.join(kind.Settings.names()) for name, kind in KINDS.items())}"
+                       "); defaults depend on the data's size (from 1M ratings: large batches and lazy Adam); the "
+                       "card records what each model used")
     model.add_argument("--y-range", type=comma_list(float),
                        help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
     model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
@@ -101,8 +105,9 @@ def parser():
     return p
 
 
-SETTINGS = ("epochs", "lr", "wd", "bs", "n_factors", "layers", "user_size", "item_size", "embed_p", "sqr_mom",
-            "lazy", "batchnorm")
+def having(setting):
+    """The kinds whose settings include `setting`."""
+    return [name for name, kind in KINDS.items() if setting in kind.Settings.names()]
 
 
 def flag(text):
@@ -114,33 +119,35 @@ def flag(text):
 
 
 def per_model(text):
-    """`--set nn.epochs=20` -> ("nn", "epochs", "20"), refusing a model or setting that does not exist."""
+    """`--set MODEL.epochs=20` -> (MODEL, "epochs", "20"), refusing a model or setting that does not exist."""
     kind, dot, rest = text.partition(".")
     key, equals, value = rest.partition("=")
-    if not (dot and equals and value.strip()) or kind not in KINDS or key not in SETTINGS:
+    names = KINDS[kind].Settings.names() if kind in KINDS else ()
+    if not (dot and equals and value.strip()) or kind not in KINDS or key not in names:
+        settings = ", ".join(names) if names else "its settings (see --help)"
         raise argparse.ArgumentTypeError(f"expected MODEL.SETTING=VALUE with MODEL one of {', '.join(KINDS)} and "
-                                         f"SETTING one of {', '.join(SETTINGS)} (got {text!r})")
+                                         f"SETTING one of {settings} (got {text!r})")
     return kind, key, value.strip()
 
 
 def model_settings(args, n_train, n_users=None, n_items=None):
-    """Each model's defaults for `n_train` ratings, then the flags given for every model, then `--set`'s."""
-    from hfcf import training
+    """Each model's defaults for `n_train` ratings, then the flags given for every model that has the setting, then
+    `--set`'s; each model's settings are checked once, with all of them in."""
+    from hfcf import kinds
 
     given = {"epochs": args.epochs, "n_factors": args.factors, "layers": args.layers, "bs": args.bs,
              "lr": args.lr, "wd": args.wd}
-    overrides = {key: value for key, value in given.items() if value is not None}
-    chosen = {kind: dataclasses.replace(settings, **overrides)
-              for kind, settings in training.defaults_for(n_train, n_users, n_items).items()}
+    defaults = kinds.defaults_for(n_train, n_users, n_items)
+    changes = {kind: {key: value for key, value in given.items() if value is not None and kind in having(key)}
+               for kind in defaults}
     for kind, key, text in args.set or ():
-        current = getattr(chosen[kind], key)
+        current = changes[kind].get(key, getattr(defaults[kind], key))
         try:
-            value = comma_list(int)(text) if isinstance(current, tuple) else \
+            changes[kind][key] = comma_list(int)(text) if isinstance(current, tuple) else \
                 flag(text) if isinstance(current, bool) else type(current)(text)
         except (ValueError, argparse.ArgumentTypeError):
             raise DataError(f"--set {kind}.{key}={text}: expected a value like the default, {current!r}") from None
-        chosen[kind] = dataclasses.replace(chosen[kind], **{key: value})
-    return chosen
+    return {kind: dataclasses.replace(settings, **changes[kind]) for kind, settings in defaults.items()}
 
 
 def table_columns(args):

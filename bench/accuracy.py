@@ -2,7 +2,7 @@
 or, for any other data, on the card's own split (a random 20% held out, seed 42).
 
 On the canonical splits every method trains on u{k}.base and is scored on u{k}.test (read from the folder, or
-derived from u.data as GroupLens's mku.sh does when the folder lacks them). hfcf's models use `hfcf.training.DEFAULTS`, the settings `python train.py` uses, and seed 42;
+derived from u.data as GroupLens's mku.sh does when the folder lacks them). hfcf's models use each kind's defaults (`hfcf.kinds.defaults_for`), the settings `python train.py` uses, and seed 42;
 nothing is chosen per fold. Surprise (scikit-surprise) is an optional extra for this benchmark only: without it
 its rows are skipped with a note. Published figures are quoted from the papers, not measured here.
 
@@ -51,7 +51,7 @@ def main():
                    help="auto: canonical for a MovieLens 100k folder, else random (the card's 20%%, seed 42)")
     p.add_argument("--no-surprise", action="store_true", help="skip Surprise even if it is installed")
     args, reading = p.parse_known_args()
-    from hfcf import pipeline, training
+    from hfcf import kinds, pipeline
 
     canonical = args.split == "canonical" or (args.split == "auto" and not (reading or args.synthetic)
                                               and args.user_share == 1)
@@ -66,7 +66,7 @@ def main():
         dataset, y_range, described = _common.dataset(args, reading)
         folds, splits = [0], {0: pipeline.make_split(dataset, "random", 0.2, _common.SEED)}
         truth = (dataset.truth or {}).get("planted_rmse")
-    settings = training.defaults_for(*pipeline.training_size(splits[folds[0]]))
+    settings = kinds.defaults_for(*pipeline.training_size(splits[folds[0]]))
     settings = {kind: settings[kind] for kind in ("dot", "nn")}
     if args.quick:
         settings = {kind: dataclasses.replace(value, epochs=1) for kind, value in settings.items()}

@@ -54,8 +54,8 @@ def one_seed(dataset, seed, settings, y_range):
     split = pipeline.Split(train, test, {"method": "per-user", "train_share": TRAIN_SHARE, "seed": seed})
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "model"
-        config = pipeline.train_and_save(dataset, split, out, settings=settings, y_range=y_range, seed=seed,
-                                         log=_common.quiet)
+        config, _ = pipeline.train_and_save(dataset, split, out, settings=settings, y_range=y_range, seed=seed,
+                                            log=_common.quiet)
         default = Recommender.from_pretrained(out).attach_history(train)  # what a user gets with no arguments
         models = {kind: default.sibling(kind) for kind in ("dot", "nn")}
     users, items = default.users, default.items
@@ -95,12 +95,12 @@ def main():
     p = _common.data_arguments(_common.parser(__doc__))
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="split seeds (42 43 44)")
     args, reading = p.parse_known_args()
-    from hfcf import pipeline, training
+    from hfcf import kinds, pipeline
 
     dataset, y_range, described = _common.dataset(args, reading)
     seeds = args.seeds[:1] if args.quick else args.seeds
     probe, _ = per_user_split(dataset.ratings, TRAIN_SHARE, seeds[0])
-    settings = training.defaults_for(*pipeline.training_size(pipeline.Split(probe, probe.iloc[:0], {})))
+    settings = kinds.defaults_for(*pipeline.training_size(pipeline.Split(probe, probe.iloc[:0], {})))
     if args.quick:
         settings = {kind: dataclasses.replace(value, epochs=2) for kind, value in settings.items()}
     runs = [one_seed(dataset, seed, settings, y_range) for seed in seeds]

@@ -5,7 +5,7 @@
     .venv/bin/python bench/serving_scale.py --quick               # a smoke run at 20k x 6k, 1M ratings
 
 What is measured is serving, not learning, so no training: the folder holds all three models with the large-data
-default shapes (training.LARGE_DEFAULTS: dot 32 factors, nn 32/32 embeddings and one hidden layer with BatchNorm,
+default shapes (each kind's `large` settings in hfcf/kinds/: dot 32 factors, nn 32/32 embeddings and one hidden layer with BatchNorm,
 of 128 units narrowed to what the catalogue affords (64 at 60k titles), topn 128 factors) filled with seeded random
 numbers, written by hfcf's own `artifacts.save` and read by `Recommender.from_pretrained` with every check it makes.
 The users' histories are power-law ratings (a few users and titles have most of them, as in MovieLens), attached as
@@ -30,17 +30,19 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfcf import Recommender, artifacts, scoring, vocab  # noqa: E402
+from hfcf.kinds import KINDS  # noqa: E402
+from hfcf.kinds.nn import affordable_width  # noqa: E402
 from hfcf.recommend import History  # noqa: E402
 
-# The shapes train.py's large-data defaults give (hfcf.training.LARGE_DEFAULTS; not imported: it imports fastai),
-# the nn's first layer as wide as the catalogue affords (128 units, narrowed by scoring.affordable_width).
+# The shapes train.py's large-data defaults give (each kind's `large` settings),
+# the nn's first layer as wide as the catalogue affords (128 units, narrowed by affordable_width).
 NN_UNITS = 128
 
 
 def settings_for(n_items):
     return {"dot": {"architecture": "EmbeddingDotBias", "n_factors": 32},
             "nn": {"architecture": "EmbeddingNN", "user_size": 32, "item_size": 32,
-                   "layers": [scoring.affordable_width(NN_UNITS, n_items)], "embed_p": 0.0, "batchnorm": True},
+                   "layers": [affordable_width(NN_UNITS, n_items)], "embed_p": 0.0, "batchnorm": True},
             "topn": {"architecture": "TopNModel", "n_factors": 128}}
 Y_RANGE = (0.5, 5.5)
 
@@ -52,7 +54,7 @@ def rss_mib():
 def random_weights(kind, settings, n_users, n_items, rng):
     """Seeded random numbers in the tensors the kind's weights file holds (BatchNorm variances kept positive)."""
     weights = {}
-    for name, (dtype, shape) in scoring.SCORERS[kind].tensors(settings, n_users, n_items).items():
+    for name, (dtype, shape) in KINDS[kind].tensors(settings, n_users, n_items).items():
         if dtype == "int64":
             weights[name] = np.array(1000, dtype=np.int64)
         elif name.endswith("running_var"):

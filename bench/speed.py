@@ -7,7 +7,7 @@ in the machine's speed does not favour one; the table gives medians. Ratios are 
 - book: chapter 8 as printed: `CollabDataLoaders` (fastai's tabular DataLoader), bs=64,
   `collab_learner(dls, n_factors=50, y_range=(0, 5.5))` or `use_nn=True, layers=[100, 50]`,
   `fit_one_cycle(5, 5e-3, wd=0.1)`.
-- hfcf: `hfcf.training.fit_one` with `hfcf.training.DEFAULTS`: fastai's Learner, fit_one_cycle, Adam, Recorder and
+- hfcf: `hfcf.training.fit_one` with each kind's `small` settings (hfcf/kinds/): fastai's Learner, fit_one_cycle, Adam, Recorder and
   rmse metric, fed pre-encoded tensors.
 - bare torch: the same fastai modules, batches, schedule and optimiser settings as hfcf, in a plain loop
   (torch AdamW + OneCycleLR, a validation pass each epoch): the floor for fastai's framework overhead.
@@ -78,10 +78,11 @@ def bare_fit(kind, settings, tensors, vocabularies):
     from fastai.torch_core import norm_bias_params, set_seed
 
     from hfcf import training
+    from hfcf.kinds import KINDS
 
     (train_x, train_y), (valid_x, valid_y) = tensors
     users, items = vocabularies
-    chosen = training.resolved_settings(kind, settings, users, items)
+    chosen = KINDS[kind].resolved(settings, users, items)
     set_seed(_common.SEED, reproducible=True)
     if kind == "dot":
         model = EmbeddingDotBias(settings.n_factors, len(users), len(items), y_range=_common.Y_RANGE)
@@ -140,9 +141,10 @@ def main():
     p.add_argument("--no-train-py", action="store_true", help="skip timing `python train.py` end to end")
     args = p.parse_args()
     from hfcf import pipeline, training
+    from hfcf.kinds import KINDS
 
     repeats = 1 if args.quick else args.repeats
-    settings = dict(training.DEFAULTS)
+    settings = {kind: KINDS[kind].small for kind in KINDS}
     book_epochs = BOOK["epochs"]
     if args.quick:
         settings = {kind: dataclasses.replace(value, epochs=1) for kind, value in settings.items()}

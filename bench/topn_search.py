@@ -2,7 +2,7 @@
 
 The training part of ranking.py's split (seed 42, 75% of each user's ratings) is split again the same way
 (seed 0): the grid trains on the inner 75% and is scored on the inner 25% with precision@10 and NDCG@10. The
-settings picked here are `hfcf.training.DEFAULTS["topn"]`; bench/ranking.py then scores them on the outer test.
+settings picked here are `hfcf.kinds.topn.TopN.small`; bench/ranking.py then scores them on the outer test.
 
     .venv/bin/python bench/topn_search.py --data ../shared/data/ml-100k     # ~3 min
     .venv/bin/python bench/topn_search.py --quick                            # three settings, a smoke run
@@ -21,7 +21,8 @@ GRID = {"wd": (5.0, 10.0, 20.0), "lr": (1e-3, 3e-3, 1e-2), "n_factors": (128, 25
 def main():
     p = _common.parser(__doc__)
     args = p.parse_args()
-    from hfcf import evaluate, scoring, training, vocab
+    from hfcf import evaluate, training, vocab
+    from hfcf.kinds import KINDS, scorer as make_scorer
 
     dataset = _common.movielens(args.data)
     outer_train, _ = per_user_split(dataset.ratings, TRAIN_SHARE, 42)
@@ -29,7 +30,7 @@ def main():
     users, items = vocab.from_ratings(outer_train)
     train_users, train_items = users.rows(train["user"]), items.rows(train["title"])
     valid_users, valid_items = users.rows(valid["user"]), items.rows(valid["title"])
-    default = training.DEFAULTS["topn"]
+    default = KINDS["topn"].small
     grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
     if args.quick:
         grid = [{"wd": 10.0, "lr": lr, "n_factors": 128} for lr in GRID["lr"]]
@@ -38,7 +39,7 @@ def main():
         settings = dataclasses.replace(default, **change)
         fitted = training.fit(["topn"], {"topn": settings}, train, valid, users, items, _common.Y_RANGE,
                               _common.SEED, log=_common.quiet)["topn"]
-        scorer = scoring.scorer("topn", fitted.state_dict, _common.Y_RANGE)
+        scorer = make_scorer("topn", fitted.state_dict, _common.Y_RANGE)
         quality = evaluate.ranking(scorer.scores_for, train_users, train_items, valid_users, valid_items,
                                    len(items), 10)
         rows.append([change["wd"], change["lr"], change["n_factors"], quality["precision@10"], quality["ndcg@10"],

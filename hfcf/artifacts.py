@@ -4,9 +4,7 @@
     config.json      format_version, y_range, per-model settings/metrics/sha256, dataset, split, metrics
     vocab.json       {"users": [...], "items": [...], "item_counts": [...]} in embedding-row order, "#na#" first;
                      item_counts (ratings per item in the training data, a popularity aggregate, never the ratings)
-    dot.safetensors  DotModel weights (hfcf.nn key names)
-    nn.safetensors   NeuralModel weights, BatchNorm running statistics included
-    topn.safetensors TopNModel weights: item input/output vectors and biases, each user's encoded history
+    KIND.safetensors one per model kind (hfcf.kinds), holding the tensors its `tensors` schema names
 
 Nothing here unpickles: a folder is trusted only after every file's hash, key, shape, dtype and value checks out.
 """
@@ -29,17 +27,15 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
-from . import scoring
 from .errors import ArtifactError, DataError
+from .kinds import KINDS, as_numpy
 from .vocab import NA, ItemVocab, UserVocab
 
 FORMAT_VERSION = 1
-KINDS = ("dot", "nn", "topn")
-WEIGHT_FILES = {kind: f"{kind}.safetensors" for kind in KINDS}
-MODEL_FILES = ("README.md", "config.json", "vocab.json", *WEIGHT_FILES.values())
+FILES = ("README.md", "config.json", "vocab.json")  # and one weights file per model
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 _MAX_HEADER = 1 << 20  # our headers are a few KB; a larger claim is corruption or an attack
-_TEMPORARY = ".hfcf-"  # what a write keeps inside the folder while it lasts (never pushed: not a MODEL_FILES name)
+_TEMPORARY = ".hfcf-"  # what a write keeps inside the folder while it lasts (never pushed: not a model_files name)
 _BUILDING, _READY = f"{_TEMPORARY}building-", f"{_TEMPORARY}ready-"
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a write that more room would let through
 
@@ -52,12 +48,22 @@ class ModelFolder:
     config: dict
     users: UserVocab
     items: ItemVocab
-    weights: dict  # kind -> {tensor name: numpy array}, as scoring.SCORERS[kind] reads them
+    weights: dict  # kind -> {tensor name: numpy array}, as the kind's scorer reads them
     item_counts: list
 
     @property
     def y_range(self):
         return tuple(self.config["y_range"])
+
+
+def weight_files():
+    """{kind: its weights file} of every registered kind."""
+    return {name: kind.weights_file for name, kind in KINDS.items()}
+
+
+def model_files():
+    """Every file a model folder may hold."""
+    return (*FILES, *weight_files().values())
 
 
 def write_text_atomically(path, text):
@@ -110,7 +116,7 @@ def check_output(folder, force=False):
     if folder.exists() and not folder.is_dir():
         raise DataError(f"--out {folder} is a file, not a folder; choose another --out")
     if folder.is_dir() and _user_entries(folder) and not is_model_folder(folder):
-        clashes = sorted(name for name in MODEL_FILES if (folder / name).exists())
+        clashes = sorted(name for name in model_files() if (folder / name).exists())
         if clashes:
             raise DataError(f"--out {folder} is not an hfcf model folder and holds {', '.join(clashes)}, which "
                             "writing a model would overwrite; choose another --out")
@@ -161,8 +167,8 @@ def _build(folder, config, users, items, item_counts, weights, card):
                                  "item_counts": list(map(int, item_counts))}) + "\n"
         config["vocab_sha256"] = hashlib.sha256(vocab_text.encode()).hexdigest()
         for kind, state in weights.items():
-            path = building / WEIGHT_FILES[kind]
-            state = {name: np.asarray(scoring.as_numpy(value), order="C") for name, value in state.items()}
+            path = building / KINDS[kind].weights_file
+            state = {name: np.asarray(as_numpy(value), order="C") for name, value in state.items()}
             _save_weights(state, path, {"format": "pt", "hfcf_format_version": str(FORMAT_VERSION),
                                         "hfcf_settings_sha256": settings_digest(config, kind)})
             config["models"][kind].update(file=path.name, sha256=sha256(path))
@@ -226,7 +232,7 @@ def _commit(ready, folder):
             if path.name != "config.json":
                 os.replace(path, folder / path.name)
         for kind in set(KINDS) - set(listed):
-            (folder / WEIGHT_FILES[kind]).unlink(missing_ok=True)
+            (folder / KINDS[kind].weights_file).unlink(missing_ok=True)
         os.replace(ready / "config.json", folder / "config.json")
     ready.rmdir()
 
@@ -288,7 +294,7 @@ def load(folder):
     if not folder.is_dir():
         raise ArtifactError(f"model folder {folder} does not exist")
     names = {path.name for path in folder.iterdir()}
-    if not names & set(WEIGHT_FILES.values()):
+    if not names & set(weight_files().values()):
         pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
         found = f" (it holds {', '.join(pickles)})" if pickles else ""
         raise ArtifactError(f"{folder} holds no .safetensors weights{found}; hfcf never loads pickle files. "
@@ -353,7 +359,7 @@ def _load_weights(folder, kind, config, users, items):
     """One model's verified weights: the file's hash, then its header against the tensors the config's settings
     need (no tensor allocated yet), then the values."""
     settings = config["models"][kind]
-    path = folder / WEIGHT_FILES[kind]
+    path = folder / KINDS[kind].weights_file
     if not path.is_file():
         raise ArtifactError(f"{path.name} is missing from {folder}, though config.json lists the {kind} model")
     data = path.read_bytes()
@@ -366,7 +372,7 @@ def _load_weights(folder, kind, config, users, items):
         raise ArtifactError(f"the {kind} entry of config.json in {folder} is not the one {path.name} was written "
                             "with (edited, or from another model): its settings cannot be trusted to rebuild it")
     try:
-        expected = _expected_tensors(kind, settings, len(users), len(items))
+        expected = KINDS[kind].tensors(settings, len(users), len(items))
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"config.json {kind} settings cannot build the model: {err!r}") from None
     stored = {key: entry for key, entry in header.items() if key != "__metadata__"}
@@ -387,23 +393,6 @@ def _load_weights(folder, kind, config, users, items):
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ArtifactError(f"{path.name} {key} holds NaN or infinite values")
     return state
-
-
-def _expected_tensors(kind, settings, n_users, n_items):
-    """What `kind`'s weights file must hold, refusing settings that are not positive whole numbers."""
-    for name in ("n_factors", "user_size", "item_size"):
-        if name in settings and not _positive_int(settings[name]):
-            raise ValueError(f"{name} must be a whole number >= 1 (got {settings[name]!r})")
-    if "layers" in settings and not (isinstance(settings["layers"], list) and settings["layers"]
-                                     and all(map(_positive_int, settings["layers"]))):
-        raise ValueError(f"layers must be a list of whole numbers >= 1 (got {settings['layers']!r})")
-    if not isinstance(settings.get("batchnorm", True), bool):
-        raise ValueError(f"batchnorm must be true or false (got {settings['batchnorm']!r})")
-    return scoring.SCORERS[kind].tensors(settings, n_users, n_items)
-
-
-def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _read_header(name, data):

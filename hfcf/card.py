@@ -8,37 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .kinds import KINDS, preferred
 
 RANKING_K = 10  # the cut-off of the ranking metrics on the card
 RENDER_INSTEAD = "delete README.md to publish the card hfcf renders from config.json"  # what fixes a bad card
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
-ARCHITECTURES = {"dot": "fastai `EmbeddingDotBias` (dot product + biases)",
-                 "nn": "fastai `EmbeddingNN` (embeddings + MLP)",
-                 "topn": "hfcf `TopNModel` (item-to-item autoencoder of what users chose, fitted by a fastai Learner)"}
-
-def _rating_fit(s):
-    optimizer = ("lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
-                 if s.get("lazy") else "Adam")
-    return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with {optimizer} beta2 {s['sqr_mom']}, "
-            f"batch size {s['bs']}")
-
-
-def _nn_layers_note(s):
-    """Where the nn's L2 falls when it is not fastai's weight decay on every layer (see NeuralRecipe.learner)."""
-    if not s.get("batchnorm", True):
-        return " without BatchNorm (L2 on the embeddings only)"
-    return " (L2 on the embeddings only)" if s.get("lazy") else ""
-
-
-# kind -> one line describing how a model was built and trained, from its config.json entry
-SETTINGS_TEXT = {
-    "dot": lambda s: f"{s['n_factors']} factors, biases not weight-decayed, {_rating_fit(s)}",
-    "nn": lambda s: (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
-                     f"{s['layers']}{_nn_layers_note(s)}, {_rating_fit(s)}"),
-    "topn": lambda s: (f"{s['n_factors']} factors, each rated title hidden from a user's input with chance "
-                       f"{s['embed_p']}, L2 penalty {s['wd']} (EASE's lambda); `fit_one_cycle({s['epochs']}, "
-                       f"{s['lr']})` with Adam beta2 {s['sqr_mom']}, {s['bs']} users a batch"),
-}
 
 
 def project_url():
@@ -58,7 +32,7 @@ def project_url():
 
 def settings_text(kind, settings):
     """One line describing how a model was built and trained, from its config.json entry."""
-    return SETTINGS_TEXT[kind](settings)
+    return KINDS[kind].settings_text(settings)
 
 
 def render_card(config, repo_id=None, example=None):
@@ -94,7 +68,10 @@ def render_card(config, repo_id=None, example=None):
         ranking_rows=[{"name": key, **{k.split("@")[0]: v for k, v in value.items()}} for key, value in ranking.items()],
         k=RANKING_K, ranked_users=config["split"].get("ranked_users"), valid_users=config["split"].get("n_valid_users"),
         kinds=list(config["models"]), example=example or {"user": 1, "titles": ["a title", "another"]},
-        architectures=ARCHITECTURES, models=config["models"],
+        descriptions=[KINDS[kind].card_text(dataset.get("implicit")) for kind in preferred(config["models"])],
+        default_kind=preferred(config["models"])[0],
+        rating_models=" or ".join(f'"{name}"' for name, kind in KINDS.items() if kind.predicts_ratings),
+        architectures={kind: KINDS[kind].files_text() for kind in config["models"]}, models=config["models"],
         y_range=config["y_range"], seed=config["seed"], distributed=config.get("distributed"),
         settings_text={kind: settings_text(kind, s) for kind, s in config["models"].items()})
     return str(card)

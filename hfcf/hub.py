@@ -34,11 +34,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from . import artifacts, card
-from .artifacts import MODEL_FILES
-from .artifacts import WEIGHT_FILES as WEIGHTS_BY_KIND
 from .errors import ArtifactError, DataError, HfcfError, HubError
 
-WEIGHT_FILES = tuple(WEIGHTS_BY_KIND.values())  # a folder holds one or more
 DATASET_URL = "hf://datasets/OWNER/NAME[@REVISION]/PATH"  # the one shape of ratings on the Hub hfcf reads
 # What else to do when `action` fails on the Hub's side.
 INSTEAD = {"push": "", "download": ", or load a local model folder", "read": ", or pass a local copy of the file"}
@@ -115,13 +112,13 @@ def _stage(folder, staging, repo_id):
     artifacts.recover(folder)  # an interrupted write is finished first, as a load would
     if not folder.is_dir():
         raise ArtifactError(f"model folder {folder} does not exist: pass the folder train.py --out wrote")
-    for name in MODEL_FILES:
+    for name in artifacts.model_files():
         _copy_regular_file(folder / name, staging / name)
     try:
         loaded = artifacts.load(staging)
     except ArtifactError as err:  # name the user's folder, not the copy
         raise ArtifactError(str(err).replace(str(staging), str(folder))) from None
-    listed = {"README.md", "config.json", "vocab.json", *(WEIGHTS_BY_KIND[kind] for kind in loaded.config["models"])}
+    listed = {*artifacts.FILES, *(artifacts.weight_files()[kind] for kind in loaded.config["models"])}
     for path in staging.iterdir():
         if path.name not in listed:  # e.g. a stale weights file of a model config.json no longer holds
             path.unlink()
@@ -167,14 +164,14 @@ def split_revision(repo_id):
 def download(repo_id, revision=None, *, endpoint=None, force_download=False) -> tuple[Path, str]:
     """Fetch the model files of `repo_id` ('owner/name[@rev]') at one commit; returns (local folder, commit sha).
 
-    Only MODEL_FILES are fetched, so a pickle in the repo is never downloaded. Offline, or with the Hub out
+    Only `artifacts.model_files()` are fetched, so a pickle in the repo is never downloaded. Offline, or with the Hub out
     of reach, a copy in the local cache is used: by sha, or by branch/tag name once downloaded by that name.
     `force_download` fetches the files again over a cached (perhaps damaged) copy.
     """
     if revision is None:
         repo_id, revision = split_revision(repo_id)
     api = HfApi(endpoint=endpoint)
-    fetch = dict(repo_id=repo_id, allow_patterns=list(MODEL_FILES), endpoint=api.endpoint)
+    fetch = dict(repo_id=repo_id, allow_patterns=list(artifacts.model_files()), endpoint=api.endpoint)
     with _hub_errors(repo_id, revision, api.endpoint, "download"):
         # One request (no retries) pins a branch or tag to a commit and notes it in the cache (refs/) for offline
         # use; with the Hub out of reach, refs/ answers instead. A full sha is taken as is.
@@ -191,7 +188,7 @@ def download(repo_id, revision=None, *, endpoint=None, force_download=False) -> 
             api.model_info(repo_id, revision=sha)
             folder = snapshot_download(revision=sha, force_download=force_download, **fetch)
     folder = Path(folder)
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+    if not any((folder / name).is_file() for name in artifacts.weight_files().values()):
         try:  # snapshot_download keeps the commit's file list in the cache
             held = ", ".join(sorted(entry.path for entry in get_cached_repo_tree(repo_id, revision=sha))) or "no files"
         except CachedRepoTreeNotFoundError:

@@ -1,9 +1,10 @@
-"""hfcf's three architectures in plain torch, rebuilt from a model config; no fastai.
+"""hfcf's models in plain torch; no fastai.
 
-The two chapter-8 rating models, `DotModel` and `NeuralModel`, use explicit names (`user_factors`,
-`hidden.0.linear`, ...) that say what each tensor is; `to_fastai_keys`/`from_fastai_keys` rename them to and
-from fastai's `EmbeddingDotBias` and `EmbeddingNN` (a `TabularModel` built with `bn_cont=False`), so the same
-tensors load into either implementation. `TopNModel` ranks what a user will choose next; fastai trains it as is.
+`DotModel` and `NeuralModel` are the reference implementations of the two chapter-8 rating models: fastai trains
+its own `EmbeddingDotBias` and `EmbeddingNN`, and the parity tests check that those weights, renamed by
+`from_fastai_keys` (each kind's `fastai_names`), give the same answers here and in the numpy scorers. Their names
+(`user_factors`, `hidden.0.linear`, ...) say what each tensor is. `TopNModel` ranks what a user will choose next;
+fastai trains it as is.
 """
 import torch
 import torch.nn.functional as F
@@ -136,54 +137,16 @@ class TopNModel(nn.Module):
         return torch.cat([self.item_inputs.weight, self.item_outputs.weight], dim=1)
 
 
-# kind -> how to rebuild its module from a config entry (`settings`), the vocab sizes and the rating range.
-ARCHITECTURES = {
-    "dot": lambda s, n_users, n_items, y_range: DotModel(n_users, n_items, s["n_factors"], y_range),
-    "nn": lambda s, n_users, n_items, y_range: NeuralModel(n_users, n_items, s["user_size"], s["item_size"],
-                                                           s["layers"], y_range, s.get("batchnorm", True)),
-    "topn": lambda s, n_users, n_items, y_range: TopNModel(n_users, n_items, s["n_factors"]),
-}
-
-
-def build(kind, settings, n_users, n_items, y_range):
-    """Rebuild an untrained module from its config entry (`settings`) and the vocab sizes."""
-    if kind not in ARCHITECTURES:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[kind](settings, n_users, n_items, y_range)
-
-
-_DOT_NAMES = {"u_weight.weight": "user_factors.weight", "i_weight.weight": "item_factors.weight",
-              "u_bias.weight": "user_bias.weight", "i_bias.weight": "item_bias.weight"}
-_NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def _nn_names(n_hidden, batchnorm=True):
-    """fastai TabularModel key -> our key, for an MLP with `n_hidden` hidden layers (with or without BatchNorm)."""
-    names = {"embeds.0.weight": "user_embedding.weight", "embeds.1.weight": "item_embedding.weight"}
-    for i in range(n_hidden):
-        names[f"layers.{i}.0.weight"] = f"hidden.{i}.linear.weight"
-        if batchnorm:
-            names.update({f"layers.{i}.2.{part}": f"hidden.{i}.norm.{part}" for part in _NORM_PARTS})
-        else:
-            names[f"layers.{i}.0.bias"] = f"hidden.{i}.linear.bias"
-    names.update({f"layers.{n_hidden}.0.weight": "output.weight", f"layers.{n_hidden}.0.bias": "output.bias"})
-    return names
-
-
-def _names(kind, n_hidden, batchnorm=True):
-    return _DOT_NAMES if kind == "dot" else _nn_names(n_hidden, batchnorm)
-
-
-def from_fastai_keys(kind, state_dict, n_hidden=0, batchnorm=True):
-    """Rename a fastai state dict to ours; a key we do not expect is an error, not silently dropped."""
-    names = _names(kind, n_hidden, batchnorm)
+def from_fastai_keys(kind, state_dict, names):
+    """Rename a fastai state dict to ours (`names`: fastai key -> ours); a key we do not expect is an error, not
+    silently dropped."""
     unexpected = sorted(set(state_dict) - set(names))
     if unexpected:
         raise KeyError(f"unexpected fastai {kind} keys {unexpected}; was the model built with bn_cont=False?")
     return {names[key]: value for key, value in state_dict.items()}
 
 
-def to_fastai_keys(kind, state_dict, n_hidden=0, batchnorm=True):
-    """Rename our state dict to fastai's key names."""
-    ours = {value: key for key, value in _names(kind, n_hidden, batchnorm).items()}
+def to_fastai_keys(state_dict, names):
+    """Rename our state dict to fastai's key names (`names`: fastai key -> ours)."""
+    ours = {value: key for key, value in names.items()}
     return {ours[key]: value for key, value in state_dict.items()}

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import __version__, artifacts, card, data, distributed, evaluate, scoring, vocab
+from . import __version__, artifacts, card, data, distributed, evaluate, kinds as registry, vocab
 
 RANKING_USERS = 10_000  # top-k lists scored for at most this many users (a seeded sample beyond)
 DEFAULT_Y_RANGE = (0.0, 5.5)  # the rating models' output range: MovieLens's 0.5 to 5 stars, with room at the top
 # Implicit data has no rating scale; a top-N model weighs each chosen title by its rating on the folder's y_range,
 # so (0, 1) makes every choice (rated data.IMPLICIT_RATING) weigh 1, in training and in fold-in alike.
 IMPLICIT_Y_RANGE = (0.0, 1.0)
-RATING_KINDS = ("dot", "nn")
 
 
 @dataclass
@@ -65,14 +64,14 @@ def make_split(dataset, method="random", valid_pct=0.2, seed=42, fold=1, folder=
 
 
 def evaluate_models(fitted, split, users, items, y_range, implicit=False):
-    """Held-out quality: ({name: RMSE/MAE} of the baselines, each rating model and (with both) their average,
+    """Held-out quality: ({name: RMSE/MAE} of the baselines, each rating model and (with two or more) their average,
     {name: top-k metrics} of popularity and every model); both empty when nothing was held out, the first when the
     data is `implicit` (every rating is 1: there is no error to measure)."""
     if split.valid.empty:
         return {}, {}
     train_users, train_items = users.rows(split.train["user"]), items.rows(split.train["title"])
     valid_users, valid_items = users.rows(split.valid["user"]), items.rows(split.valid["title"])
-    scorers = {kind: scoring.scorer(kind, model.state_dict, y_range) for kind, model in fitted.items()}
+    scorers = {kind: registry.scorer(kind, model.state_dict, y_range) for kind, model in fitted.items()}
     errors = {} if implicit else _rating_errors(scorers, split, train_users, train_items, valid_users, valid_items,
                                                 len(users), len(items), y_range)
     popularity = np.bincount(train_items, minlength=len(items)).astype(float)
@@ -85,16 +84,17 @@ def evaluate_models(fitted, split, users, items, y_range, implicit=False):
 
 
 def _rating_errors(scorers, split, train_users, train_items, valid_users, valid_items, n_users, n_items, y_range):
-    """{name: RMSE/MAE} on the held-out ratings of the baselines, each rating model and (with both) their average."""
+    """{name: RMSE/MAE} on the held-out ratings of the baselines, each rating model and (with two or more) their
+    average."""
     actual = split.valid["rating"].to_numpy()
     predictions = {"global mean": evaluate.global_mean(split.train["rating"].to_numpy(), len(actual)),
                    "user+item bias": evaluate.bias_only(train_users, train_items, split.train["rating"].to_numpy(),
                                                         valid_users, valid_items, n_users, n_items, clip=y_range)}
-    for kind, scorer in scorers.items():
-        if scorer.predicts_ratings:
-            predictions[kind] = scorer.predict(valid_users, valid_items)
-    if {"dot", "nn"} <= set(scorers):
-        predictions["ensemble"] = (predictions["dot"] + predictions["nn"]) / 2
+    raters = [kind for kind in scorers if registry.KINDS[kind].predicts_ratings]
+    for kind in raters:
+        predictions[kind] = scorers[kind].predict(valid_users, valid_items)
+    if len(raters) > 1:
+        predictions["ensemble"] = sum(predictions[kind] for kind in raters) / len(raters)
     return {name: evaluate.scores(predicted, actual) for name, predicted in predictions.items()}
 
 
@@ -104,28 +104,37 @@ def training_size(split):
     return len(split.train), split.train["user"].nunique(), split.train["title"].nunique()
 
 
+def choice_kinds():
+    """The kinds that learn from who chose what, not from ratings: what implicit data can train."""
+    return tuple(name for name, kind in registry.KINDS.items() if not kind.predicts_ratings)
+
+
 def model_kinds(dataset, kinds=None, y_range=None):
     """(kinds, y_range) to train on `dataset`: by default every model on DEFAULT_Y_RANGE, or for implicit data the
-    top-N model alone on IMPLICIT_Y_RANGE; refuses rating models or a y_range asked for on implicit data."""
+    models of choices alone on IMPLICIT_Y_RANGE; refuses rating models or a y_range asked for on implicit data."""
     if not dataset.implicit:
-        return tuple(kinds or artifacts.KINDS), tuple(y_range or DEFAULT_Y_RANGE)
-    asked = [kind for kind in kinds or () if kind in RATING_KINDS]
+        return tuple(kinds or registry.KINDS), tuple(y_range or DEFAULT_Y_RANGE)
+    asked = [kind for kind in kinds or () if registry.KINDS[kind].predicts_ratings]
     if asked:
         verb = "predicts" if len(asked) == 1 else "predict"
+        alone = choice_kinds()
+        labels = " and ".join(f"the {registry.KINDS[kind].label} model" for kind in alone)
         raise data.DataError(f"{' and '.join(asked)} {verb} ratings, and {dataset.name} has none (implicit data: who "
-                             "chose what); train the top-N model alone: pass --models topn (or leave out --models)")
+                             f"chose what); train {labels} alone: pass --models {','.join(alone)} (or leave out "
+                             "--models)")
     if y_range is not None:
         raise data.DataError(f"--y-range is the range of the ratings, and {dataset.name} has none (implicit data: "
                              "every choice weighs 1); leave out --y-range")
-    return ("topn",), IMPLICIT_Y_RANGE
+    return choice_kinds(), IMPLICIT_Y_RANGE
 
 
 def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None, seed=42,
                    force=False, repo_id=None, log=print, world=distributed.SINGLE, dataset_id=None):
-    """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns the config.
+    """Fit `kinds` on `split`, evaluate, and write the model folder at `out` atomically. Returns (the config, as
+    written to config.json, and {kind: training.Fitted}, whose Learners parity checks use).
 
     `kinds` and `y_range` default as `model_kinds` says. Under torchrun every rank trains its share; rank 0 alone
-    evaluates and writes (the others return None).
+    evaluates and writes (the others return (None, None)).
     """
     from . import training  # fastai is imported only when a model is actually trained
 
@@ -133,19 +142,20 @@ def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None,
     kinds, y_range = model_kinds(dataset, kinds, y_range)
     if world.is_main:
         artifacts.check_output(out, force)
-    settings = settings or training.defaults_for(*training_size(split))
+    settings = settings or registry.defaults_for(*training_size(split))
     settings = {kind: settings[kind] for kind in kinds}
     users, items = vocab.from_ratings(split.train, split.valid)
     distributed.check_same(world, "vocabularies", [users.keys, items.keys, len(split.train), len(split.valid)])
     log = log if world.is_main else (lambda *_: None)
     if dataset.implicit and given is None:
-        log(f"{dataset.name} has no ratings: training the top-N model only (dot and nn predict ratings)")
+        labels = " and ".join(f"the {registry.KINDS[kind].label} model" for kind in kinds)
+        log(f"{dataset.name} has no ratings: training {labels} only ({registry.rating_names()} predict ratings)")
     log(f"{dataset.name}: {len(users) - 1:,} users, {len(items) - 1:,} items; {split.description}"
         + (f" Data-parallel over {world.size} processes ({world.backend})." if world.distributed else ""))
     started = time.perf_counter()
     fitted = training.fit(kinds, settings, split.train, split.valid, users, items, y_range, seed, log, world)
     if not world.is_main:
-        return None
+        return None, None
     training.release_freed_memory()  # what the fits freed, before evaluation allocates its own
     metrics, ranking = evaluate_models(fitted, split, users, items, y_range, dataset.implicit)
     for name, value in metrics.items():
@@ -158,7 +168,7 @@ def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None,
         "library": "hfcf", "format_version": artifacts.FORMAT_VERSION, "hfcf_version": __version__,
         "fastai_version": training.fastai_version(), "python_version": platform.python_version(),
         "y_range": [float(y_range[0]), float(y_range[1])], "seed": seed,
-        "models": {kind: {"architecture": card.ARCHITECTURES[kind].split("`")[1], **model.settings,
+        "models": {kind: {"architecture": registry.KINDS[kind].architecture, **model.settings,
                           "fit_seconds": model.fit_seconds,
                           **({"metrics": metrics[kind]} if kind in metrics else {}),
                           **({"ranking": ranking[kind]} if kind in ranking else {})}
@@ -185,7 +195,6 @@ def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None,
     item_counts = counts.tolist()
     artifacts.save(out, config, users, items, item_counts, {kind: model.state_dict for kind, model in fitted.items()},
                    card.render_card(config, repo_id, card.card_example(users.keys, items.keys, item_counts)))
-    log(f"wrote {out} ({', '.join(sorted(artifacts.WEIGHT_FILES[k] for k in kinds))}, config.json, vocab.json, "
+    log(f"wrote {out} ({', '.join(sorted(registry.KINDS[k].weights_file for k in kinds))}, config.json, vocab.json, "
         "README.md)")
-    config["fitted"] = fitted  # in memory only, for callers that check parity with fastai
-    return config
+    return config, fitted

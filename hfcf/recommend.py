@@ -9,10 +9,8 @@ import pandas as pd
 
 from . import artifacts, data, scoring, vocab
 from .errors import ArtifactError, DataError, HfcfError, UnknownItemError
+from .kinds import KINDS, preferred, rating_names, scorer
 
-# The kinds a Recommender can rank with, in the order `model=None` prefers them: the top-N model answers
-# "what to watch next" best (BENCHMARKS.md), the rating models say how much a user would like a title.
-MODELS = ("topn", "dot", "nn")
 REASONS = 2  # titles of the user's own history named as the reason for a pick
 MAX_FOLD_IN = 500  # a newcomer's ratings: more is no newcomer, and each costs a title look-up
 # The rating models' fold-in shrinkage: below, one rating's ridge solve is near-singular; above, the newcomer is the
@@ -188,35 +186,38 @@ def _pair(pair, usage, implicit=False):
 
 class Recommender:
     """Top-N picks with reasons, predicted ratings, similar titles and new-user fold-in for one model of a
-    verified model folder. `model` names the kind that ranks; a top-N model borrows the folder's rating model
-    (dot, else nn) for the predicted ratings shown beside its picks."""
+    verified model folder. `model` names the kind that ranks; a model that does not predict ratings borrows the
+    folder's rating model (the first in `kinds.preferred` order) for the predicted ratings shown beside its picks."""
 
     def __init__(self, folder, model=None, source=None, revision=None):
-        model = model or next(kind for kind in MODELS if kind in folder.weights)
+        present = preferred(folder.weights)
+        model = model or present[0]
         if model not in folder.weights:
-            why = (" (it was trained on data without ratings, and dot and nn need ratings)"
+            why = (f" (it was trained on data without ratings, and {rating_names()} need ratings)"
                    if folder.config["dataset"].get("implicit") else "")
-            present = next(kind for kind in MODELS if kind in folder.weights)
             raise DataError(f"this repo has no {str(model)[:40]!r} model; it has {sorted(folder.weights)}{why}: pass "
-                            f"model={present!r}, or leave model out")
-        self.folder, self.model = folder, model
+                            f"model={present[0]!r}, or leave model out")
+        self.folder, self.model, self.kind = folder, model, KINDS[model]
         self.users, self.items, self.config = folder.users, folder.items, folder.config
         self.source, self.revision = source or str(folder.path), revision
         self.low, self.high = folder.y_range
-        self.scorer = scoring.scorer(model, folder.weights[model], folder.y_range)
-        rating_kind = model if self.scorer.predicts_ratings else next(
-            (kind for kind in ("dot", "nn") if kind in folder.weights), None)
+        self.scorer = scorer(model, folder.weights[model], folder.y_range)
+        rating_kind = model if self.kind.predicts_ratings else next(
+            (kind for kind in present if KINDS[kind].predicts_ratings), None)
         self.rating_model = rating_kind  # the kind behind the "predicted" column, or None
         self.rating = (self.scorer if rating_kind == model else
-                       scoring.scorer(rating_kind, folder.weights[rating_kind], folder.y_range) if rating_kind else None)
+                       scorer(rating_kind, folder.weights[rating_kind], folder.y_range) if rating_kind else None)
+        self.bias_model = next((kind for kind in present if KINDS[kind].has_biases), None)  # item_biases' kind
         self.implicit = bool(self.config["dataset"].get("implicit"))  # trained on who chose what, not ratings
         self._history = None
         self._counts = None
         self._axes = None  # the embedding map's PCA, computed once
         self._floor = None  # similar()'s default minimum count of ratings
-        embeddings = self.scorer.item_vectors()
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        self._unit_items = embeddings / np.where(norms == 0, 1, norms)
+        self._unit_items = None
+        if self.kind.has_item_vectors:
+            embeddings = self.scorer.item_vectors()
+            norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+            self._unit_items = embeddings / np.where(norms == 0, 1, norms)
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path, revision=None, model=None, force_download=False):
@@ -224,11 +225,11 @@ class Recommender:
 
         `force_download=True` fetches the repo's files again even when they are cached (a damaged cache).
 
-        `model=None` picks the first of MODELS the repo has (the top-N model when there is one); `sibling`
-        gives another kind of the same folder.
+        `model=None` picks the first kind the repo has in `kinds.preferred` order (a model of what users choose,
+        when there is one); `sibling` gives another kind of the same folder.
         """
-        if model is not None and model not in MODELS:
-            raise HfcfError(f"model must be one of {MODELS} (got {model!r})")
+        if model is not None and model not in preferred():  # a tuple: any value may be asked about
+            raise HfcfError(f"model must be one of {preferred()} (got {model!r})")
         text = str(repo_id_or_path).strip()
         if not text:
             raise ArtifactError("no model given: pass a model folder or a Hub repo id (owner/name[@revision])")
@@ -292,7 +293,8 @@ class Recommender:
     def _rating_scorer(self):
         if self.rating is None:
             why = " (it was trained on data without ratings)" if self.implicit else ""
-            raise DataError(f"predicted ratings come from a dot or nn model, and this repo has only "
+            raise DataError(f"predicted ratings come from a {rating_names('or')} model, and this "
+                            f"repo has only "
                             f"{', '.join(sorted(self.folder.weights))}{why}; rank titles with recommend() or "
                             "similar() instead")
         return self.rating
@@ -325,7 +327,7 @@ class Recommender:
         row = self.users.index(user)
         history = self._rated(row)
         seen = self._item_rows(exclude) if exclude is not None else history[0] if history is not None else []
-        if history is not None and self.scorer.encodes_history:
+        if history is not None and self.kind.encodes_history:
             # From the attached ratings, as the reasons are: the trained vector saw only the training split.
             scores = self.scorer.fold_in(*history, None)[1]
         else:
@@ -335,13 +337,13 @@ class Recommender:
 
     def _table(self, picks, scores, rating_of, history=None):
         """The frame for `picks`: see `recommend` for the columns."""
-        columns = {"title": [self.items.keys[r] for r in picks], self.scorer.score_name: np.round(scores, 3)}
-        if not self.scorer.predicts_ratings and self.rating is not None:
+        columns = {"title": [self.items.keys[r] for r in picks], self.kind.score_name: np.round(scores, 3)}
+        if not self.kind.predicts_ratings and self.rating is not None:
             columns["predicted"] = np.round(rating_of(picks), 3)
         counts = self._item_counts(required=False)
         if counts is not None:
             columns["ratings"] = counts[picks].astype(int)
-        if history is not None and self.scorer.encodes_history:
+        if history is not None and self.kind.encodes_history:
             columns["because"] = self._reasons(picks, *history)
         return pd.DataFrame(columns)  # built once: adding columns one by one cost ~2 ms a call at 60k titles
 
@@ -362,6 +364,7 @@ class Recommender:
         keeps every title); "ratings" gives each neighbour's count.
         """
         row = self.items.index(item)
+        self._needs_item_vectors("similar titles")
         counts = self._item_counts(required=False)
         scores = scoring.matvec(self._unit_items, self._unit_items[row])
         excluded = np.zeros(len(scores), dtype=bool)  # a mask: on a long tail most titles fall under the floor
@@ -409,14 +412,16 @@ class Recommender:
         scores[0] = -np.inf
         best = np.argsort(-scores, kind="stable")[:n]
         return pd.DataFrame({"user": [self.users.keys[r] for r in best],
-                             self.scorer.score_name: scores[best].round(3)})
+                             self.kind.score_name: scores[best].round(3)})
 
     def item_biases(self):
-        """Every title's learnt bias from the dot model, highest first (the book's "not your kind of movie" list)."""
-        if "dot" not in self.folder.weights:
-            raise DataError(f"item biases come from the dot model, and this repo has only "
+        """Every title's learnt bias from the folder's model with biases (`bias_model`), highest first (the book's
+        "not your kind of movie" list)."""
+        if self.bias_model is None:
+            biased = " or ".join(name for name, kind in KINDS.items() if kind.has_biases)
+            raise DataError(f"item biases come from the {biased} model, and this repo has only "
                             f"{', '.join(sorted(self.folder.weights))}; compare titles with similar() instead")
-        bias = self.folder.weights["dot"]["item_bias.weight"][1:, 0]
+        bias = scorer(self.bias_model, self.folder.weights[self.bias_model], self.folder.y_range).item_biases()[1:]
         frame = pd.DataFrame({"title": self.items.keys[1:], "bias": bias.round(4)})
         return frame.sort_values("bias", ascending=False, ignore_index=True)
 
@@ -426,6 +431,7 @@ class Recommender:
         Components are fitted on the `pool` most-rated titles; popularity comes from the attached ratings,
         else from `item_counts` in vocab.json.
         """
+        self._needs_item_vectors("the embedding map")
         counts = self._item_counts()
         n_items = check_n(n_items, len(self.items) - 1, "n_items")
         components = check_n(components, self._unit_items.shape[1], "components")
@@ -454,11 +460,8 @@ class Recommender:
     def fold_in(self, ratings, n=10, l2=1.0):
         """Recommend for someone not in the model from a few `{title: rating}`, without retraining.
 
-        topn: the newcomer's vector is their rated titles' input vectors weighted by rating, exactly as a known
-        user's was built; the picks name the rated titles behind them ("because").
-        dot: closed-form ridge for a user vector and bias on the fixed item factors and biases, fitted in the
-        logit space of the model's sigmoid (the book's "bootstrapping a collaborative filtering model").
-        nn: 200 Adam steps on a fresh user embedding (started at the mean user) with the network frozen.
+        Each kind's scorer says how (`fold_in` in hfcf.kinds); a kind that encodes histories folds the newcomer in
+        exactly as a known user was encoded, and its picks name the rated titles behind them ("because").
         `l2` is the rating models' shrinkage towards the average user.
         """
         rows, targets = self._check_fold_in(ratings)
@@ -514,6 +517,12 @@ class Recommender:
         return np.array(rows), np.array(targets)
 
     # --- shared helpers --------------------------------------------------------------------------------------
+    def _needs_item_vectors(self, what):
+        if not self.kind.has_item_vectors:
+            others = [name for name in preferred(self.folder.weights) if KINDS[name].has_item_vectors]
+            instead = f": pass model={others[0]!r}" if others else ""
+            raise DataError(f"{what}: the {self.model} model has no item embeddings to compute them from{instead}")
+
     def _item_rows(self, titles):
         if isinstance(titles, (str, bytes)) or not isinstance(titles, Iterable):
             titles = [titles]

@@ -16,9 +16,10 @@ import pandas as pd
 
 from .errors import DataError, HfcfError, HubError, MissingColumnError
 from .card import settings_text
-from .recommend import MODELS, History, Recommender, check_n
+from .evaluate import rmse
+from .kinds import KINDS, preferred
+from .recommend import History, Recommender, check_n
 
-LABELS = {"topn": "top-N", "dot": "dot product", "nn": "neural net"}
 BOTH = "both"  # the two rating models side by side
 LOCAL_MODEL = Path("model")  # where train.py writes by default
 
@@ -33,11 +34,10 @@ def resolve_model_source(cli_value=None, env=os.environ):
 
 
 def load_recommenders(source):
-    """{kind: Recommender} for the kinds `source` holds (in MODELS order), from one download and one load."""
-
+    """{kind: Recommender} for the kinds `source` holds (in `kinds.preferred` order), from one download and one
+    load."""
     first = Recommender.from_pretrained(source, model=None)
-    return {kind: first if kind == first.model else first.sibling(kind)
-            for kind in MODELS if kind in first.folder.weights}
+    return {kind: first if kind == first.model else first.sibling(kind) for kind in preferred(first.folder.weights)}
 
 
 def bootstrap(out=LOCAL_MODEL, log=print):
@@ -170,18 +170,27 @@ def _check_fingerprint(dataset, config, source):
 
 
 # --- the tabs ---------------------------------------------------------------------------------------------
-def model_choices(recommenders, both=False):
-    """(label, value) pairs for a model picker: the kinds present, and "both" rating models when asked and possible."""
-    choices = [(LABELS[kind], kind) for kind in recommenders]
+def label(kind):
+    """What the page calls a kind."""
+    return KINDS[kind].label
+
+
+def model_choices(recommenders, both=False, item_vectors=False):
+    """(label, value) pairs for a model picker: the kinds present (those with item embeddings, when asked), and
+    "both" rating models when asked and possible."""
+    choices = [(label(kind), kind) for kind in recommenders if KINDS[kind].has_item_vectors or not item_vectors]
     return choices + [("both rating models, side by side", BOTH)] if both and len(_rating_kinds(recommenders)) > 1 \
         else choices
 
 
 def _rating_kinds(recommenders):
-    return [kind for kind in recommenders if recommenders[kind].scorer.predicts_ratings]
+    return [kind for kind in recommenders if KINDS[kind].predicts_ratings]
 
 
 def _kinds(recommenders, model, both=False):
+    """The kinds a tab shows for the picker's `model` (None: the first)."""
+    if model is None:
+        return [next(iter(recommenders))]
     if model == BOTH and both and len(_rating_kinds(recommenders)) > 1:
         return _rating_kinds(recommenders)
     if model not in recommenders:
@@ -204,15 +213,15 @@ def _tidy(frame):
 
 
 def _column(name, kind, kinds):
-    return name if len(kinds) == 1 else f"{name} ({LABELS[kind]})"
+    return name if len(kinds) == 1 else f"{name} ({label(kind)})"
 
 
 def _predicted(kind, kinds):
     """The history's prediction column: "predicted", or the model's name beside the other's."""
-    return "predicted" if len(kinds) == 1 else LABELS[kind]
+    return "predicted" if len(kinds) == 1 else label(kind)
 
 
-def rate_user(recommenders, user, model="topn", n=10):
+def rate_user(recommenders, user, model=None, n=10):
     """(summary, top picks, history with predictions, actual-vs-predicted figure) for one user of the model.
 
     A top-N model ranks the picks and names the rated titles behind each ("because"); the predicted ratings in
@@ -237,23 +246,20 @@ def rate_user(recommenders, user, model="topn", n=10):
     if history.empty:
         return (f"User **{markdown_text(user)}**: their own ratings are not available here, so these are predictions only and may "
                 "include movies they have already rated.", top, history, None)
-    ranked = "" if first.scorer.predicts_ratings else (
-        f"the {LABELS[first.model]} model ranks what they are likely to pick next, and \"because\" names the movies "
-        "they rated that most support each pick" + (f"; \"predicted\" is the {LABELS[first.rating_model]} model's "
+    ranked = "" if first.kind.predicts_ratings else (
+        f"the {label(first.model)} model ranks what they are likely to pick next, and \"because\" names the movies "
+        "they rated that most support each pick" + (f"; \"predicted\" is the {label(first.rating_model)} model's "
                                                     "rating" if first.rating_model else ""))
     summary = (f"User **{markdown_text(user)}** {'chose' if first.implicit else 'rated'} **{len(history)}** "
                f"{'titles' if first.implicit else 'movies'}; the top picks leave those out")
     summary += f": {ranked}." if ranked else "."
     if raters:
-        errors = ", ".join(f"{_rmse(history, _predicted(kind, raters)):.2f} ({LABELS[kind]})" for kind in raters)
+        errors = ", ".join(f"{rmse(history[_predicted(kind, raters)], history['rating']):.2f} ({label(kind)})"
+                           for kind in raters)
         summary += (f" RMSE of the predicted ratings on their ratings: {errors} (most of these ratings were trained "
                     "on, so the fit flatters the model).")
         return summary, top, history, _actual_vs_predicted(history, user, raters, first.low, first.high)
     return summary, top, history, None
-
-
-def _rmse(history, column):
-    return float(np.sqrt(np.mean((history[column] - history["rating"]) ** 2)))
 
 
 def _actual_vs_predicted(history, user, kinds, low, high):
@@ -263,7 +269,7 @@ def _actual_vs_predicted(history, user, kinds, low, high):
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(history))  # fixed: the same user draws the same plot
     for kind in kinds:  # lists, not arrays: plotly would send arrays as typed-array blobs
         figure.add_scatter(x=(history["rating"] + jitter).tolist(), y=history[_predicted(kind, kinds)].tolist(),
-                           mode="markers", name=LABELS[kind], text=history["title"].tolist(),
+                           mode="markers", name=label(kind), text=history["title"].tolist(),
                            customdata=history["rating"].tolist(), opacity=0.7,
                            hovertemplate="%{text}<br>rated %{customdata}, predicted %{y:.2f}<extra></extra>")
     least, most = float(history["rating"].min()), float(history["rating"].max())
@@ -276,27 +282,28 @@ def _actual_vs_predicted(history, user, kinds, low, high):
     return figure
 
 
-def similar(recommenders, title, model="topn", n=10):
-    """(summary, nearest titles with cosine similarity and the dot model's bias of each)."""
+def similar(recommenders, title, model=None, n=10):
+    """(summary, nearest titles with cosine similarity and, when the folder has a model with biases, each one's bias)."""
     recommender = recommenders[_kinds(recommenders, model)[0]]
     frame = recommender.similar(title, n)
-    if "dot" in recommenders:
-        frame["bias"] = frame["title"].map(recommenders["dot"].item_biases().set_index("title")["bias"])
+    biased = recommender.bias_model
+    if biased:
+        frame["bias"] = frame["title"].map(recommender.item_biases().set_index("title")["bias"])
     name = recommender.items.keys[recommender.items.index(title)]
-    bias = "; bias is the dot model's per-title bias" if "dot" in recommenders else ""
-    return (f"Nearest to **{markdown_text(name)}** by cosine similarity of the {LABELS[recommender.model]} model's item "
+    bias = f"; bias is the {biased} model's per-title bias" if biased else ""
+    return (f"Nearest to **{markdown_text(name)}** by cosine similarity of the {label(recommender.model)} model's item "
             f"embeddings, among titles with enough ratings to have learnt one; \"ratings\" is each title's count"
             f"{bias}.", _tidy(frame))
 
 
-def who_would_like(recommenders, title, model="topn", n=10):
+def who_would_like(recommenders, title, model=None, n=10):
     """(summary, the users predicted to rate `title` highest)."""
     recommender = recommenders[_kinds(recommenders, model)[0]]
     frame = recommender.who_would_like(title, n)
     name = recommender.items.keys[recommender.items.index(title)]
-    if recommender.scorer.predicts_ratings:
-        return f"Users the {LABELS[recommender.model]} model predicts to rate **{markdown_text(name)}** highest.", _tidy(frame)
-    return f"Users the {LABELS[recommender.model]} model finds most likely to pick **{markdown_text(name)}** next.", _tidy(frame)
+    if recommender.kind.predicts_ratings:
+        return f"Users the {label(recommender.model)} model predicts to rate **{markdown_text(name)}** highest.", _tidy(frame)
+    return f"Users the {label(recommender.model)} model finds most likely to pick **{markdown_text(name)}** next.", _tidy(frame)
 
 
 NEWCOMER_COLUMNS = ["title", "rating"]
@@ -370,7 +377,7 @@ def add_rating(recommenders, table, title, rating):
     return pd.concat([frame, pd.DataFrame({"title": [name], "rating": [rating]})], ignore_index=True)
 
 
-def newcomer(recommenders, table, model="topn", n=10):
+def newcomer(recommenders, table, model=None, n=10):
     """(summary, top picks) for someone not in the model, from a few rated titles (`fold_in`)."""
     recommender = recommenders[_kinds(recommenders, model)[0]]
     ratings = ratings_table(table)
@@ -379,20 +386,21 @@ def newcomer(recommenders, table, model="topn", n=10):
     if result.recommendations.empty:
         return (f"From your {count}: you have rated every movie this model knows, so there is nothing left to "
                 "recommend.", _tidy(result.recommendations))
-    because = "" if recommender.scorer.predicts_ratings else " \"because\" names the movies you rated that most " \
+    because = "" if not recommender.kind.encodes_history else " \"because\" names the movies you rated that most " \
         "support each pick."
-    return (f"From your {count}, the {LABELS[recommender.model]} model folded you in without retraining; "
+    return (f"From your {count}, the {label(recommender.model)} model folded you in without retraining; "
             f"your top picks (the movies you rated are left out).{because}", _tidy(result.recommendations))
 
 
 def biases(recommenders, n=15):
-    """(highest-bias titles, lowest-bias titles) of the dot model: liked or disliked whoever watches them."""
+    """(highest-bias titles, lowest-bias titles) of the folder's model with biases: liked or disliked whoever watches
+    them."""
     frame = next(iter(recommenders.values())).item_biases()  # one folder: its dot model's, or the library's refusal
     n = check_n(n, len(frame))
     return _tidy(frame.head(n)), _tidy(frame.tail(n).iloc[::-1].reset_index(drop=True))
 
 
-def embedding_map(recommenders, model="topn", n_items=50):
+def embedding_map(recommenders, model=None, n_items=50):
     """(plotly map of the most-rated titles on the top principal components, its data) for one model."""
     import plotly.graph_objects as go
 
@@ -407,7 +415,7 @@ def embedding_map(recommenders, model="topn", n_items=50):
         marker={"size": 7, "color": color, "colorscale": "Viridis", "showscale": color is not None,
                 "colorbar": {"title": {"text": "pc3"}}},
         hovertemplate="%{text}<br>%{customdata} ratings<br>pc1 %{x:.2f}, pc2 %{y:.2f}<extra></extra>"))
-    figure.update_layout(title=f"The {len(frame)} most-rated titles on the {LABELS[recommender.model]} model's top "
+    figure.update_layout(title=f"The {len(frame)} most-rated titles on the {label(recommender.model)} model's top "
                          "principal components", xaxis_title="pc1", yaxis_title="pc2", height=560,
                          margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return figure, frame
@@ -423,7 +431,7 @@ def model_info(recommenders):
     first = next(iter(recommenders.values()))
     config, dataset = first.config, first.config["dataset"]
     commit = f"commit `{first.revision}`" if first.revision else "a local folder (no Hub commit)"
-    models = "; ".join(f"**{LABELS[kind]}**: {settings_text(kind, config['models'][kind])}" for kind in recommenders)
+    models = "; ".join(f"**{label(kind)}**: {settings_text(kind, config['models'][kind])}" for kind in recommenders)
     text = (f"**Model** `{served_name(first)}`, {commit}.  \n"
             f"**Data** {markdown_text(dataset['name'])}: {dataset['n_ratings']:,} "
             f"{'choices' if first.implicit else 'ratings'} by {dataset['n_users']:,} users of "
@@ -447,7 +455,7 @@ def header(recommenders):
     """One line naming what is served."""
     first = next(iter(recommenders.values()))
     commit = f" at commit `{first.revision[:12]}`" if first.revision else ""
-    labels = [LABELS[kind] for kind in recommenders]
+    labels = [label(kind) for kind in recommenders]
     kinds = " and ".join(filter(None, [", ".join(labels[:-1]), labels[-1]]))
     return (f"Serving `{served_name(first)}`{commit}: {kinds} model{'s' if len(recommenders) > 1 else ''} trained on "
             f"{markdown_text(first.config['dataset']['name'])}; {markdown_text(first.users.describe())}.")

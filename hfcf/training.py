@@ -1,125 +1,36 @@
-"""Fit hfcf's models with fastai. The only module that imports fastai.
+"""Fit hfcf's models with fastai: the machinery every kind shares. With hfcf.kinds' training methods, the only code
+that imports fastai.
 
 fastai's tabular DataLoader collates every batch from a DataFrame, which makes an epoch several times slower
 than the model itself. `TensorBatches` (rating pairs) and `HistoryBatches` (users' rated titles) slice
 pre-encoded tensors instead; everything else is fastai's own: `collab_learner` and `Learner`, `fit_one_cycle`,
-its Adam, Recorder and metrics, `EmbeddingDotBias` and `EmbeddingNN`. One `Recipe` per model kind says how
-its data, Learner and weights are made; adding a kind adds a recipe and a line in `RECIPES`.
-With models this small, fastai's per-batch costs are what is left to cut (see `fit_one`).
+its Adam, Recorder and metrics, `EmbeddingDotBias` and `EmbeddingNN`. Each kind (hfcf.kinds) says how its data,
+Learner and weights are made. With models this small, fastai's per-batch costs are what is left to cut (see
+`fit_one`).
 """
 import ctypes
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 
 import fastai
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle, which fit_one calls)
 from fastai.callback.progress import ProgressCallback
-from fastai.collab import collab_learner
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback
-from fastai.learner import CastToTensor, Learner, Metric
-from fastai.metrics import rmse
-from fastai.optimizer import Adam, Optimizer
-from fastai.tabular.model import emb_sz_rule, tabular_config
+from fastai.learner import CastToTensor, Metric
+from fastai.optimizer import Optimizer
 from fastai.torch_core import set_seed
 
 from . import distributed, scoring
 from . import nn as hfnn
-from .errors import DataError, HfcfError
-
-
-@dataclass
-class ModelSettings:
-    """What the book leaves to the user, for one model."""
-
-    epochs: int
-    lr: float
-    wd: float
-    bs: int
-    n_factors: int = 0        # dot and topn models
-    layers: tuple = ()        # EmbeddingNN hidden layers
-    user_size: int = 0        # EmbeddingNN embedding sizes; 0 means fastai's `emb_sz_rule`
-    item_size: int = 0
-    embed_p: float = 0.0      # EmbeddingNN dropout on the embeddings; topn: on a user's rated titles (training only)
-    batchnorm: bool = True    # EmbeddingNN: BatchNorm after each hidden layer (fastai's default); off: Linear biases
-    sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
-    # Rating models: update only the embedding rows a batch touches (`LazyAdam`); `wd` is then an L2 penalty per
-    # rating. Off: fastai's Adam over every parameter each step, `wd` decoupled weight decay (as the book).
-    lazy: bool = False
-
-
-# Tuned on MovieLens 100k (a random 15% of u1.base held out; BENCHMARKS.md has the search and the five-fold check).
-# Weight decay is decoupled (p *= 1 - lr * wd each step), so its strength goes with lr, epochs and the batch count.
-DEFAULTS = {
-    "dot": ModelSettings(epochs=6, lr=1e-2, wd=1.0, bs=1024, n_factors=100, sqr_mom=0.9),
-    "nn": ModelSettings(epochs=16, lr=2e-2, wd=1.0, bs=4096, layers=(50,), user_size=32, item_size=32, embed_p=0.5),
-    # bs counts users, not ratings; wd is an L2 penalty in EASE's units (see TopNRecipe).
-    "topn": ModelSettings(epochs=50, lr=3e-3, wd=10.0, bs=128, n_factors=256, embed_p=0.5),
-}
-
-
-# From LARGE_DATA training ratings up, fastai's dense Adam step (every row of every table, each step) costs more than
-# the batch itself, so the rating models switch to lazy updates, and every model's batch size follows the data's
-# size (LARGE_BATCHES). Tuned on power-law synthetic sets of 1M to 10M ratings with planted taste (bench/scale.py),
-# checked on 1M to 25M: BENCHMARKS.md. The switch is well below 1M: on 1M power-law ratings (800k training) the
-# 100k recipe caught 45% of the signal past biases with the dot model and none with the nn.
-LARGE_DATA = 250_000
-LARGE_DEFAULTS = {
-    "dot": ModelSettings(epochs=4, lr=3e-2, wd=0.1, bs=0, n_factors=32, sqr_mom=0.9, lazy=True),
-    # Dropout on the embeddings cost more accuracy than it saved at this size; the embeddings' L2 does the
-    # regularising (lazy: none on the dense layers). Five epochs (share of the signal past biases): at 1M 4 epochs
-    # 57%, 5 66%, 6 68%; at 5M 3 62%, 4 75%, 5 77%, 8 72%; at 1M 16 epochs of 8,192 overfit to 40%.
-    "nn": ModelSettings(epochs=5, lr=3e-3, wd=0.1, bs=0, layers=(128,), user_size=32, item_size=32, embed_p=0.0,
-                        lazy=True),
-    # The power-law sets plant taste in ratings, not in which titles a user rates: popularity is all there is to
-    # learn there. Held-out precision peaked in the first epochs; 3 equal popularity from 1M to 25M, 10 fell below
-    # it at 25M (recall@10 0.111 against 0.121). On sets whose choices follow the taste, 3 epochs beat popularity at
-    # 1M and 5M given enough steps (LARGE_BATCHES); 10 at 5M fell back to popularity.
-    "topn": ModelSettings(epochs=3, lr=3e-3, wd=10.0, bs=0, n_factors=128, embed_p=0.5),
-}
-# kind -> (steps an epoch, smallest, largest batch): the batch is the training ratings (top-N: users) / steps, in
-# powers of two within the bounds. The dot model's 1/100 was tuned with its other settings (0.6M to 7M). The nn
-# learns per step: at 5M, 4 epochs of batches of 32,768 caught 65% of the signal, of 8,192 75%, of 4,096 76%; at
-# 1M, 2,048 caught 57% in 4 epochs where 8,192 caught 37%.
-# The top-N model's smallest batch was 512 users, which left 1M ratings (7k users) 14 steps an epoch: on a set whose
-# users choose titles by the planted taste, 3 epochs then caught nothing past popularity; 64 users a batch gave 12%
-# more recall@10 than popularity and 4% more than EASE. At 5M 256 users beat 512 (+10% against +7% on
-# popularity); at 10M the rule's 512 beat 256 and 1,024. Without chosen taste (popularity is all there is), 64
-# users a batch still equals popularity.
-LARGE_BATCHES = {"dot": (100, 8192, 65536), "nn": (400, 1024, 16384), "topn": (100, 64, 8192)}
-MIN_STEPS_PER_EPOCH = 16  # the tuned batch sizes give MovieLens 100k 20 to 80 steps an epoch
-
-
-def defaults_for(n_train, n_users=None, n_items=None):
-    """Each model's default settings for `n_train` training ratings (from `n_users` users, of `n_items` titles).
-
-    Up to LARGE_DATA, DEFAULTS with each batch size capped so that `n_train` ratings still make MIN_STEPS_PER_EPOCH
-    steps an epoch: the batch sizes were tuned on 80,000 ratings, and on a few thousand they would leave a handful of
-    steps in all (the synthetic set's 4,800 training ratings learnt nothing at bs 1,024 and the clusters at bs 300).
-    From LARGE_DATA, LARGE_DEFAULTS with the batch sizes of LARGE_BATCHES (the same number of steps, and so of
-    penalty and learning-rate schedule, per epoch at every size between the smallest and the largest batch).
-    The nn's first layer is narrowed to what a ranking of `n_items` titles can afford (scoring.affordable_width).
-    """
-    if n_train < LARGE_DATA:
-        cap = max(32, n_train // MIN_STEPS_PER_EPOCH)
-        chosen = {kind: replace(settings, bs=min(settings.bs, cap)) for kind, settings in DEFAULTS.items()}
-    else:
-        sizes = {"topn": n_users or n_train // 100}
-        chosen = {kind: replace(settings, bs=_batch_size(sizes.get(kind, n_train), *LARGE_BATCHES[kind]))
-                  for kind, settings in LARGE_DEFAULTS.items()}
-    first, *rest = chosen["nn"].layers
-    chosen["nn"] = replace(chosen["nn"], layers=(scoring.affordable_width(first, n_items or 0), *rest))
-    return chosen
-
-
-def _batch_size(n, steps, smallest, largest):
-    return int(min(largest, max(smallest, 2 ** round(math.log2(max(n, 1) / steps)))))
+from .errors import HfcfError
+from .kinds import KINDS
 
 
 def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, moments=None,
@@ -132,7 +43,7 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
     A row's two Adam moments sit side by side (`moments`, rows x 2 x width): one gather and one scatter a step.
     A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its gradient where its
-    `do_wd` is on (the nn turns it off: `NeuralRecipe.learner`).
+    `do_wd` is on (the nn turns it off: `hfcf.kinds.nn.Neural.learner`).
     """
     step += 1
     debias_mom, debias_sqr = 1 - mom ** step, 1 - sqr_mom ** step
@@ -374,216 +285,6 @@ class CollabTensorLoaders(DataLoaders):
         self.cat_names, self.n_inp = ["user", "title"], n_inp
 
 
-class Recipe:
-    """How fastai fits one kind of model: its data, its Learner, its saved settings and weights."""
-
-    def encode(self, frame, users, items, y_range):
-        """The training or held-out ratings in the form this kind's batches are cut from."""
-        raise NotImplementedError
-
-    def loaders(self, train, valid, settings, users, items, seed, world):
-        """Training batches (this rank's share of each, under torchrun) and held-out batches (all of them)."""
-        raise NotImplementedError
-
-    def learner(self, dls, settings, chosen, y_range):
-        raise NotImplementedError
-
-    def resolved(self, settings, users, items):
-        """Settings as saved in config.json: only those this kind uses."""
-        raise NotImplementedError
-
-    def check(self, settings):
-        """Refuse settings of this kind that cannot train (the shared checks are in `check_settings`)."""
-
-    def fit_wd(self, settings, dls):
-        """The `wd` that `fit_one_cycle` gets."""
-        return settings.wd
-
-    def export(self, learn, train, chosen, n_users):
-        """The trained weights under hfcf.nn's key names."""
-        raise NotImplementedError
-
-
-class RatingRecipe(Recipe):
-    """The chapter-8 rating models: (user, title) -> rating pairs through fastai's `collab_learner`."""
-
-    def encode(self, frame, users, items, y_range):
-        return encode(frame, users, items)
-
-    def loaders(self, train, valid, settings, users, items, seed, world):
-        return CollabTensorLoaders(TensorBatches(*train, settings.bs, shuffle=True, seed=seed, world=world),
-                                   TensorBatches(*valid, 8192, shuffle=False), users, items)
-
-    def common(self, settings, y_range):
-        optimizer = LazyAdam if settings.lazy else Adam
-        return dict(y_range=y_range, loss_func=mse, metrics=rmse,
-                    opt_func=partial(optimizer, sqr_mom=settings.sqr_mom))
-
-    def collab_learner(self, dls, settings, chosen, y_range):
-        """fastai's `collab_learner` for this kind, before its optimizer is made."""
-        raise NotImplementedError
-
-    def learner(self, dls, settings, chosen, y_range):
-        learn = self.collab_learner(dls, settings, chosen, y_range)
-        if settings.lazy:
-            sparse_embeddings(learn.model)
-        learn.create_opt()
-        return learn
-
-    def export(self, learn, train, chosen, n_users):
-        return hfnn.from_fastai_keys(self.kind, learn.model.state_dict(), len(chosen.get("layers", ())),
-                                     chosen.get("batchnorm", True))
-
-
-class DotRecipe(RatingRecipe):
-    """fastai `EmbeddingDotBias`; the biases are not weight-decayed (as `wd_bn_bias=False` spares biases)."""
-
-    kind = "dot"
-
-    def resolved(self, settings, users, items):
-        chosen = asdict(settings)
-        for key in ("layers", "user_size", "item_size", "embed_p", "batchnorm"):
-            chosen.pop(key)
-        return chosen
-
-    def check(self, settings):
-        if settings.n_factors < 1:
-            raise DataError(f"dot: --factors must be at least 1 (got {settings.n_factors})")
-
-    def learner(self, dls, settings, chosen, y_range):
-        learn = super().learner(dls, settings, chosen, y_range)
-        for bias in (learn.model.u_bias.weight, learn.model.i_bias.weight):
-            learn.opt.state[bias]["do_wd"] = False
-        return learn
-
-    def collab_learner(self, dls, settings, chosen, y_range):
-        return collab_learner(dls, n_factors=settings.n_factors, **self.common(settings, y_range))
-
-
-class NeuralRecipe(RatingRecipe):
-    """fastai `EmbeddingNN`, its embedding sizes from fastai's `emb_sz_rule` unless given."""
-
-    kind = "nn"
-
-    def resolved(self, settings, users, items):
-        chosen = asdict(settings)
-        chosen.pop("n_factors")
-        chosen["layers"] = list(settings.layers)
-        chosen["user_size"] = settings.user_size or emb_sz_rule(len(users))
-        chosen["item_size"] = settings.item_size or emb_sz_rule(len(items))
-        return chosen
-
-    def check(self, settings):
-        if settings.batchnorm and settings.bs < 2:
-            raise DataError(f"nn: --bs must be at least 2: its BatchNorm layers need two ratings a batch "
-                            f"(got {settings.bs})")
-        if not settings.layers or min(settings.layers) < 1:
-            raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {settings.layers})")
-        if not 0 <= settings.embed_p < 1:
-            raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {settings.embed_p})")
-
-    def collab_learner(self, dls, settings, chosen, y_range):
-        emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
-        config = tabular_config(bn_cont=False, use_bn=settings.batchnorm, embed_p=settings.embed_p)
-        learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), config=config,
-                               **self.common(settings, y_range))
-        fast_dropout(learn.model)
-        return learn
-
-    def learner(self, dls, settings, chosen, y_range):
-        learn = super().learner(dls, settings, chosen, y_range)
-        # The L2 falls on the embeddings only, but for fastai's own recipe (its Adam and BatchNorm, as the book):
-        # without BatchNorm an L2 on the dense layers held the nn at the biases, and with lazy updates (whose `wd`
-        # is a penalty per rating, on the rows a rating touches) it cost 10 points of signal at 5M (BENCHMARKS.md).
-        if settings.lazy or not settings.batchnorm:
-            for layer in learn.model.layers.modules():
-                if isinstance(layer, torch.nn.Linear):
-                    for param in layer.parameters():
-                        learn.opt.state[param]["do_wd"] = False
-        return learn
-
-
-class TopNRecipe(Recipe):
-    """`TopNModel` in a plain fastai `Learner`: batches of users, `ChoiceLoss`, Adam with L2 on the item vectors.
-
-    `wd` is the L2 penalty as EASE's lambda: the loss is summed over users, so the penalty is divided by the
-    number of users and added to the gradients (Adam with `decouple_wd=False`), not decayed from the weights.
-    `embed_p` is the chance that a rated title is hidden from a user's input in a training step.
-    """
-
-    kind = "topn"
-    VALID_USERS = 2000  # held-out precision is a progress signal: a sample of users is enough and stays cheap
-
-    def encode(self, frame, users, items, y_range):
-        return Histories.from_frame(frame, users, items, y_range)
-
-    def loaders(self, train, valid, settings, users, items, seed, world):
-        rows = torch.nonzero(train.lengths() > 0).flatten()
-        held_out = torch.nonzero((valid.lengths() > 0) & (train.lengths() > 0)).flatten()
-        if len(held_out) > self.VALID_USERS:
-            held_out = held_out[torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))]
-            held_out = held_out[:self.VALID_USERS].sort().values
-        fitting = HistoryBatches(train, train, rows, settings.bs, shuffle=True, seed=seed, world=world)
-        return CollabTensorLoaders(fitting, HistoryBatches(train, valid, held_out, 256, shuffle=False), users, items,
-                                   n_inp=3)
-
-    def resolved(self, settings, users, items):
-        return {key: value for key, value in asdict(settings).items()
-                if key in ("epochs", "lr", "wd", "bs", "n_factors", "embed_p", "sqr_mom")}
-
-    def check(self, settings):
-        if settings.n_factors < 1:
-            raise DataError(f"topn: --factors must be at least 1 (got {settings.n_factors})")
-        if not 0 <= settings.embed_p < 1:
-            raise DataError(f"topn: history dropout must be at least 0 and below 1 (got {settings.embed_p})")
-        if settings.lazy:
-            raise DataError("topn: lazy updates are for the rating models (dot, nn), whose embeddings a batch "
-                            "touches only in part; leave out --set topn.lazy")
-
-    def learner(self, dls, settings, chosen, y_range):
-        model = hfnn.TopNModel(len(dls.classes["user"]), len(dls.classes["title"]), settings.n_factors)
-        for table in (model.item_inputs, model.item_outputs):
-            torch.nn.init.normal_(table.weight, std=0.01)
-        torch.nn.init.zeros_(model.item_bias.weight)
-        model.history_dropout = settings.embed_p
-        opt_func = partial(Adam, sqr_mom=settings.sqr_mom, decouple_wd=False)
-        learn = Learner(dls, model, loss_func=ChoiceLoss(model), opt_func=opt_func, metrics=PrecisionAtK(10))
-        learn.create_opt()
-        learn.opt.state[model.item_bias.weight]["do_wd"] = False
-        return learn
-
-    def fit_wd(self, settings, dls):
-        return 2 * settings.wd / max(len(dls.train.rows), 1)  # d/dθ of wd·|θ|²/n_users, as `grad += wd * θ` wants
-
-    def export(self, learn, train, chosen, n_users):
-        model = learn.model.eval()
-        with torch.no_grad():
-            rows = torch.arange(n_users)
-            for start in range(0, n_users, 4096):
-                model.user_vectors[start:start + 4096] = model.encode(*train.batch(rows[start:start + 4096]))
-        return dict(model.state_dict())
-
-
-RECIPES = {"dot": DotRecipe(), "nn": NeuralRecipe(), "topn": TopNRecipe()}
-
-
-def resolved_settings(kind, settings, users, items):
-    """Settings as saved in config.json (fastai's embedding-size rule applied)."""
-    return RECIPES[kind].resolved(settings, users, items)
-
-
-def check_settings(kind, settings):
-    """Refuse settings that cannot train, before any work is done."""
-    if settings.epochs < 1:
-        raise DataError(f"{kind}: --epochs must be at least 1 (got {settings.epochs})")
-    if settings.bs < 1 or not 0 < settings.lr < math.inf or not 0 <= settings.wd < math.inf:
-        raise DataError(f"{kind}: --bs and --lr must be positive and --wd not negative "
-                        f"(got bs={settings.bs}, lr={settings.lr}, wd={settings.wd})")
-    if not 0 < settings.sqr_mom < 1:
-        raise DataError(f"{kind}: sqr_mom must lie between 0 and 1 (got {settings.sqr_mom})")
-    RECIPES[kind].check(settings)
-
-
 def _epoch_logger(kind, learn, log):
     """Plain one-line-per-epoch log for non-terminals, where fastprogress's bar floods the output."""
     def write(row):
@@ -675,7 +376,7 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch. Under torchrun every
     rank runs this with the same seed (so the same initial weights); only rank 0 logs.
     """
-    recipe = RECIPES[kind]
+    recipe = KINDS[kind]
     set_seed(seed, reproducible=True)
     dls = recipe.loaders(train, valid, settings, users, items, seed, world)
     chosen = recipe.resolved(settings, users, items)
@@ -706,16 +407,18 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
 
 
 def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print, world=distributed.SINGLE):
-    """Fit each model in `kinds` on the same ratings; returns {kind: Fitted}."""
+    """Fit each model in `kinds` on the same ratings (its settings checked themselves when made); returns
+    {kind: Fitted}."""
     for kind in kinds:
-        check_settings(kind, settings[kind])
+        if not isinstance(settings[kind], KINDS[kind].Settings):
+            raise TypeError(f"{kind} takes {KINDS[kind].Settings.__name__}, not {type(settings[kind]).__name__}")
         distributed.check_batch(world, kind, settings[kind].bs)
-    encodings = [type(RECIPES[kind]).encode for kind in kinds]  # dot and nn share one encoding
+    encodings = [type(KINDS[kind]).encode for kind in kinds]  # the rating kinds share one encoding
     encoded, fitted = {}, {}
     for position, kind in enumerate(kinds):
         encoding = encodings[position]
         if encoding not in encoded:
-            encoded[encoding] = tuple(RECIPES[kind].encode(frame, users, items, y_range)
+            encoded[encoding] = tuple(KINDS[kind].encode(frame, users, items, y_range)
                                       for frame in (train_frame, valid_frame))
         data = encoded[encoding] if encoding in encodings[position + 1:] else encoded.pop(encoding)
         fitted[kind] = fit_one(kind, settings[kind], *data, users, items, y_range, seed, log, world)

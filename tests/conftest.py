@@ -49,18 +49,21 @@ def synthetic_dataset():
 
 @pytest.fixture(scope="session")
 def synthetic_model(tmp_path_factory, synthetic_dataset):
-    """A folder with every model trained on the synthetic set (a few seconds), and the in-memory training run."""
+    """A folder with every model trained on the synthetic set (a few seconds): (folder, config, split, {kind:
+    training.Fitted})."""
     pytest.importorskip("fastai")
-    from hfcf import pipeline, training
+    from hfcf import pipeline
+    from hfcf.kinds import KINDS
     import dataclasses
 
     # Fewer epochs for the rating models (a few thousand ratings); the top-N model keeps its defaults (~1 s here).
-    settings = {kind: dataclasses.replace(s, epochs=8, bs=256, lr=1e-2) if kind != "topn" else s
-                for kind, s in training.DEFAULTS.items()}
+    settings = {name: dataclasses.replace(kind.small, epochs=8, bs=256, lr=1e-2) if kind.predicts_ratings else kind.small
+                for name, kind in KINDS.items()}
     out = tmp_path_factory.mktemp("synthetic") / "model"
     split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
-    config = pipeline.train_and_save(synthetic_dataset, split, out, settings=settings, seed=0, log=lambda *_: None)
-    return out, config, split
+    config, fitted = pipeline.train_and_save(synthetic_dataset, split, out, settings=settings, seed=0,
+                                             log=lambda *_: None)
+    return out, config, split, fitted
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +75,8 @@ def ml100k_model(tmp_path_factory, ml100k):
     dataset = data.movielens_100k(ml100k)
     out = tmp_path_factory.mktemp("ml100k") / "model"
     split = pipeline.make_split(dataset, "random", 0.2, 42)
-    config = pipeline.train_and_save(dataset, split, out, seed=42, log=lambda *_: None)
-    return out, config, split, dataset
+    config, fitted = pipeline.train_and_save(dataset, split, out, seed=42, log=lambda *_: None)
+    return out, config, split, dataset, fitted
 
 
 @pytest.fixture(scope="module")

@@ -54,14 +54,14 @@ def rewrite_weights(folder, change, kind="dot"):
 
 
 def test_round_trip_keeps_every_tensor(synthetic_model):
-    out, config, _ = synthetic_model
+    out, _, _, fitted_models = synthetic_model
     loaded = artifacts.load(out)
-    for kind, fitted in config["fitted"].items():
+    for kind, fitted in fitted_models.items():
         assert loaded.weights[kind].keys() == fitted.state_dict.keys()
         for key, array in loaded.weights[kind].items():
             np.testing.assert_array_equal(array, fitted.state_dict[key].numpy(), err_msg=key)
     assert loaded.users.keys[0] == loaded.items.keys[0] == "#na#"
-    assert sorted(p.name for p in out.iterdir()) == sorted(artifacts.MODEL_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(artifacts.model_files())
 
 
 def test_config_records_hashes_settings_and_metrics(synthetic_model):
@@ -117,7 +117,7 @@ def test_missing_folder_is_refused(tmp_path):
 
 
 def test_save_is_atomic_and_keeps_the_old_folder_on_failure(synthetic_model, tmp_path):
-    out, config, _ = synthetic_model
+    out, config, _, _ = synthetic_model
     target = tmp_path / "model"
     shutil.copytree(out, target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
@@ -194,5 +194,5 @@ def test_the_card_says_where_the_nn_l2_falls(batchnorm, lazy, note):
 
     settings = {"user_size": 32, "item_size": 32, "embed_p": 0.0, "layers": [128], "batchnorm": batchnorm,
                 "lazy": lazy, "epochs": 5, "lr": 0.003, "wd": 0.1, "sqr_mom": 0.99, "bs": 8192}
-    line = card.SETTINGS_TEXT["nn"](settings)
+    line = card.settings_text("nn", settings)
     assert f"layers [128]{note}, " in line

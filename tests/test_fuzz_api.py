@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 
 from hfcf import Recommender, vocab
 from hfcf.errors import HfcfError
-from hfcf.recommend import MODELS, History
+from hfcf.kinds import preferred
+from hfcf.recommend import History
+
+MODELS = preferred()
 
 # The autouse fixture that isolates the caches is function-scoped; it only sets environment variables.
 FUZZ = settings(max_examples=int(os.environ.get("HFCF_FUZZ_EXAMPLES", 60)), deadline=None, derandomize=True,
@@ -101,7 +104,7 @@ def test_recommend(loaded, catalogue, data, kind):
     if frame is not None:
         left_out = (set(rec._item_rows(args["exclude"]).tolist()) if args["exclude"] is not None
                     else set(rec._history.of(rec.users.index(args["user"]))[0].tolist()))
-        check_picks(frame, rec, args["n"], left_out, rec.scorer.score_name)
+        check_picks(frame, rec, args["n"], left_out, rec.kind.score_name)
 
 
 @FUZZ
@@ -126,7 +129,7 @@ def test_who_would_like(loaded, catalogue, data, kind):
     frame = answer_or_refusal(lambda: rec.who_would_like(**args))
     if frame is not None:
         assert len(frame) == int(args["n"]) and frame["user"].is_unique and "#na#" not in set(frame["user"])
-        assert np.isfinite(frame[rec.scorer.score_name]).all()
+        assert np.isfinite(frame[rec.kind.score_name]).all()
 
 
 @FUZZ
@@ -163,7 +166,7 @@ def test_fold_in(loaded, catalogue, data, kind):
     if result is not None:
         ratings = args["ratings"]
         rated = {rec.items.index(title) for title, _ in (ratings.items() if isinstance(ratings, dict) else ratings)}
-        check_picks(result.recommendations, rec, args["n"], rated, rec.scorer.score_name)
+        check_picks(result.recommendations, rec, args["n"], rated, rec.kind.score_name)
         assert np.isfinite(result.user_vector).all() and np.isfinite(result.predicted[1:]).all()
 
 
@@ -198,7 +201,7 @@ def test_attach_history(loaded, synthetic_dataset, mutation, seed, kind):
         assert rec._history.users.keys == rec.users.keys and rec._history.items.keys == rec.items.keys
     first = int(synthetic_dataset.ratings["user"].iloc[0])
     check_picks(rec.recommend(first, 5), rec, 5, rated_rows(rec, ratings, first) if attached else set(),
-                rec.scorer.score_name)
+                rec.kind.score_name)
 
 
 def rated_rows(rec, ratings, user):

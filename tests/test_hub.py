@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from hfcf import hub
+from hfcf import artifacts, hub
 from hfcf.errors import ArtifactError, DataError, HubError
 from hub_server import HubServer
 
@@ -77,7 +77,7 @@ def model_folder(synthetic_model, tmp_path):
 
 
 def model_bytes(folder):
-    return {name: (folder / name).read_bytes() for name in hub.MODEL_FILES}
+    return {name: (folder / name).read_bytes() for name in artifacts.model_files()}
 
 
 def sha256(data):
@@ -102,7 +102,7 @@ def test_push_commits_exactly_the_model_files_with_weights_through_lfs(server, m
     assert files.pop(".gitattributes")  # the Hub's initial commit
     assert files == model_bytes(model_folder)
     uploaded = {path.rsplit("/", 1)[1] for method, path in server.requests if method == "PUT"}
-    weights = {sha256((model_folder / name).read_bytes()) for name in hub.WEIGHT_FILES}
+    weights = {sha256((model_folder / name).read_bytes()) for name in artifacts.weight_files().values()}
     assert uploaded == weights  # the .safetensors and nothing else went through LFS; JSON and README went inline
     assert ("POST", f"/{REPO}.git/info/lfs/objects/batch") in server.requests
     assert [path for method, path in server.requests if path.startswith("/api/models/") and "/commit/" in path] == [
@@ -287,7 +287,7 @@ def test_train_py_push_prints_the_commit_and_never_the_token(server, monkeypatch
     assert code == 0, printed.err
     head = server.head("alice/cli-model")
     assert f"pushed commit {head}" in printed.out and TOKEN not in printed.out + printed.err
-    assert server.files("alice/cli-model").keys() - {".gitattributes"} == set(hub.MODEL_FILES)
+    assert server.files("alice/cli-model").keys() - {".gitattributes"} == set(artifacts.model_files())
 
 
 def test_train_py_push_without_a_token_stops_before_training(monkeypatch, tmp_path, capsys):

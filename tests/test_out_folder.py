@@ -74,7 +74,7 @@ def test_retraining_keeps_the_permissions_the_user_gave_the_folder(model, tmp_pa
     model.chmod(0o700)
     save_again(model, loaded)
     assert mode(model) == 0o700
-    assert {path.name: mode(path) for path in model.iterdir()} == {name: 0o600 for name in artifacts.MODEL_FILES}
+    assert {path.name: mode(path) for path in model.iterdir()} == {name: 0o600 for name in artifacts.model_files()}
     umask = os.umask(0o022)
     try:  # a new folder gets the umask's modes, as any other program's would
         save_again(tmp_path / "new", loaded)

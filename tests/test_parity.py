@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from hfcf import artifacts, scoring
 from hfcf import nn as hfnn
+from hfcf.kinds import KINDS, scorer
 
 fastai_collab = pytest.importorskip("fastai.collab")
 training = pytest.importorskip("hfcf.training")
@@ -31,24 +32,22 @@ def held_out(folder, split, rows=1000):
     return x, y
 
 
-def check_parity(out, config, split, rows=1000):
+def check_parity(out, fitted_models, split, rows=1000):
     folder = artifacts.load(out)
     x, y = held_out(folder, split, rows)
     assert len(x) == min(rows, len(split.valid))
     for kind in ("dot", "nn"):  # fastai trains hfcf's own TopNModel: see test_top_n_learner_and_folder_agree
-        fitted = config["fitted"][kind]
+        fitted = fitted_models[kind]
         learner_predictions, _ = fitted.learner.get_preds(dl=training.TensorBatches(x, y, 256, shuffle=False))
         learner_predictions = learner_predictions.flatten().numpy()
 
-        state = load_file(out / artifacts.WEIGHT_FILES[kind])
-        n_hidden = len(folder.config["models"][kind].get("layers", []))
-        module = fastai_module(kind, folder.config["models"][kind], len(folder.users), len(folder.items),
-                               folder.y_range)
-        batchnorm = folder.config["models"][kind].get("batchnorm", True)
-        module.load_state_dict(hfnn.to_fastai_keys(kind, state, n_hidden, batchnorm), strict=True)
+        state = load_file(out / KINDS[kind].weights_file)
+        settings = folder.config["models"][kind]
+        module = fastai_module(kind, settings, len(folder.users), len(folder.items), folder.y_range)
+        module.load_state_dict(hfnn.to_fastai_keys(state, KINDS[kind].fastai_names(settings)), strict=True)
         with torch.no_grad():
             fastai_predictions = module.eval()(x).flatten().numpy()
-        ours = scoring.scorer(kind, folder.weights[kind], folder.y_range).predict(x[:, 0].numpy(), x[:, 1].numpy())
+        ours = scorer(kind, folder.weights[kind], folder.y_range).predict(x[:, 0].numpy(), x[:, 1].numpy())
 
         np.testing.assert_allclose(fastai_predictions, learner_predictions, rtol=0, atol=1e-6, err_msg=kind)
         np.testing.assert_allclose(ours, fastai_predictions, rtol=0, atol=1e-5, err_msg=kind)
@@ -56,7 +55,8 @@ def check_parity(out, config, split, rows=1000):
 
 
 def test_parity_on_synthetic_model(synthetic_model):
-    check_parity(*synthetic_model)
+    out, _, split, fitted = synthetic_model
+    check_parity(out, fitted, split)
 
 
 def test_parity_of_an_nn_without_batchnorm(synthetic_dataset, tmp_path):
@@ -65,20 +65,20 @@ def test_parity_of_an_nn_without_batchnorm(synthetic_dataset, tmp_path):
 
     from hfcf import pipeline
 
-    settings = {kind: dataclasses.replace(training.DEFAULTS[kind], epochs=8, bs=256, lr=1e-2, batchnorm=False)
-                for kind in ("dot", "nn")}
+    settings = {"dot": dataclasses.replace(KINDS["dot"].small, epochs=8, bs=256, lr=1e-2),
+                "nn": dataclasses.replace(KINDS["nn"].small, epochs=8, bs=256, lr=1e-2, batchnorm=False)}
     split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
-    config = pipeline.train_and_save(synthetic_dataset, split, tmp_path / "model", kinds=("dot", "nn"),
+    config, fitted = pipeline.train_and_save(synthetic_dataset, split, tmp_path / "model", kinds=("dot", "nn"),
                                      settings=settings, seed=0, log=lambda *_: None)
     assert config["models"]["nn"]["batchnorm"] is False and "batchnorm" not in config["models"]["dot"]
     assert "hidden.0.linear.bias" in artifacts.load(tmp_path / "model").weights["nn"]
-    check_parity(tmp_path / "model", config, split)
+    check_parity(tmp_path / "model", fitted, split)
 
 
 @pytest.mark.integration
 def test_parity_on_movielens_100k(ml100k_model):
-    out, config, split, _ = ml100k_model
-    check_parity(out, config, split, rows=1000)
+    out, _, split, _, fitted = ml100k_model
+    check_parity(out, fitted, split, rows=1000)
 
 
 def test_top_n_learner_and_folder_agree(synthetic_model):
@@ -86,8 +86,8 @@ def test_top_n_learner_and_folder_agree(synthetic_model):
     are the learner's model's scores."""
     from hfcf import Recommender
 
-    out, config, split = synthetic_model
-    learner = config["fitted"]["topn"].learner
+    out, _, split, fitted = synthetic_model
+    learner = fitted["topn"].learner
     rec = Recommender.from_pretrained(out, model="topn")
     histories = training.Histories.from_frame(split.train, rec.users, rec.items, rec.folder.y_range)
     rows = torch.arange(1, len(rec.users))
@@ -100,24 +100,26 @@ def test_top_n_learner_and_folder_agree(synthetic_model):
 
 
 def test_key_maps_round_trip():
-    dot = hfnn.DotModel(5, 7, 3, (0, 5.5))
-    assert hfnn.from_fastai_keys("dot", hfnn.to_fastai_keys("dot", dot.state_dict())).keys() == dot.state_dict().keys()
-    neural = hfnn.NeuralModel(5, 7, 4, 6, [8, 4], (0, 5.5))
-    fastai_names = hfnn.to_fastai_keys("nn", neural.state_dict(), n_hidden=2)
+    dot, names = hfnn.DotModel(5, 7, 3, (0, 5.5)), KINDS["dot"].fastai_names({})
+    assert hfnn.from_fastai_keys("dot", hfnn.to_fastai_keys(dot.state_dict(), names), names).keys() == \
+        dot.state_dict().keys()
+    neural, names = hfnn.NeuralModel(5, 7, 4, 6, [8, 4], (0, 5.5)), KINDS["nn"].fastai_names({"layers": [8, 4]})
+    fastai_names = hfnn.to_fastai_keys(neural.state_dict(), names)
     assert "layers.2.0.bias" in fastai_names and "layers.1.2.running_var" in fastai_names
     with pytest.raises(KeyError, match="bn_cont"):
-        hfnn.from_fastai_keys("nn", {**fastai_names, "bn_cont.weight": torch.zeros(0)}, n_hidden=2)
+        hfnn.from_fastai_keys("nn", {**fastai_names, "bn_cont.weight": torch.zeros(0)}, names)
     plain = hfnn.NeuralModel(5, 7, 4, 6, [8, 4], (0, 5.5), batchnorm=False).state_dict()
-    fastai_names = hfnn.to_fastai_keys("nn", plain, n_hidden=2, batchnorm=False)
+    names = KINDS["nn"].fastai_names({"layers": [8, 4], "batchnorm": False})
+    fastai_names = hfnn.to_fastai_keys(plain, names)
     assert "layers.1.0.bias" in fastai_names and not any("running" in key for key in fastai_names)
-    assert hfnn.from_fastai_keys("nn", fastai_names, n_hidden=2, batchnorm=False).keys() == plain.keys()
+    assert hfnn.from_fastai_keys("nn", fastai_names, names).keys() == plain.keys()
 
 
 def random_module(kind, n_users=9, n_items=13, batchnorm=True):
     """A torch module of `kind` with random weights, BatchNorm statistics included (not the identity)."""
     torch.manual_seed(0)
     settings = {"n_factors": 4, "user_size": 5, "item_size": 3, "layers": [8, 6], "batchnorm": batchnorm}
-    module = hfnn.build(kind, settings, n_users, n_items, (0.5, 5.5))
+    module = KINDS[kind].reference_module(settings, n_users, n_items, (0.5, 5.5))
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
             if tensor.is_floating_point():
@@ -125,34 +127,25 @@ def random_module(kind, n_users=9, n_items=13, batchnorm=True):
     return settings, module.eval()
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("kind,batchnorm", [("dot", True), ("nn", True), ("nn", False), ("topn", True)])
-def test_numpy_scorers_match_the_torch_modules(kind, batchnorm, threads, monkeypatch):
-    """Serving runs in numpy (no torch in the Space); training's torch modules are the reference. With 2 threads
-    every table counts as large, so each ranking is shared out in ranges (as a 60k-title one is)."""
-    monkeypatch.setattr(scoring, "THREADS", threads)
+@pytest.mark.parametrize("kind, shared", [("dot", False), ("nn", True), ("topn", True)])
+def test_rankings_over_a_large_table_are_shared_out(kind, shared, monkeypatch):
+    """The nn and top-N rankings read a whole table per request, in ranges on two threads (the nn's in blocks that
+    stay in a core's cache); the dot model ranks in one matrix product."""
+    from hfcf.kinds import nn as nn_kind
+
+    monkeypatch.setattr(scoring, "THREADS", 2)
     monkeypatch.setattr(scoring, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(scoring, "RANKING_BLOCK", 24)  # 3 titles a block at 8 units: several blocks, a short last
-    shared = []
-    monkeypatch.setattr(scoring, "_pool", lambda real=scoring._pool: shared.append(1) or real())
-    settings, module = random_module(kind, batchnorm=batchnorm)
-    state = module.state_dict()
-    expected = {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in state.items()}
-    assert scoring.SCORERS[kind].tensors(settings, 9, 13) == expected  # what a weights file must hold
-    scorer = scoring.scorer(kind, state, (0.5, 5.5))
-    users, items = torch.arange(9).repeat_interleave(13), torch.arange(13).repeat(9)
-    with torch.no_grad():
-        if kind == "topn":
-            reference = module.scores(module.user_vectors).numpy()
-        else:
-            reference = module(users, items).reshape(9, 13).numpy()
-            np.testing.assert_allclose(scorer.predict(users.numpy(), items.numpy()), reference.ravel(), atol=1e-5)
-    np.testing.assert_allclose(scorer.scores_for(np.arange(9)), reference, atol=1e-5)
-    np.testing.assert_allclose(scorer.users_for_item(4), reference[:, 4], atol=1e-5)
+    monkeypatch.setattr(nn_kind, "RANKING_BLOCK", 24)  # 3 titles a block at 8 units: several blocks, a short last
+    calls = []
+    monkeypatch.setattr(scoring, "_pool", lambda real=scoring._pool: calls.append(1) or real())
+    _, module = random_module(kind)
+    found = scorer(kind, module.state_dict(), (0.5, 5.5))
+    np.testing.assert_allclose(found.scores_for(np.arange(9)), KINDS[kind].reference_scores(module, 9, 13),
+                               atol=1e-5)
     if kind == "topn":  # a newcomer's ranking: one product over the output table, shared out
-        vector, scores = scorer.fold_in(np.array([1, 2]), np.array([5.0, 3.0]))
-        np.testing.assert_allclose(scores, vector @ scorer.outputs.T + scorer.bias, atol=1e-5)
-    assert bool(shared) == (threads == 2 and kind in ("nn", "topn"))  # the dot model ranks in one product
+        vector, scores = found.fold_in(np.array([1, 2]), np.array([5.0, 3.0]))
+        np.testing.assert_allclose(scores, vector @ found.outputs.T + found.bias, atol=1e-5)
+    assert bool(calls) == shared
 
 
 def test_in_parallel_covers_every_row_once_in_one_range_per_thread(monkeypatch):
@@ -177,7 +170,7 @@ def test_nn_fold_in_matches_torch_adam_on_the_frozen_network(batchnorm):
     """NeuralScorer.fold_in backpropagates by hand; torch autograd + torch.optim.Adam is the reference."""
     _, module = random_module("nn", batchnorm=batchnorm)
     rows, ratings, l2 = np.array([2, 5, 7]), np.array([5.0, 1.0, 4.0], dtype=np.float32), 0.3
-    vector, scores = scoring.scorer("nn", module.state_dict(), (0.5, 5.5)).fold_in(rows, ratings, l2)
+    vector, scores = scorer("nn", module.state_dict(), (0.5, 5.5)).fold_in(rows, ratings, l2)
 
     _, item_part, user_weight = (part.detach() for part in module.projections())
     start = module.user_embedding.weight.detach()[1:].mean(0)

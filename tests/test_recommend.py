@@ -34,7 +34,7 @@ def test_recommend_prefers_the_users_cluster_and_skips_what_they_rated(rec, trut
     for user in list(truth["user_cluster"])[:40]:
         top = rec.recommend(user, n=5)
         assert not set(top["title"]) & set(ratings.loc[ratings["user"] == user, "title"])
-        assert top[rec.scorer.score_name].is_monotonic_decreasing
+        assert top[rec.kind.score_name].is_monotonic_decreasing
         shares.append(cluster_share(top["title"], truth["user_cluster"][user], truth))
     assert np.mean(shares) > 0.8
 

@@ -78,7 +78,7 @@ def test_a_newcomer_who_rated_one_cluster_gets_that_cluster(rec, truth):
 
 
 def test_fold_in_is_exactly_how_known_users_were_encoded(rec, synthetic_model):
-    _, _, split = synthetic_model
+    _, _, split, _ = synthetic_model
     stored = rec.folder.weights["topn"]["user_vectors"]
     for user, rated in list(split.train.groupby("user"))[:20]:
         folded = rec.fold_in(dict(zip(rated["title"], rated["rating"])))
@@ -158,7 +158,7 @@ def test_newcomers_with_different_tastes_get_different_picks(ml100k_model, ml100
 
 @pytest.mark.integration
 def test_movielens_picks_differ_between_users_and_neighbours_are_well_known(ml100k_model):
-    out, config, split, dataset = ml100k_model
+    out, config, split, dataset, _ = ml100k_model
     rec = Recommender.from_pretrained(out).attach_history(dataset.ratings)
     users = rec.users.ids()[:100]
     lists = [set(rec.recommend(user, 10)["title"]) for user in users]

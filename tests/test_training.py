@@ -1,8 +1,11 @@
 """hfcf's training pieces on tiny inputs with known answers: the lazy Adam step and the size-aware defaults."""
+import dataclasses
+
 import pytest
 import torch
 
-from hfcf import training
+from hfcf import kinds, training
+from hfcf.errors import DataError
 
 
 def test_lazy_adam_without_penalty_matches_torch_sparse_adam():
@@ -84,20 +87,20 @@ def test_lazy_adam_on_a_dense_parameter_is_adam_with_l2():
 
 
 def test_small_data_keeps_the_tuned_defaults_with_batches_capped():
-    small = training.defaults_for(80_000)
-    assert small == training.DEFAULTS  # MovieLens 100k's tuned settings, untouched
-    tiny = training.defaults_for(4_800)
+    small = kinds.defaults_for(80_000)
+    assert small == {name: kind.small for name, kind in kinds.KINDS.items()}  # MovieLens 100k's, untouched
+    tiny = kinds.defaults_for(4_800)
     assert all(settings.bs <= 300 for settings in tiny.values())
-    assert not any(settings.lazy for settings in tiny.values())
+    assert not any(getattr(settings, "lazy", False) for settings in tiny.values())
 
 
 @pytest.mark.parametrize("n_train, dot_bs, nn_bs", [(800_000, 8192, 2048), (2_000_000, 16384, 4096),
                                                     (4_000_000, 32768, 8192), (20_000_000, 65536, 16384),
                                                     (200_000_000, 65536, 16384)])
 def test_large_data_batches_follow_its_size_with_lazy_updates(n_train, dot_bs, nn_bs):
-    chosen = training.defaults_for(n_train, n_users=n_train // 140)
+    chosen = kinds.defaults_for(n_train, n_users=n_train // 140)
     assert (chosen["dot"].bs, chosen["nn"].bs) == (dot_bs, nn_bs)
-    assert chosen["dot"].lazy and chosen["nn"].lazy and not chosen["topn"].lazy
+    assert chosen["dot"].lazy and chosen["nn"].lazy
     assert 64 <= chosen["topn"].bs <= 8192
 
 
@@ -108,14 +111,20 @@ def test_large_data_batches_follow_its_size_with_lazy_updates(n_train, dot_bs, n
 def test_the_nn_first_layer_is_as_wide_as_ranking_the_catalogue_affords(n_train, n_items, units):
     """A request ranks every title through the first layer: n_items x units activations, kept within a budget by
     halving, but not below 64 units (nor MovieLens 100k's 50 to 25)."""
-    chosen = training.defaults_for(n_train, n_users=n_train // 140, n_items=n_items)
+    chosen = kinds.defaults_for(n_train, n_users=n_train // 140, n_items=n_items)
     assert chosen["nn"].layers == (units,)
 
 
-def test_topn_refuses_lazy_updates():
-    with pytest.raises(training.DataError, match="leave out --set topn.lazy"):
-        training.check_settings("topn", training.ModelSettings(epochs=1, lr=1e-3, wd=0.0, bs=64, n_factors=8,
-                                                               lazy=True))
+def test_settings_are_refused_when_made():
+    """Each kind's settings check themselves: a model that cannot train is refused before any work."""
+    with pytest.raises(DataError, match="topn: history dropout must be at least 0 and below 1"):
+        dataclasses.replace(kinds.KINDS["topn"].small, embed_p=1.0)
+    with pytest.raises(DataError, match="nn: --bs must be at least 2"):
+        dataclasses.replace(kinds.KINDS["nn"].small, bs=1)
+    assert dataclasses.replace(kinds.KINDS["nn"].small, bs=1, batchnorm=False).bs == 1  # checked with all of it in
+    with pytest.raises(DataError, match="dot: --epochs must be at least 1"):
+        dataclasses.replace(kinds.KINDS["dot"].small, epochs=0)
+    assert "lazy" not in kinds.KINDS["topn"].Settings.names()  # a setting only the rating models have
 
 
 @pytest.mark.parametrize("batchnorm, lazy, dense_decayed", [(True, False, True), (False, False, False),
@@ -131,7 +140,7 @@ def test_the_nn_l2_falls_on_the_embeddings_but_in_fastais_own_recipe(synthetic_d
 
     split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
     users, items = vocab.from_ratings(split.train, split.valid)
-    settings = dataclasses.replace(training.DEFAULTS["nn"], epochs=1, bs=256, batchnorm=batchnorm, lazy=lazy)
+    settings = dataclasses.replace(kinds.KINDS["nn"].small, epochs=1, bs=256, batchnorm=batchnorm, lazy=lazy)
     fitted = training.fit(["nn"], {"nn": settings}, split.train, split.valid, users, items, (0.5, 5.5), 0,
                           log=lambda *_: None)["nn"]
     model, state = fitted.learner.model, fitted.learner.opt.state

@@ -1,0 +1,216 @@
+"""What every model kind is: settings that check themselves, defaults from the data's size, the tensors its weights
+file holds, its numpy scorer, its text for the card and the app, and how fastai fits it.
+
+The methods that train import torch and fastai inside themselves: serving reads the registry and never loads them.
+"""
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import ClassVar
+
+from ..errors import DataError
+
+# From LARGE_DATA training ratings up the defaults are the kind's `large` settings, with batch sizes that follow the
+# data's size (`large_batches`); below, its `small` ones tuned on MovieLens 100k (BENCHMARKS.md: training speed, scale).
+LARGE_DATA = 250_000
+MIN_STEPS_PER_EPOCH = 16  # the tuned batch sizes give MovieLens 100k 20 to 80 steps an epoch
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the book leaves to the user, for one model; refused when made if it cannot train."""
+
+    kind: ClassVar[str] = ""
+    epochs: int
+    lr: float
+    wd: float
+    bs: int
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        if self.epochs < 1:
+            raise DataError(f"{self.kind}: --epochs must be at least 1 (got {self.epochs})")
+        if self.bs < 1 or not 0 < self.lr < math.inf or not 0 <= self.wd < math.inf:
+            raise DataError(f"{self.kind}: --bs and --lr must be positive and --wd not negative "
+                            f"(got bs={self.bs}, lr={self.lr}, wd={self.wd})")
+        if not 0 < getattr(self, "sqr_mom", 0.5) < 1:  # Adam's beta2, which every kind fitted with Adam has
+            raise DataError(f"{self.kind}: sqr_mom must lie between 0 and 1 (got {self.sqr_mom})")
+
+    @classmethod
+    def names(cls):
+        return tuple(field.name for field in fields(cls))
+
+
+def batch_size(n, steps, smallest, largest):
+    """`n` / `steps` in a power of two within the bounds."""
+    return int(min(largest, max(smallest, 2 ** round(math.log2(max(n, 1) / steps)))))
+
+
+def positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_positive(settings, *names):
+    """Refuse a saved setting (config.json) in `names` that is not a whole number >= 1."""
+    for name in names:
+        if not positive_int(settings[name]):
+            raise ValueError(f"{name} must be a whole number >= 1 (got {settings[name]!r})")
+
+
+def float32(*shape):
+    return ("float32", shape)
+
+
+def rating_fit(s):
+    """The card's words for how a rating model was fitted."""
+    optimizer = ("lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
+                 if s.get("lazy") else "Adam")
+    return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with {optimizer} beta2 {s['sqr_mom']}, "
+            f"batch size {s['bs']}")
+
+
+class Kind:
+    """One kind of model. Subclasses set the class attributes and the methods marked per kind."""
+
+    name = ""           # config.json's key, the weights file's stem, `--models` and `model=`
+    label = ""          # what the app calls it
+    architecture = ""   # the module's class, as config.json records it
+    Settings = Settings
+    Scorer = None       # hfcf.scoring.Scorer subclass: the numpy forward pass over the saved weights
+    small = large = None  # default Settings below and from LARGE_DATA training ratings (`large`'s bs: see defaults)
+    large_batches = (100, 32, 65536)  # (steps an epoch, smallest, largest batch) from LARGE_DATA
+    predicts_ratings = True   # scores are ratings on the model's scale (else: how likely a title is chosen)
+    encodes_history = False   # a user's scores are a function of their ratings, so fold-in is exact
+    has_biases = False        # a per-title bias worth showing (the book's "not your kind of movie" list)
+    has_item_vectors = True   # item embeddings for similar titles and the PCA map
+
+    @property
+    def score_name(self):
+        """The column its scores go in."""
+        return "predicted" if self.predicts_ratings else "score"
+
+    @property
+    def weights_file(self):
+        return f"{self.name}.safetensors"
+
+    def defaults(self, n_train, n_users=None, n_items=None):
+        """Default settings for `n_train` training ratings (from `n_users` users, of `n_items` titles): below
+        LARGE_DATA `small` with its batch capped to leave MIN_STEPS_PER_EPOCH steps an epoch (a few thousand
+        ratings learnt nothing at the tuned batch sizes), from it `large` with a batch that follows the data."""
+        if n_train < LARGE_DATA:
+            return replace(self.small, bs=min(self.small.bs, max(32, n_train // MIN_STEPS_PER_EPOCH)))
+        return replace(self.large, bs=batch_size(self.batch_count(n_train, n_users), *self.large_batches))
+
+    def batch_count(self, n_train, n_users):
+        """What a batch counts: ratings."""
+        return n_train
+
+    def tensors(self, settings, n_users, n_items):
+        """{name: (dtype, shape)} its weights file must hold for these saved settings and vocab sizes; ValueError
+        (or KeyError, TypeError) when the settings cannot build the model."""
+        raise NotImplementedError
+
+    def scorer(self, weights, y_range):
+        return self.Scorer(weights, y_range)
+
+    def settings_text(self, settings):
+        """One line for the card and the app on how it was built and trained, from its config.json entry."""
+        raise NotImplementedError
+
+    def card_text(self, implicit):
+        """The card's bullet on what the model is (Markdown, after "- ")."""
+        raise NotImplementedError
+
+    def files_text(self):
+        """The card's description of its weights file."""
+        raise NotImplementedError
+
+    # --- training: fastai and torch are imported inside these ------------------------------------------------
+    def resolved(self, settings, users, items):
+        """Settings as saved in config.json (lists for tuples, rules such as fastai's embedding sizes applied)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(settings).items()}
+
+    def encode(self, frame, users, items, y_range):
+        """The training or held-out ratings in the form this kind's batches are cut from."""
+        raise NotImplementedError
+
+    def loaders(self, train, valid, settings, users, items, seed, world):
+        """Training batches (this rank's share of each, under torchrun) and held-out batches (all of them)."""
+        raise NotImplementedError
+
+    def learner(self, dls, settings, chosen, y_range):
+        """The fastai Learner, its optimizer made."""
+        raise NotImplementedError
+
+    def fit_wd(self, settings, dls):
+        """The `wd` that `fit_one_cycle` gets."""
+        return settings.wd
+
+    def export(self, learn, train, chosen, n_users):
+        """The trained weights under the names its scorer reads."""
+        raise NotImplementedError
+
+    def reference_module(self, settings, n_users, n_items, y_range):
+        """An untrained torch module of this kind from saved settings: the reference its scorer is checked against."""
+        raise NotImplementedError
+
+    def reference_scores(self, module, n_users, n_items):
+        """(users, items) scores of the torch module: what `Scorer.scores_for` must give."""
+        raise NotImplementedError
+
+
+class RatingKind(Kind):
+    """A model of (user, title) -> rating pairs, fitted on pre-encoded tensors with fastai's Adam (or LazyAdam)."""
+
+    def encode(self, frame, users, items, y_range):
+        from .. import training
+
+        return training.encode(frame, users, items)
+
+    def loaders(self, train, valid, settings, users, items, seed, world):
+        from ..training import CollabTensorLoaders, TensorBatches
+
+        return CollabTensorLoaders(TensorBatches(*train, settings.bs, shuffle=True, seed=seed, world=world),
+                                   TensorBatches(*valid, 8192, shuffle=False), users, items)
+
+    def common(self, settings, y_range):
+        """What every rating model's Learner takes: the rating range, the loss, the metric and the optimizer."""
+        from functools import partial
+
+        from fastai.metrics import rmse
+        from fastai.optimizer import Adam
+
+        from ..training import LazyAdam, mse
+
+        optimizer = LazyAdam if settings.lazy else Adam
+        return dict(y_range=y_range, loss_func=mse, metrics=rmse, opt_func=partial(optimizer, sqr_mom=settings.sqr_mom))
+
+    def make_learner(self, dls, settings, chosen, y_range):
+        """The fastai Learner for this kind, before its optimizer is made."""
+        raise NotImplementedError
+
+    def learner(self, dls, settings, chosen, y_range):
+        from ..training import sparse_embeddings
+
+        learn = self.make_learner(dls, settings, chosen, y_range)
+        if settings.lazy:
+            sparse_embeddings(learn.model)
+        learn.create_opt()
+        return learn
+
+    def fastai_names(self, chosen):
+        """fastai's state-dict key -> ours."""
+        raise NotImplementedError
+
+    def export(self, learn, train, chosen, n_users):
+        from .. import nn
+
+        return nn.from_fastai_keys(self.name, learn.model.state_dict(), self.fastai_names(chosen))
+
+    def reference_scores(self, module, n_users, n_items):
+        import torch
+
+        users, items = torch.arange(n_users).repeat_interleave(n_items), torch.arange(n_items).repeat(n_users)
+        with torch.no_grad():
+            return module(users, items).reshape(n_users, n_items).numpy()

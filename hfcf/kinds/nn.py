@@ -1,0 +1,286 @@
+"""The nn kind: fastai's `EmbeddingNN` (chapter 8 of the book), the user and title embeddings concatenated and passed
+through a small MLP."""
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..errors import DataError
+from ..scoring import Scorer, in_parallel
+from .base import RatingKind, Settings, check_positive, float32, positive_int, rating_fit
+
+BATCHNORM_EPS = 1e-5  # torch's BatchNorm1d default, which fastai's layers use
+RANKING_BLOCK = 1 << 18  # first-layer activations a ranking holds at once (1 MB: a core's cache)
+# The most first-layer activations a ranking of the whole catalogue should read (16 MB: a few ms on two threads,
+# within a request's budget); the default first layer is narrowed to fit, never below NN_NARROWEST units, whose cost
+# in accuracy is in BENCHMARKS.md, "The nn's width".
+NN_RANKING_BUDGET = 1 << 22
+NN_NARROWEST = 64
+_NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def affordable_width(units, n_items):
+    """`units` first-layer units, halved while ranking `n_items` titles would read more than NN_RANKING_BUDGET
+    activations and half would still be NN_NARROWEST or more."""
+    while units // 2 >= NN_NARROWEST and units * n_items > NN_RANKING_BUDGET:
+        units //= 2
+    return units
+
+
+@dataclass(frozen=True)
+class NeuralSettings(Settings):
+    kind = "nn"
+    layers: tuple = (50,)     # hidden layer sizes
+    user_size: int = 0        # embedding sizes; 0 means fastai's `emb_sz_rule`
+    item_size: int = 0
+    embed_p: float = 0.0      # dropout on the embeddings (training only)
+    batchnorm: bool = True    # BatchNorm after each hidden layer (fastai's default); off: Linear layers with biases
+    sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
+    lazy: bool = False        # `LazyAdam` on the embeddings, `wd` an L2 penalty per rating (see DotSettings)
+
+    def check(self):
+        super().check()
+        if self.batchnorm and self.bs < 2:
+            raise DataError(f"nn: --bs must be at least 2: its BatchNorm layers need two ratings a batch "
+                            f"(got {self.bs})")
+        if not self.layers or min(self.layers) < 1:
+            raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {self.layers})")
+        if not 0 <= self.embed_p < 1:
+            raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {self.embed_p})")
+
+
+class NeuralScorer(Scorer):
+    """`EmbeddingNN`: concatenated embeddings through Linear -> ReLU -> BatchNorm layers (or Linear with a bias ->
+    ReLU, `batchnorm: false`) and a linear output.
+
+    Its first layer is linear in the concatenated embeddings, so it is split into a user part and an item part (with
+    the layer's bias), projected once per table: scoring a user against every title is one pass over the item part
+    (see `_logit`) plus the rest of the network, and a newcomer's gradient flows only through those small layers.
+    BatchNorm in eval mode is an affine map, folded into the next layer's weights and bias: what is left is Linear
+    and ReLU.
+
+    Activations are held one column per (user, item) pair, as the projected tables are (width x rows): one user's
+    share of the first layer is then a column broadcast down the table's long rows (numpy does that at memory
+    speed; a row broadcast over 60k short rows ran at a third of it), and each layer is one matrix product.
+    """
+
+    def __init__(self, weights, y_range):
+        super().__init__(weights, y_range)
+        self.user_embedding = weights["user_embedding.weight"]
+        self.item_embedding = weights["item_embedding.weight"]
+        # (weight, bias) of each layer after the first, the output last, the previous layer's BatchNorm folded in:
+        # W @ (relu(x) * scale + shift) + b == (W * scale) @ relu(x) + (W @ shift + b).
+        self.layers = []
+        n_hidden = sum(key.endswith(".linear.weight") for key in weights)
+        for i in range(1, n_hidden + 1):
+            name = f"hidden.{i}.linear" if i < n_hidden else "output"
+            weight, bias = weights[f"{name}.weight"], weights.get(f"{name}.bias", np.zeros(1, np.float32))
+            if f"hidden.{i - 1}.norm.weight" in weights:
+                norm = {part: weights[f"hidden.{i - 1}.norm.{part}"] for part in ("weight", "bias", "running_mean",
+                                                                                 "running_var")}
+                scale = norm["weight"] / np.sqrt(norm["running_var"] + BATCHNORM_EPS)
+                weight, bias = weight * scale, bias + weight @ (norm["bias"] - norm["running_mean"] * scale)
+            self.layers.append((weight, bias[:, None]))
+        first, first_bias = weights["hidden.0.linear.weight"], weights.get("hidden.0.linear.bias", np.float32(0))
+        self.user_weight = first[:, :self.user_embedding.shape[1]]  # (first layer, user embedding size)
+        self.user_part = self.user_weight @ self.user_embedding.T  # (first layer, users)
+        self.item_part = first[:, self.user_embedding.shape[1]:] @ self.item_embedding.T + np.atleast_1d(
+            first_bias)[:, None]  # (first layer, items)
+
+    def head(self, first):
+        """The network from the first Linear's output (user part + item part, one column a pair) to the ratings;
+        overwrites `first` (every caller passes a sum made for it) rather than allocating the ReLU's output."""
+        return self.squash(self._logit(first)[0])
+
+    def _logit(self, first, shift=None, into=None):
+        """The output before the sigmoid, and every hidden layer's ReLU output: what backpropagation needs, as a
+        unit passes gradient where its output is positive. The first ReLU is taken into `into`, else in `first`.
+
+        With `shift` (the share of the first layer of one user, or one item: a column), `first` is a slice of the
+        other side's table, never written: the first "ReLU output" goes `into` a buffer as max(first, -shift),
+        which is relu(first + shift) - shift, so the sum is never formed (the table is read once, by one numpy
+        call) and the next layer's bias takes the `+ shift`."""
+        assert shift is None or into is not None, "with a shift, `first` is a table: give a buffer"
+        hidden = [np.maximum(first, 0 if shift is None else -shift, out=first if into is None else into)]
+        for i, (weight, bias) in enumerate(self.layers):
+            if i == 0 and shift is not None:
+                bias = bias + weight @ shift
+            out = weight @ hidden[-1] + bias
+            if i < len(self.layers) - 1:
+                hidden.append(np.maximum(out, 0, out=out))
+        return out[0], hidden
+
+    def _gradient(self, first, target):
+        """d/d(first) of the mean squared error of `head(first)` against `target`: backpropagation by hand."""
+        logit, hidden = self._logit(first)
+        predicted = self.squash(logit)
+        sigmoid = (predicted - self.low) / (self.high - self.low)
+        grad = ((2 / len(target)) * (predicted - target) * (self.high - self.low) * sigmoid * (1 - sigmoid))[None]
+        for (weight, _), below in zip(reversed(self.layers), reversed(hidden)):
+            grad = (weight.T @ grad) * (below > 0)
+        return grad
+
+    def _ranking(self, table, other):
+        """Scores of every column of `table` (the users' or the items' share of the first layer) against one
+        column `other` of the other side's share."""
+        scores = np.empty(table.shape[1], dtype=np.float32)
+        in_parallel(lambda start, end: self._score_range(table, other, scores, start, end), len(scores), table.size)
+        return scores
+
+    def _score_range(self, table, other, scores, start, end):
+        """Fill scores[start:end]: a block of columns at a time into one reused buffer, whose first-layer
+        activations (RANKING_BLOCK) stay in a core's cache. Ranking 10,000 users against 27k titles took 81 s in
+        blocks of 14 MB a user, 29 s in cache-sized ones."""
+        width = table.shape[0]
+        block = max(1, RANKING_BLOCK // width)
+        buffer = np.empty((width, min(block, end - start)), dtype=np.float32)
+        for low in range(start, end, block):
+            high = min(low + block, end)
+            scores[low:high] = self.squash(self._logit(table[:, low:high], other, into=buffer[:, :high - low])[0])
+
+    def user_scores(self, row):
+        return self._ranking(self.item_part, self.user_part[:, row:row + 1])
+
+    def scores_for(self, rows):
+        scores = np.empty((len(rows), self.item_part.shape[1]), dtype=np.float32)
+        for i, row in enumerate(rows):
+            scores[i] = self.user_scores(row)
+        return scores
+
+    def users_for_item(self, column):
+        return self._ranking(self.user_part, self.item_part[:, column:column + 1])
+
+    def pair_scores(self, user_rows, item_rows):
+        # np.take along the columns: fancy indexing there was 4-5x slower at 262k pairs
+        return self.head(np.take(self.user_part, user_rows, axis=1) + np.take(self.item_part, item_rows, axis=1))
+
+    def item_vectors(self):
+        return self.item_embedding
+
+    def fold_in(self, rows, ratings, l2, steps=200, lr=0.05, betas=(0.9, 0.999), eps=1e-8):
+        """200 Adam steps (torch's update rule) on a fresh user embedding, started at the mean user, with the
+        network frozen: the squared error on their ratings plus an L2 pull towards the start."""
+        start = self.user_embedding[1:].mean(0)
+        vector, target, item_part = start.copy(), np.asarray(ratings, dtype=np.float32), self.item_part[:, rows]
+        mean, square = np.zeros_like(vector), np.zeros_like(vector)
+        for step in range(1, steps + 1):
+            grad = self.user_weight.T @ self._gradient(item_part + (self.user_weight @ vector)[:, None], target).sum(1)
+            grad = grad + 2 * l2 * 1e-2 * (vector - start)
+            mean = betas[0] * mean + (1 - betas[0]) * grad
+            square = betas[1] * square + (1 - betas[1]) * grad * grad
+            denominator = np.sqrt(square) / np.sqrt(1 - betas[1] ** step) + eps
+            vector = vector - (lr / (1 - betas[0] ** step)) * mean / denominator
+        return vector, self._ranking(self.item_part, (self.user_weight @ vector)[:, None])
+
+
+class Neural(RatingKind):
+    """fastai `EmbeddingNN`, its embedding sizes from fastai's `emb_sz_rule` unless given."""
+
+    name, label, architecture = "nn", "neural net", "EmbeddingNN"
+    Settings, Scorer = NeuralSettings, NeuralScorer
+    small = NeuralSettings(epochs=16, lr=2e-2, wd=1.0, bs=4096, layers=(50,), user_size=32, item_size=32,
+                           embed_p=0.5)
+    # Dropout on the embeddings cost more accuracy than it saved at this size; the embeddings' L2 does the
+    # regularising (lazy: none on the dense layers). Five epochs, and batches of 1/400 of the ratings: the nn learns
+    # per step (BENCHMARKS.md, scale).
+    large = NeuralSettings(epochs=5, lr=3e-3, wd=0.1, bs=1024, layers=(128,), user_size=32, item_size=32,
+                           embed_p=0.0, lazy=True)
+    large_batches = (400, 1024, 16384)
+
+    def defaults(self, n_train, n_users=None, n_items=None):
+        """The first layer narrowed to what a ranking of `n_items` titles can afford (`affordable_width`)."""
+        chosen = super().defaults(n_train, n_users, n_items)
+        first, *rest = chosen.layers
+        return replace(chosen, layers=(affordable_width(first, n_items or 0), *rest))
+
+    def tensors(self, settings, n_users, n_items):
+        check_positive(settings, "user_size", "item_size")
+        if not (isinstance(settings["layers"], list) and settings["layers"] and all(map(positive_int, settings["layers"]))):
+            raise ValueError(f"layers must be a list of whole numbers >= 1 (got {settings['layers']!r})")
+        batchnorm = settings.get("batchnorm", True)  # absent from folders written before it was a setting
+        if not isinstance(batchnorm, bool):
+            raise ValueError(f"batchnorm must be true or false (got {batchnorm!r})")
+        sizes = [settings["user_size"] + settings["item_size"], *settings["layers"]]
+        found = {"user_embedding.weight": float32(n_users, settings["user_size"]),
+                 "item_embedding.weight": float32(n_items, settings["item_size"]),
+                 "output.weight": float32(1, sizes[-1]), "output.bias": float32(1)}
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            found[f"hidden.{i}.linear.weight"] = float32(n_out, n_in)
+            if batchnorm:
+                found.update({f"hidden.{i}.norm.{part}": float32(n_out)
+                              for part in ("weight", "bias", "running_mean", "running_var")})
+                found[f"hidden.{i}.norm.num_batches_tracked"] = ("int64", ())
+            else:
+                found[f"hidden.{i}.linear.bias"] = float32(n_out)
+        return found
+
+    def settings_text(self, s):
+        return (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
+                f"{s['layers']}{self._layers_note(s)}, {rating_fit(s)}")
+
+    @staticmethod
+    def _layers_note(s):
+        """Where the L2 falls when it is not fastai's weight decay on every layer (see `learner`)."""
+        if not s.get("batchnorm", True):
+            return " without BatchNorm (L2 on the embeddings only)"
+        return " (L2 on the embeddings only)" if s.get("lazy") else ""
+
+    def card_text(self, implicit):
+        return "**nn** — `EmbeddingNN` (chapter 8): the two embeddings concatenated and passed through a small MLP."
+
+    def files_text(self):
+        return "fastai `EmbeddingNN` (embeddings + MLP)"
+
+    # --- training -------------------------------------------------------------------------------------------
+    def resolved(self, settings, users, items):
+        from fastai.tabular.model import emb_sz_rule
+
+        chosen = super().resolved(settings, users, items)
+        chosen["user_size"] = settings.user_size or emb_sz_rule(len(users))
+        chosen["item_size"] = settings.item_size or emb_sz_rule(len(items))
+        return chosen
+
+    def make_learner(self, dls, settings, chosen, y_range):
+        from fastai.collab import collab_learner
+        from fastai.tabular.model import tabular_config
+
+        from ..training import fast_dropout
+
+        emb_szs = {"user": chosen["user_size"], "title": chosen["item_size"]}
+        config = tabular_config(bn_cont=False, use_bn=settings.batchnorm, embed_p=settings.embed_p)
+        learn = collab_learner(dls, use_nn=True, emb_szs=emb_szs, layers=list(settings.layers), config=config,
+                               **self.common(settings, y_range))
+        fast_dropout(learn.model)
+        return learn
+
+    def learner(self, dls, settings, chosen, y_range):
+        import torch
+
+        learn = super().learner(dls, settings, chosen, y_range)
+        # The L2 falls on the embeddings only, but for fastai's own recipe (its Adam and BatchNorm, as the book):
+        # without BatchNorm an L2 on the dense layers held the nn at the biases, and with lazy updates it cost 10
+        # points of signal at 5M (BENCHMARKS.md).
+        if settings.lazy or not settings.batchnorm:
+            for layer in learn.model.layers.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    for param in layer.parameters():
+                        learn.opt.state[param]["do_wd"] = False
+        return learn
+
+    def fastai_names(self, chosen):
+        """fastai TabularModel key -> ours (fastai's `EmbeddingNN` is a TabularModel built with `bn_cont=False`)."""
+        n_hidden, batchnorm = len(chosen["layers"]), chosen.get("batchnorm", True)
+        names = {"embeds.0.weight": "user_embedding.weight", "embeds.1.weight": "item_embedding.weight"}
+        for i in range(n_hidden):
+            names[f"layers.{i}.0.weight"] = f"hidden.{i}.linear.weight"
+            if batchnorm:
+                names.update({f"layers.{i}.2.{part}": f"hidden.{i}.norm.{part}" for part in _NORM_PARTS})
+            else:
+                names[f"layers.{i}.0.bias"] = f"hidden.{i}.linear.bias"
+        names.update({f"layers.{n_hidden}.0.weight": "output.weight", f"layers.{n_hidden}.0.bias": "output.bias"})
+        return names
+
+    def reference_module(self, settings, n_users, n_items, y_range):
+        from ..nn import NeuralModel
+
+        return NeuralModel(n_users, n_items, settings["user_size"], settings["item_size"], settings["layers"], y_range,
+                           settings.get("batchnorm", True))
