@@ -129,24 +129,29 @@ def checked(component):
     return component
 
 
-def build_demo(recommenders, note=""):
-    """The Blocks app for {kind: Recommender} (`space.load_recommenders`): any of topn, dot and nn."""
-    first = next(iter(recommenders.values()))
+class _Page:
+    """What every tab builds its widgets from: the served models and the helpers that make their inputs."""
 
-    def bound(fn):
+    def __init__(self, recommenders):
+        self.recommenders = recommenders
+        self.first = next(iter(recommenders.values()))
+        self.popular = self.first.search_titles("", 1)[0]
+
+    def bound(self, fn):
         """space.fn with the models bound; named and documented as fn for the API page."""
-        call = user_errors(functools.partial(fn, recommenders))
+        call = user_errors(functools.partial(fn, self.recommenders))
         call.__name__, call.__doc__ = fn.__name__, fn.__doc__
         return call
 
-    def model_picker(both=False):
-        choices = space.model_choices(recommenders, both)
+    def model_picker(self, both=False, item_vectors=False):
+        choices = space.model_choices(self.recommenders, both, item_vectors)
         return checked(gr.Radio(choices, value=choices[0][1], label="Model"))
 
-    def n_slider(label, maximum=MAX_N, value=10, minimum=1):
+    def n_slider(self, label, maximum=MAX_N, value=10, minimum=1):
         return checked(gr.Slider(minimum, maximum, value=min(value, maximum), step=1, precision=0, label=label))
 
-    def title_picker(label, value=None):
+    def title_picker(self, label, value=None):
+        first = self.first
         box = gr.Dropdown(first.search_titles("", 20), value=value, label=label, allow_custom_value=True,
                           filterable=True, info="type to search, then pick a title")
 
@@ -158,134 +163,176 @@ def build_demo(recommenders, note=""):
         box.key_up(suggest, None, box, queue=False, show_progress="hidden", api_visibility="private")
         return box
 
+    @staticmethod
     def table(label, value, **kwargs):
         return gr.Dataframe(value, label=label, interactive=False, max_height=420, **kwargs)
 
-    def rating_input():
+    def rating_input(self):
         """A newcomer's rating: a slider over the data's range, or a hidden 1 where the data had no ratings."""
-        if first.implicit:
+        if self.first.implicit:
             return gr.Number(IMPLICIT_RATING, label="Your rating", visible=False)
-        low, high = first.config["dataset"].get("rating_range", first.folder.y_range)
+        low, high = self.first.config["dataset"].get("rating_range", self.first.folder.y_range)
         return gr.Slider(low, high, value=min(high, max(low, 4)), step=0.5, label="Your rating")
 
-    popular = first.search_titles("", 1)[0]
+    @property
+    def has_item_vectors(self):
+        return bool(space.model_choices(self.recommenders, item_vectors=True))
+
+
+def build_demo(recommenders, note=""):
+    """The Blocks app for {kind: Recommender} (`space.load_recommenders`): any of the kinds of hfcf.kinds."""
+    page = _Page(recommenders)
     with gr.Blocks(title="hfcf: MovieLens recommendations", fill_width=True) as demo:
         gr.Markdown("# hfcf: collaborative filtering on MovieLens\n" + space.header(recommenders))
         if note:
             gr.Markdown(note, elem_id="note")
-
-        with gr.Tab("What to watch next", id="user"):
-            ids = [str(user) for user in first.users.ids()[:MAX_USER_CHOICES]]
-            with gr.Row():
-                user = gr.Dropdown(ids, value=ids[0], label="User", info=first.users.describe(),
-                                   allow_custom_value=True, filterable=True)
-                user_model = model_picker(both=True)
-                user_n = n_slider("Top picks")
-            user_go = gr.Button("Recommend", variant="primary")
-            summary, top, history, figure = space.rate_user(recommenders, ids[0], user_model.value, 10)
-            user_summary = gr.Markdown(summary)
-            user_top = table("Top picks they have not rated", top, wrap=True)
-            predicts = any(rec.rating_model for rec in recommenders.values())  # else there is nothing to plot
-            with gr.Row(equal_height=True):
-                user_history = table("What they rated, beside the model's prediction" if predicts else
-                                     "What they chose" if first.implicit else "What they rated", history, scale=3,
-                                     column_widths=["50%"])  # long titles would push the predictions out of view
-                user_plot = gr.Plot(figure, label="Actual vs predicted", scale=2, visible=predicts)
-            gr.on([user_go.click, user.input, user_model.input], bound(space.rate_user), [user, user_model, user_n],
-                  [user_summary, user_top, user_history, user_plot], api_name="rate_user", show_progress=PROGRESS)
-
-        with gr.Tab("Similar titles", id="similar"):
-            with gr.Row():
-                similar_title = title_picker("Title", popular)
-                similar_model = model_picker()
-                similar_n = n_slider("How many titles")
-            similar_go = gr.Button("Find similar titles", variant="primary")
-            summary, frame = space.similar(recommenders, popular, similar_model.value, 10)
-            similar_summary = gr.Markdown(summary)
-            similar_table = table("Nearest titles", frame)
-            gr.on([similar_go.click, similar_title.input], bound(space.similar),
-                  [similar_title, similar_model, similar_n], [similar_summary, similar_table], api_name="similar", show_progress=PROGRESS)
-
-        with gr.Tab("New here? Pick a few titles" if first.implicit else "New here? Rate a few movies",
-                    id="newcomer"):
-            with gr.Row():
-                new_title = title_picker("A title you chose" if first.implicit else "A movie you have seen")
-                new_rating = checked(rating_input())
-            with gr.Row():
-                new_add = gr.Button("Add it" if first.implicit else "Add rating")
-                new_clear = gr.Button("Clear")
-            new_ratings = checked(gr.Dataframe(space.ratings_table(None), label="Your ratings (edit them here too)",
-                                               headers=space.NEWCOMER_COLUMNS, datatype=["str", "number"],
-                                               interactive=True, max_height=300))
-            with gr.Row():
-                new_model = model_picker()
-                new_n = n_slider("Picks for you")
-            new_go = gr.Button("Recommend for me", variant="primary")
-            new_summary = gr.Markdown("Add one or more movies you have seen, then ask for recommendations.")
-            new_table = table("Your top picks", None, headers=["title", "predicted"], wrap=True)
-            new_add.click(bound(space.add_rating), [new_ratings, new_title, new_rating], new_ratings,
-                          api_name="add_rating", show_progress=PROGRESS)
-            new_clear.click(lambda: space.ratings_table(None), None, new_ratings, api_name="clear_ratings")
-            new_go.click(bound(space.newcomer), [new_ratings, new_model, new_n], [new_summary, new_table],
-                         api_name="newcomer", show_progress=PROGRESS)
-
-        with gr.Tab("Inside the model", id="inside"):
-            text, metrics, ranking = space.model_info(recommenders)
-            gr.Markdown(text)
-            if not metrics.empty:
-                table("Held-out rating error (from the model card)", metrics)
-            if not ranking.empty:
-                table("Held-out top-10 quality (from the model card)", ranking)
-            if "dot" in recommenders:
-                gr.Markdown("### Title biases (dot model)\nA high bias: people rate it well even if it is not "
-                            "their kind of movie. A low bias: disliked even by those who like its kind.")
-                highest, lowest = space.biases(recommenders, 10)
-                with gr.Row():
-                    bias_n = n_slider("Titles per list", value=10)
-                    bias_go = gr.Button("Show biases")
-                with gr.Row():
-                    bias_high = table("Highest bias", highest)
-                    bias_low = table("Lowest bias", lowest)
-                bias_go.click(bound(space.biases), bias_n, [bias_high, bias_low], api_name="biases", show_progress=PROGRESS)
-
-            gr.Markdown("### The map of the most-rated titles\nTheir item embeddings projected on the top "
-                        "principal components (the book's PCA plot); hover for titles.")
-            with gr.Row():
-                map_model = model_picker()
-                map_n = n_slider("Titles on the map", maximum=min(300, len(first.items) - 1), value=50, minimum=2)
-                map_go = gr.Button("Draw the map")
-            figure, frame = space.embedding_map(recommenders, map_model.value, map_n.value)
-            map_plot = gr.Plot(figure, label="Embedding map")
-            with gr.Accordion("Map data", open=False):
-                map_table = table("Coordinates", frame)
-            map_go.click(bound(space.embedding_map), [map_model, map_n], [map_plot, map_table],
-                         api_name="embedding_map", show_progress=PROGRESS)
-
-            gr.Markdown("### Who would like it?")
-            with gr.Row():
-                who_title = title_picker("Movie", popular)
-                who_model = model_picker()
-                who_n = n_slider("How many users")
-            who_go = gr.Button("Find users")
-            summary, frame = space.who_would_like(recommenders, popular, who_model.value, 10)
-            who_summary = gr.Markdown(summary)
-            who_table = table("Users predicted to rate it highest", frame)
-            gr.on([who_go.click, who_title.input], bound(space.who_would_like), [who_title, who_model, who_n],
-                  [who_summary, who_table], api_name="who_would_like", show_progress=PROGRESS)
-
-        @user_errors
-        def suggest_titles(query: str, limit: int = 10) -> list[str]:
-            """Titles matching `query` for a search box, best first (up to 50)."""
-            return space.suggest_titles(recommenders, query, limit)
-
-        def model_info() -> dict:
-            """The served model: source, commit, dataset and the card's held-out metrics."""
-            return {"source": space.served_name(first), "revision": first.revision, "models": list(recommenders),
-                    "dataset": first.config["dataset"]["name"], "metrics": first.config["metrics"]}
-
-        gr.api(suggest_titles, api_name="suggest_titles")
-        gr.api(model_info, api_name="model_info")
+        user_tab(page)
+        if page.has_item_vectors:
+            similar_tab(page)
+        newcomer_tab(page)
+        inside_tab(page)
+        api(page)
     return demo
+
+
+def user_tab(page):
+    """What to watch next for a user of the model, beside what they rated."""
+    first, recommenders = page.first, page.recommenders
+    with gr.Tab("What to watch next", id="user"):
+        ids = [str(user) for user in first.users.ids()[:MAX_USER_CHOICES]]
+        with gr.Row():
+            user = gr.Dropdown(ids, value=ids[0], label="User", info=first.users.describe(),
+                               allow_custom_value=True, filterable=True)
+            user_model = page.model_picker(both=True)
+            user_n = page.n_slider("Top picks")
+        user_go = gr.Button("Recommend", variant="primary")
+        summary, top, history, figure = space.rate_user(recommenders, ids[0], user_model.value, 10)
+        user_summary = gr.Markdown(summary)
+        user_top = page.table("Top picks they have not rated", top, wrap=True)
+        predicts = any(rec.rating_model for rec in recommenders.values())  # else there is nothing to plot
+        with gr.Row(equal_height=True):
+            user_history = page.table("What they rated, beside the model's prediction" if predicts else
+                                      "What they chose" if first.implicit else "What they rated", history, scale=3,
+                                      column_widths=["50%"])  # long titles would push the predictions out of view
+            user_plot = gr.Plot(figure, label="Actual vs predicted", scale=2, visible=predicts)
+        gr.on([user_go.click, user.input, user_model.input], page.bound(space.rate_user), [user, user_model, user_n],
+              [user_summary, user_top, user_history, user_plot], api_name="rate_user", show_progress=PROGRESS)
+
+
+def similar_tab(page):
+    """The titles nearest to one by their item embeddings."""
+    with gr.Tab("Similar titles", id="similar"):
+        with gr.Row():
+            similar_title = page.title_picker("Title", page.popular)
+            similar_model = page.model_picker(item_vectors=True)
+            similar_n = page.n_slider("How many titles")
+        similar_go = gr.Button("Find similar titles", variant="primary")
+        summary, frame = space.similar(page.recommenders, page.popular, similar_model.value, 10)
+        similar_summary = gr.Markdown(summary)
+        similar_table = page.table("Nearest titles", frame)
+        gr.on([similar_go.click, similar_title.input], page.bound(space.similar),
+              [similar_title, similar_model, similar_n], [similar_summary, similar_table], api_name="similar",
+              show_progress=PROGRESS)
+
+
+def newcomer_tab(page):
+    """Picks for someone not in the model, from a few titles they rate here."""
+    implicit = page.first.implicit
+    with gr.Tab("New here? Pick a few titles" if implicit else "New here? Rate a few movies", id="newcomer"):
+        with gr.Row():
+            new_title = page.title_picker("A title you chose" if implicit else "A movie you have seen")
+            new_rating = checked(page.rating_input())
+        with gr.Row():
+            new_add = gr.Button("Add it" if implicit else "Add rating")
+            new_clear = gr.Button("Clear")
+        new_ratings = checked(gr.Dataframe(space.ratings_table(None), label="Your ratings (edit them here too)",
+                                           headers=space.NEWCOMER_COLUMNS, datatype=["str", "number"],
+                                           interactive=True, max_height=300))
+        with gr.Row():
+            new_model = page.model_picker()
+            new_n = page.n_slider("Picks for you")
+        new_go = gr.Button("Recommend for me", variant="primary")
+        new_summary = gr.Markdown("Add one or more movies you have seen, then ask for recommendations.")
+        new_table = page.table("Your top picks", None, headers=["title", "predicted"], wrap=True)
+        new_add.click(page.bound(space.add_rating), [new_ratings, new_title, new_rating], new_ratings,
+                      api_name="add_rating", show_progress=PROGRESS)
+        new_clear.click(lambda: space.ratings_table(None), None, new_ratings, api_name="clear_ratings")
+        new_go.click(page.bound(space.newcomer), [new_ratings, new_model, new_n], [new_summary, new_table],
+                     api_name="newcomer", show_progress=PROGRESS)
+
+
+def inside_tab(page):
+    """The card's figures, the title biases, the embedding map and who would like a title."""
+    recommenders, first = page.recommenders, page.first
+    with gr.Tab("Inside the model", id="inside"):
+        text, metrics, ranking = space.model_info(recommenders)
+        gr.Markdown(text)
+        if not metrics.empty:
+            page.table("Held-out rating error (from the model card)", metrics)
+        if not ranking.empty:
+            page.table("Held-out top-10 quality (from the model card)", ranking)
+        if first.bias_model:
+            gr.Markdown(f"### Title biases ({first.bias_model} model)\nA high bias: people rate it well even if it is "
+                        "not their kind of movie. A low bias: disliked even by those who like its kind.")
+            highest, lowest = space.biases(recommenders, 10)
+            with gr.Row():
+                bias_n = page.n_slider("Titles per list", value=10)
+                bias_go = gr.Button("Show biases")
+            with gr.Row():
+                bias_high = page.table("Highest bias", highest)
+                bias_low = page.table("Lowest bias", lowest)
+            bias_go.click(page.bound(space.biases), bias_n, [bias_high, bias_low], api_name="biases",
+                          show_progress=PROGRESS)
+        if page.has_item_vectors:
+            embedding_map(page)
+        who_would_like(page)
+
+
+def embedding_map(page):
+    gr.Markdown("### The map of the most-rated titles\nTheir item embeddings projected on the top "
+                "principal components (the book's PCA plot); hover for titles.")
+    with gr.Row():
+        map_model = page.model_picker(item_vectors=True)
+        map_n = page.n_slider("Titles on the map", maximum=min(300, len(page.first.items) - 1), value=50, minimum=2)
+        map_go = gr.Button("Draw the map")
+    figure, frame = space.embedding_map(page.recommenders, map_model.value, map_n.value)
+    map_plot = gr.Plot(figure, label="Embedding map")
+    with gr.Accordion("Map data", open=False):
+        map_table = page.table("Coordinates", frame)
+    map_go.click(page.bound(space.embedding_map), [map_model, map_n], [map_plot, map_table],
+                 api_name="embedding_map", show_progress=PROGRESS)
+
+
+def who_would_like(page):
+    gr.Markdown("### Who would like it?")
+    with gr.Row():
+        who_title = page.title_picker("Movie", page.popular)
+        who_model = page.model_picker()
+        who_n = page.n_slider("How many users")
+    who_go = gr.Button("Find users")
+    summary, frame = space.who_would_like(page.recommenders, page.popular, who_model.value, 10)
+    who_summary = gr.Markdown(summary)
+    who_table = page.table("Users predicted to rate it highest", frame)
+    gr.on([who_go.click, who_title.input], page.bound(space.who_would_like), [who_title, who_model, who_n],
+          [who_summary, who_table], api_name="who_would_like", show_progress=PROGRESS)
+
+
+def api(page):
+    """The endpoints that are not a tab's."""
+    recommenders, first = page.recommenders, page.first
+
+    @user_errors
+    def suggest_titles(query: str, limit: int = 10) -> list[str]:
+        """Titles matching `query` for a search box, best first (up to 50)."""
+        return space.suggest_titles(recommenders, query, limit)
+
+    def model_info() -> dict:
+        """The served model: source, commit, dataset and the card's held-out metrics."""
+        return {"source": space.served_name(first), "revision": first.revision, "models": list(recommenders),
+                "dataset": first.config["dataset"]["name"], "metrics": first.config["metrics"]}
+
+    gr.api(suggest_titles, api_name="suggest_titles")
+    gr.api(model_info, api_name="model_info")
 
 
 def parse_args(argv=None):
