@@ -15,9 +15,8 @@ import os
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # off unless the user turned it on
-# One OpenBLAS thread unless told otherwise: on a small, busy CPU box, its threads spin against each other (the
-# PCA map's SVD took 0.7 s with 2 OpenBLAS threads here, 4 ms with 1). A ranking over a large catalogue is split
-# between two threads by hfcf.scoring itself (memory-bound work, no spinning).
+# One OpenBLAS thread unless told otherwise: on a small, busy CPU box its threads spin against each other (the PCA
+# map's SVD ran 100x slower on two); hfcf.scoring shares a large ranking between two threads itself.
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 

@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 PAIRS_PER_CHUNK = 1 << 18  # pairwise predictions in chunks: bounded memory at millions of held-out ratings
-# Scoring every title for one request reads a whole item table (the top-N model's 60k x 128 outputs are 30 MB, its
-# unit vectors for `similar` 60 MB), which one core of a busy 2-core box reads in 1.4-9 ms. From this many elements
-# (~16k titles x 128) two threads share the work.
+# A request that reads a whole item table of this many elements (~16k titles x 128) or more is shared by two threads:
+# one core alone takes milliseconds over a 60k-title one (BENCHMARKS.md, "Recommender latency").
 PARALLEL_FROM = 1 << 21
 THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 

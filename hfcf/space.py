@@ -283,7 +283,7 @@ def _actual_vs_predicted(history, user, kinds, low, high):
 
 
 def similar(recommenders, title, model=None, n=10):
-    """(summary, nearest titles with cosine similarity and, when the folder has a model with biases, each one's bias)."""
+    """(summary, nearest titles with cosine similarity and, when the folder has a model with biases, their biases)."""
     recommender = recommenders[_kinds(recommenders, model)[0]]
     frame = recommender.similar(title, n)
     biased = recommender.bias_model

@@ -10,7 +10,7 @@ from typing import ClassVar
 from ..errors import DataError
 
 # From LARGE_DATA training ratings up the defaults are the kind's `large` settings, with batch sizes that follow the
-# data's size (`large_batches`); below, its `small` ones tuned on MovieLens 100k (BENCHMARKS.md: training speed, scale).
+# data's size (`large_batches`); below, its `small` ones tuned on MovieLens 100k (BENCHMARKS.md, "Scale").
 LARGE_DATA = 250_000
 MIN_STEPS_PER_EPOCH = 16  # the tuned batch sizes give MovieLens 100k 20 to 80 steps an epoch
 
