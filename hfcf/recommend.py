@@ -293,8 +293,7 @@ class Recommender:
     def _rating_scorer(self):
         if self.rating is None:
             why = " (it was trained on data without ratings)" if self.implicit else ""
-            raise DataError(f"predicted ratings come from a {rating_names('or')} model, and this "
-                            f"repo has only "
+            raise DataError(f"predicted ratings come from a {rating_names('or')} model, and this repo has only "
                             f"{', '.join(sorted(self.folder.weights))}{why}; rank titles with recommend() or "
                             "similar() instead")
         return self.rating
