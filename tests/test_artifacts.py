@@ -196,3 +196,16 @@ def test_the_card_says_where_the_nn_l2_falls(batchnorm, lazy, note):
                 "lazy": lazy, "epochs": 5, "lr": 0.003, "wd": 0.1, "sqr_mom": 0.99, "bs": 8192}
     line = card.settings_text("nn", settings)
     assert f"layers [128]{note}, " in line
+
+
+def test_a_folder_in_an_older_hfcfs_shape_still_loads_and_serves(folder):
+    """Format version 1 as hfcf first wrote it: no `batchnorm` in the nn's entry (it had BatchNorm), no record of
+    the settings in the weights' metadata, no vocab hash."""
+    for kind in ("dot", "nn", "topn"):
+        edit_settings(folder, lambda entry: entry.pop("batchnorm", None), kind)
+    edit_json(folder / "config.json", lambda c: c.pop("vocab_sha256"))
+    loaded = artifacts.load(folder)
+    assert "batchnorm" not in loaded.config["models"]["nn"] and "hidden.0.norm.weight" in loaded.weights["nn"]
+    for kind in loaded.weights:
+        rec = Recommender(loaded, kind)
+        assert len(rec.recommend(rec.users.ids()[0], 5)) == 5
