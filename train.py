@@ -78,7 +78,7 @@ def parser():
                        help=f"comma-separated, from {', '.join(KINDS)} (default: all; {' and '.join(choosers)} alone "
                        f"for data without ratings): {' and '.join(choosers)} ranks what to watch next, "
                        f"{' and '.join(raters)} predict ratings")
-    model.add_argument("--epochs", type=int, help="epochs of fit_one_cycle")
+    model.add_argument("--epochs", type=int, help="epochs of fit_one_cycle (default: chosen by the data on a held-out share of the training data)")
     model.add_argument("--factors", type=int, help=f"{' and '.join(having('n_factors'))} models: latent factors")
     model.add_argument("--layers", type=comma_list(int),
                        help=f"{' and '.join(having('layers'))} model: hidden layer sizes, e.g. 100,50")
@@ -162,6 +162,8 @@ def table_columns(args):
 def check_args(args):
     """Refuse bad flag combinations before loading data or training."""
     models = args.models
+    if args.epochs is not None and args.epochs < 1:  # 0 is how settings say "chosen by the data": leave out --epochs
+        raise DataError(f"--epochs must be at least 1 (got {args.epochs}); leave it out to have the data choose")
     if models is not None and (set(models) - set(KINDS) or not models or len(set(models)) != len(models)):
         raise DataError(f"--models takes one or more of {','.join(KINDS)}, each once (got {','.join(models)})")
     if args.y_range is not None and (len(args.y_range) != 2 or not args.y_range[0] < args.y_range[1]):

@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import DataError
 from .kinds import KINDS, preferred
+from .kinds.base import epochs_text
 
 RANKING_K = 10  # the cut-off of the ranking metrics on the card
 RENDER_INSTEAD = "delete README.md to publish the card hfcf renders from config.json"  # what fixes a bad card
@@ -32,7 +33,8 @@ def project_url():
 
 def settings_text(kind, settings):
     """One line describing how a model was built and trained, from its config.json entry."""
-    return KINDS[kind].settings_text(settings)
+    epochs = epochs_text(settings)
+    return KINDS[kind].settings_text(settings) + (f"; {epochs}" if epochs else "")
 
 
 def render_card(config, repo_id=None, example=None):

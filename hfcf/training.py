@@ -29,7 +29,7 @@ from fastai.torch_core import set_seed
 
 from . import distributed, scoring
 from . import nn as hfnn
-from .errors import HfcfError
+from .errors import DataError, HfcfError
 from .kinds import KINDS
 
 
@@ -188,6 +188,21 @@ class Histories:
         positions = torch.arange(int(lengths.sum())) - torch.repeat_interleave(offsets, lengths)
         flat = torch.repeat_interleave(starts, lengths) + positions
         return self.items[flat], self.weights[flat], offsets
+
+    def split(self, share, rng):
+        """(kept, held out): a random `share` of each user's titles (rounded up; none of a user's only title)."""
+        lengths = self.lengths().numpy()
+        owners = np.repeat(np.arange(len(lengths)), lengths)
+        shuffled = np.lexsort((rng.random(len(owners)), owners))  # each user's titles in a random order
+        position = np.arange(len(owners)) - np.repeat(self.starts[:-1].numpy(), lengths)
+        held = np.zeros(len(owners), dtype=bool)
+        held[shuffled] = position < np.where(lengths > 1, np.ceil(share * lengths), 0)[owners]
+        return self._select(~held, owners), self._select(held, owners)
+
+    def _select(self, keep, owners):
+        starts = np.concatenate([[0], np.cumsum(np.bincount(owners[keep], minlength=len(self.starts) - 1))])
+        mask = torch.from_numpy(keep)
+        return Histories(torch.as_tensor(starts, dtype=torch.long), self.items[mask], self.weights[mask])
 
     def to(self, device):
         return Histories(self.starts.to(device), self.items.to(device), self.weights.to(device))
@@ -368,15 +383,43 @@ class ReleaseFreedMemory(Callback):
         release_freed_memory()
 
 
-def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print, world=distributed.SINGLE):
-    """Fit one model with fastai's `fit_one_cycle` on data from its recipe's `encode`; refuses a diverged loss.
+INNER_SHARE = 0.1  # of the training data, held out to choose the epochs on (ratings; top-N: each user's titles)
+CYCLE_GROWTH = 0.5  # each one-cycle run of the search adds this share of the epochs run so far (at least one)
+FIRST_STEPS = 64    # the search's first run takes at least this many steps: fewer leave Adam's models near their start
 
-    Only the callbacks that fitting needs are kept: every callback is called for every event of every batch,
-    `CastToTensor` has nothing to cast from plain tensors, and a NaN loss is caught after fitting (the final
-    metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch. Under torchrun every
-    rank runs this with the same seed (so the same initial weights); only rank 0 logs.
+
+def _inner_figure(learn, metric):
+    names = [name.lstrip("_") for name in learn.recorder.metric_names[1:]]
+    value = learn.recorder.values[-1][names.index(metric)] if learn.recorder.values else None
+    return float(value) if value is not None else math.nan
+
+
+def choose_epochs(learn, recipe, settings, wd):
+    """How many epochs of `fit_one_cycle` this data wants: (epochs, inner figure, [(epochs, figure), ...]).
+
+    One-cycle runs follow each other on the Learner (its fitted-on data is the inner split): the first of at
+    least FIRST_STEPS steps, each next one adding half the epochs run so far, so that every candidate length ends
+    annealed; the search stops at the first run that does not beat the best figure on the held-out slice, or at
+    `max_epochs`. The cost is about 1.5x the chosen epochs, whatever the data's size.
     """
-    recipe = KINDS[kind]
+    sign = 1 if recipe.inner_lower_is_better else -1
+    best, best_epochs, total, tried = math.inf, 0, 0, []
+    first = math.ceil(FIRST_STEPS / max(len(learn.dls.train), 1))
+    while total < settings.max_epochs:
+        length = min(max(1, math.ceil(total * CYCLE_GROWTH)) if total else first, settings.max_epochs - total)
+        learn.fit_one_cycle(length, settings.lr, wd=wd)
+        total += length
+        figure = _inner_figure(learn, recipe.inner_metric)
+        tried.append((total, round(figure, 4)))
+        if not sign * figure < best:  # no better (or not finite): longer runs are not worth their cost
+            break
+        best, best_epochs = sign * figure, total
+    return best_epochs, sign * best, tried
+
+
+def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world):
+    """A fastai Learner for `recipe` on (train, valid), with only the callbacks that fitting needs: every callback
+    is called for every event of every batch, and `CastToTensor` has nothing to cast from plain tensors."""
     set_seed(seed, reproducible=True)
     dls = recipe.loaders(train, valid, settings, users, items, seed, world)
     chosen = recipe.resolved(settings, users, items)
@@ -391,12 +434,42 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     if not world.is_main or not sys.stderr.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = _epoch_logger(kind, learn, log if world.is_main else lambda *_: None)
-    wd = recipe.fit_wd(settings, dls)
+    return learn, chosen, recipe.fit_wd(settings, dls)
+
+
+def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print, world=distributed.SINGLE):
+    """Fit one model with fastai's `fit_one_cycle` on data from its recipe's `encode`; refuses a diverged loss.
+
+    With `settings.epochs` 0 (the default), the number of epochs is chosen by the data: INNER_SHARE of the
+    training data is held out and `choose_epochs` searches one-cycle lengths on the rest; then the model is
+    fitted afresh on all the training data for the chosen count (`valid`, the evaluation's held-out data, is
+    only logged, never chosen on). A NaN loss is caught after fitting (the final metrics come out non-finite)
+    rather than by `TerminateOnNaNCallback` on each batch. Under torchrun every rank runs this with the same
+    seed (the same initial weights and inner slice); only rank 0 logs.
+    """
+    recipe = KINDS[kind]
     start = time.perf_counter()
-    learn.fit_one_cycle(settings.epochs, settings.lr, wd=wd)
+    epochs, how = settings.epochs, None
+    if not epochs:
+        fitted_on, held_out = recipe.inner_split(train, INNER_SHARE, np.random.default_rng(seed + 1))
+        if recipe.inner_size(held_out) == 0:
+            raise DataError(f"{kind}: too few ratings to hold out a share to choose the epochs on; pass --epochs")
+        learn, _, wd = _learner(recipe, kind, settings, fitted_on, held_out, users, items, y_range, seed,
+                                lambda line: log(f"choosing epochs: {line}"), world)
+        epochs, figure, tried = choose_epochs(learn, recipe, settings, wd)
+        del learn, fitted_on, held_out
+        if not epochs:
+            raise HfcfError(f"{kind}: training diverged (the loss became NaN or infinite); lower --lr or raise --wd")
+        how = {"on": recipe.inner_description, "share": INNER_SHARE, "metric": recipe.inner_metric,
+               "figure": round(figure, 4), "tried": tried, "max_epochs": settings.max_epochs}
+        log(f"{kind}: {epochs} epochs chosen ({recipe.inner_metric} {figure:.4f} on {INNER_SHARE:.0%} held out "
+            "of the training data); fitting on all of it")
+    learn, chosen, wd = _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world)
+    learn.fit_one_cycle(epochs, settings.lr, wd=wd)
     seconds = time.perf_counter() - start
+    chosen.update(epochs=epochs, epochs_chosen=how)  # None: the count was asked for
     history = [[float(v) if v is not None else math.nan for v in values] for values in learn.recorder.values]
-    if len(history) < settings.epochs or not math.isfinite(history[-1][0]) or \
+    if len(history) < epochs or not math.isfinite(history[-1][0]) or \
             (learn.recorder.valid_metrics and not all(map(math.isfinite, history[-1]))):
         raise HfcfError(f"{kind}: training diverged (the loss became NaN or infinite); lower --lr or raise --wd")
     learn.model.eval()

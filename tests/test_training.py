@@ -87,8 +87,10 @@ def test_lazy_adam_on_a_dense_parameter_is_adam_with_l2():
 
 
 def test_small_data_keeps_the_tuned_defaults_with_batches_capped():
-    small = kinds.defaults_for(80_000)
-    assert small == {name: kind.small for name, kind in kinds.KINDS.items()}  # MovieLens 100k's, untouched
+    small = kinds.defaults_for(80_000, n_users=943)
+    assert {kind: small[kind] for kind in ("dot", "nn")} == {kind: kinds.KINDS[kind].small for kind in ("dot", "nn")}
+    assert small["topn"] == dataclasses.replace(kinds.KINDS["topn"].small, bs=123)  # 4 sqrt(943) users a batch
+    assert all(settings.epochs == 0 for settings in small.values())  # every model's epochs chosen by the data
     tiny = kinds.defaults_for(4_800)
     assert all(settings.bs <= 300 for settings in tiny.values())
     assert not any(getattr(settings, "lazy", False) for settings in tiny.values())
@@ -123,7 +125,9 @@ def test_settings_are_refused_when_made():
         dataclasses.replace(kinds.KINDS["nn"].small, bs=1)
     assert dataclasses.replace(kinds.KINDS["nn"].small, bs=1, batchnorm=False).bs == 1  # checked with all of it in
     with pytest.raises(DataError, match="dot: --epochs must be at least 1"):
-        dataclasses.replace(kinds.KINDS["dot"].small, epochs=0)
+        dataclasses.replace(kinds.KINDS["dot"].small, epochs=0, max_epochs=0)
+    with pytest.raises(DataError, match="dot: --epochs must be at least 1"):
+        dataclasses.replace(kinds.KINDS["dot"].small, epochs=-1)
     assert "lazy" not in kinds.KINDS["topn"].Settings.names()  # a setting only the rating models have
 
 
@@ -147,3 +151,84 @@ def test_the_nn_l2_falls_on_the_embeddings_but_in_fastais_own_recipe(synthetic_d
     dense = [layer.weight for layer in model.layers.modules() if isinstance(layer, torch.nn.Linear)]  # biases: never
     assert dense and all(state[p].get("do_wd", True) is dense_decayed for p in dense)
     assert all(state[p].get("do_wd", True) for p in model.embeds.parameters())
+
+
+@pytest.mark.parametrize("n_users", [100, 943, 10_000, 15_000, 160_000, 10_000_000])
+def test_the_topn_batch_follows_the_users_smoothly(n_users):
+    """No step at any size: one more user never moves the batch by more than one, and the steps an epoch grow."""
+    bs, next_bs = kinds.KINDS["topn"].batch(n_users), kinds.KINDS["topn"].batch(n_users + 1)
+    assert 0 <= next_bs - bs <= 1 and 32 <= bs <= 8192
+    assert n_users / kinds.KINDS["topn"].batch(n_users) <= 4 * n_users / kinds.KINDS["topn"].batch(4 * n_users)
+
+
+class ScriptedLearner:
+    """Stands in for a fastai Learner whose held-out figure after each one-cycle run is known in advance."""
+
+    def __init__(self, figures, steps=100):
+        self.figures, self.runs = list(figures), []
+        self.dls = type("dls", (), {"train": range(steps)})()
+        self.recorder = type("recorder", (), {"metric_names": ["epoch", "train_loss", "valid_loss", "_rmse", "time"],
+                                              "values": []})()
+
+    def fit_one_cycle(self, epochs, lr, wd=None):
+        self.runs.append(epochs)
+        self.recorder.values = [[0.0, 0.0, self.figures.pop(0)]] * epochs
+
+
+def test_choose_epochs_keeps_the_best_run_and_stops_at_the_first_that_is_no_better():
+    recipe = kinds.KINDS["dot"]
+    settings = kinds.KINDS["dot"].small
+    learn = ScriptedLearner([1.0, 0.95, 0.9, 0.92, 0.5])
+    epochs, figure, tried = training.choose_epochs(learn, recipe, settings, wd=0.0)
+    assert learn.runs == [1, 1, 1, 2]  # 64 steps at 100 a batch: one epoch first, then half the epochs so far
+    assert (epochs, figure) == (3, 0.9) and tried == [(1, 1.0), (2, 0.95), (3, 0.9), (5, 0.92)]
+
+
+def test_choose_epochs_takes_at_least_its_first_steps_and_stops_at_max_epochs():
+    settings = dataclasses.replace(kinds.KINDS["topn"].small, max_epochs=20)
+    learn = ScriptedLearner([0.1, 0.2, 0.3, 0.4], steps=8)
+    learn.recorder.metric_names = ["epoch", "train_loss", "valid_loss", "precision@10", "time"]
+    epochs, figure, tried = training.choose_epochs(learn, kinds.KINDS["topn"], settings, wd=0.0)
+    assert learn.runs == [8, 4, 6, 2]  # 8 epochs of 8 steps first; the last run stops at max_epochs
+    assert (epochs, figure) == (20, 0.4)  # higher is better for precision
+
+
+def test_a_diverged_search_chooses_nothing():
+    learn = ScriptedLearner([float("nan")])
+    epochs, _, _ = training.choose_epochs(learn, kinds.KINDS["dot"], kinds.KINDS["dot"].small, wd=0.0)
+    assert epochs == 0
+
+
+def test_histories_split_holds_out_a_share_of_each_users_titles():
+    import numpy as np
+    import torch
+
+    lengths = [1, 2, 10, 11, 0, 40]
+    starts = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]))
+    items = torch.arange(int(starts[-1]))
+    whole = training.Histories(starts, items, items.float())
+    kept, held = whole.split(0.1, np.random.default_rng(0))
+    assert held.lengths().tolist() == [0, 1, 1, 2, 0, 4]  # a tenth, rounded up; never a user's only title
+    assert (kept.lengths() + held.lengths()).tolist() == lengths
+    for user in range(len(lengths)):
+        both = torch.cat([kept.items[kept.starts[user]:kept.starts[user + 1]],
+                          held.items[held.starts[user]:held.starts[user + 1]]])
+        assert sorted(both.tolist()) == list(range(int(starts[user]), int(starts[user + 1])))
+    assert torch.equal(held.weights, held.items.float())  # weights travel with their titles
+
+
+def test_the_card_says_how_each_models_epochs_were_chosen(synthetic_dataset, tmp_path):
+    from hfcf import pipeline
+
+    split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
+    settings = kinds.defaults_for(*pipeline.training_size(split))
+    settings["dot"] = dataclasses.replace(settings["dot"], epochs=2)
+    config, _ = pipeline.train_and_save(synthetic_dataset, split, tmp_path / "m", kinds=("dot", "topn"),
+                                     settings=settings, seed=0, log=lambda *_: None)
+    how = config["models"]["topn"]["epochs_chosen"]
+    assert config["models"]["topn"]["epochs"] == max(how["tried"], key=lambda run: run[1])[0] >= 1
+    assert config["models"]["dot"]["epochs_chosen"] is None
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert f"{config['models']['topn']['epochs']} epochs chosen on a random share of each user's training titles" \
+        in card
+    assert "2 epochs, as asked for (`--epochs`)" in card

@@ -20,16 +20,17 @@ class Settings:
     """What the book leaves to the user, for one model; refused when made if it cannot train."""
 
     kind: ClassVar[str] = ""
-    epochs: int
+    epochs: int               # a forced count of fit_one_cycle epochs; 0: chosen on an inner held-out slice
     lr: float
     wd: float
     bs: int
+    max_epochs: int = 100     # the most epochs the inner slice may choose (when `epochs` is 0)
 
     def __post_init__(self):
         self.check()
 
     def check(self):
-        if self.epochs < 1:
+        if self.epochs < 0 or max(self.epochs, self.max_epochs) < 1:
             raise DataError(f"{self.kind}: --epochs must be at least 1 (got {self.epochs})")
         if self.bs < 1 or not 0 < self.lr < math.inf or not 0 <= self.wd < math.inf:
             raise DataError(f"{self.kind}: --bs and --lr must be positive and --wd not negative "
@@ -60,6 +61,17 @@ def check_positive(settings, *names):
 
 def float32(*shape):
     return ("float32", shape)
+
+
+def epochs_text(s):
+    """How a model's epochs were chosen, from its config.json entry ("" for folders that do not say)."""
+    how = s.get("epochs_chosen")
+    if not how:
+        return f"{s['epochs']} epochs, as asked for (`--epochs`)" if "epochs_chosen" in s else ""
+    tried = ", ".join(f"{epochs}: {figure}" for epochs, figure in how["tried"])
+    return (f"{s['epochs']} epochs chosen on {how['on']} ({how['share']:.0%}) held out: one-cycle runs of growing "
+            f"length scored by {how['metric']} ({tried}; at most {how['max_epochs']}), then refitted on all the "
+            "training data")
 
 
 def rating_fit(s):
@@ -143,6 +155,17 @@ class Kind:
         """The fastai Learner, its optimizer made."""
         raise NotImplementedError
 
+    # what the epochs are chosen on (training.choose_epochs): a recorder metric, its direction, in words
+    inner_metric, inner_lower_is_better, inner_description = "valid_loss", True, "a share of the training data"
+
+    def inner_split(self, train, share, rng):
+        """(fitted on, held out) of encoded training data, to choose the epochs on."""
+        raise NotImplementedError
+
+    def inner_size(self, held_out):
+        """How much there is to score in `held_out` (0: nothing)."""
+        raise NotImplementedError
+
     def fit_wd(self, settings, dls):
         """The `wd` that `fit_one_cycle` gets."""
         return settings.wd
@@ -162,6 +185,19 @@ class Kind:
 
 class RatingKind(Kind):
     """A model of (user, title) -> rating pairs, fitted on pre-encoded tensors with fastai's Adam (or LazyAdam)."""
+
+    inner_metric, inner_description = "rmse", "a random share of the training ratings"
+
+    def inner_split(self, train, share, rng):
+        import torch
+
+        x, y = train
+        order = torch.from_numpy(rng.permutation(len(x)))
+        held, kept = order[:int(share * len(x))], order[int(share * len(x)):].sort().values
+        return (x[kept], y[kept]), (x[held], y[held])
+
+    def inner_size(self, held_out):
+        return len(held_out[0])
 
     def encode(self, frame, users, items, y_range):
         from .. import training

@@ -71,8 +71,8 @@ class Dot(RatingKind):
     has_biases = True
     # Tuned on MovieLens 100k (a random 15% of u1.base held out; BENCHMARKS.md has the search and the five-fold
     # check). Weight decay is decoupled (p *= 1 - lr * wd each step): its strength goes with lr, epochs and batches.
-    small = DotSettings(epochs=6, lr=1e-2, wd=1.0, bs=1024, n_factors=100, sqr_mom=0.9)
-    large = DotSettings(epochs=4, lr=3e-2, wd=0.1, bs=8192, n_factors=32, sqr_mom=0.9, lazy=True)
+    small = DotSettings(epochs=0, lr=1e-2, wd=1.0, bs=1024, n_factors=100, sqr_mom=0.9)
+    large = DotSettings(epochs=0, lr=3e-2, wd=0.1, bs=8192, n_factors=32, sqr_mom=0.9, lazy=True)
     large_batches = (100, 8192, 65536)  # tuned with its other settings on 0.6M to 7M ratings (BENCHMARKS.md)
 
     def tensors(self, settings, n_users, n_items):

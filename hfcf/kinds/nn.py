@@ -176,12 +176,12 @@ class Neural(RatingKind):
 
     name, label, architecture = "nn", "neural net", "EmbeddingNN"
     Settings, Scorer = NeuralSettings, NeuralScorer
-    small = NeuralSettings(epochs=16, lr=2e-2, wd=1.0, bs=4096, layers=(50,), user_size=32, item_size=32,
+    small = NeuralSettings(epochs=0, lr=2e-2, wd=1.0, bs=4096, layers=(50,), user_size=32, item_size=32,
                            embed_p=0.5)
     # Dropout on the embeddings cost more accuracy than it saved at this size; the embeddings' L2 does the
     # regularising (lazy: none on the dense layers). Five epochs, and batches of 1/400 of the ratings: the nn learns
     # per step (BENCHMARKS.md, scale).
-    large = NeuralSettings(epochs=5, lr=3e-3, wd=0.1, bs=1024, layers=(128,), user_size=32, item_size=32,
+    large = NeuralSettings(epochs=0, lr=3e-3, wd=0.1, bs=1024, layers=(128,), user_size=32, item_size=32,
                            embed_p=0.0, lazy=True)
     large_batches = (400, 1024, 16384)
 
