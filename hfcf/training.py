@@ -131,8 +131,8 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     L2 penalty per rating: a touched row's gradient gains `wd * row * (its ratings in the batch / batch size)`,
     the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
     A row's two Adam moments sit side by side (`moments`, rows x 2 x width): one gather and one scatter a step.
-    A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its gradient where its
-    `do_wd` is on (the nn turns it off: `NeuralRecipe.learner`).
+    A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its
+    gradient where its `do_wd` is on (the nn turns it off: `NeuralRecipe.learner`).
     """
     step += 1
     debias_mom, debias_sqr = 1 - mom ** step, 1 - sqr_mom ** step
@@ -630,11 +630,12 @@ def fast_dropout(module):
 class DataParallel(Callback):
     """Average the ranks' gradients every step (fastai's `DistributedTrainer` without its CUDA assumptions).
 
-    Dense parameters go through DistributedDataParallel's all-reduce; the tables that lazy Adam updates (sparse
-    embeddings) are left out of it and gathered as rows and gradients after the backward pass
-    (`distributed.gather_sparse`), so a step's exchange follows what the batch looked up. Buffers are not
-    broadcast each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm
-    statistics follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
+    Dense parameters go through DistributedDataParallel's all-reduce. The tables that lazy Adam updates (sparse
+    embeddings) are left out of it and shared out among the ranks, a table to each: after the backward pass every
+    rank's lookups and their gradients go to the table's owner, whose step updates the rows looked up, and their
+    new values go to every rank after the step (`distributed.to_owners`, `from_owners`). Buffers are not broadcast each step: the top-N
+    model's user vectors are filled in after training, and each rank's BatchNorm statistics follow its own share
+    (rank 0's are saved). `bytes_per_step` counts what this rank sent.
     """
 
     def __init__(self, world):
@@ -654,16 +655,26 @@ class DataParallel(Callback):
                 self.inner, [name for name, p in named if id(p) in sparse])
             on_cuda = self.world.device.startswith("cuda")
             self.learn.model = DistributedDataParallel(self.inner, broadcast_buffers=False,
-                                                       device_ids=[self.world.device] if on_cuda else None)
+                                                       device_ids=[torch.device(self.world.device)] if on_cuda else None)
 
     def after_backward(self):
-        sent = self.dense_bytes
+        self.sent += self.dense_bytes
+        self.steps += 1
         if self.sparse:
-            gathered, sparse_sent = distributed.gather_sparse([p.grad for p in self.sparse], self.world)
-            for p, grad in zip(self.sparse, gathered):
-                p.grad = grad
-            sent += sparse_sent
-        self.sent, self.steps = self.sent + sent, self.steps + 1
+            owned, sent = distributed.to_owners([p.grad for p in self.sparse], self.world)
+            for table, p in enumerate(self.sparse):
+                p.grad = owned.get(table)  # None: another rank's optimizer updates this table
+            self.sent += sent
+
+    def after_step(self):
+        if self.sparse:
+            # the rows each owned table's step updated: its sort is still in `_unique_rows`'s memory
+            updated = {table: (rows, p.data.index_select(0, rows)) for table, p in enumerate(self.sparse)
+                       if p.grad is not None for rows in [_unique_rows(p.grad._indices()[0])[0]]}
+            received, sent = distributed.from_owners(updated, [p.shape for p in self.sparse], self.world)
+            for table, rows, values in received:
+                self.sparse[table].data.index_copy_(0, rows, values)
+            self.sent += sent
 
     @property
     def bytes_per_step(self):
