@@ -633,9 +633,9 @@ class DataParallel(Callback):
     Dense parameters go through DistributedDataParallel's all-reduce. The tables that lazy Adam updates (sparse
     embeddings) are left out of it and shared out among the ranks, a table to each: after the backward pass every
     rank's lookups and their gradients go to the table's owner, whose step updates the rows looked up, and their
-    new values go to every rank after the step (`distributed.to_owners`, `from_owners`). Buffers are not broadcast each step: the top-N
-    model's user vectors are filled in after training, and each rank's BatchNorm statistics follow its own share
-    (rank 0's are saved). `bytes_per_step` counts what this rank sent.
+    new values go to every rank after the step (`distributed.to_owners`, `from_owners`). Buffers are not broadcast
+    each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm statistics
+    follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
     """
 
     def __init__(self, world):
@@ -653,9 +653,9 @@ class DataParallel(Callback):
         if dense:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                 self.inner, [name for name, p in named if id(p) in sparse])
-            on_cuda = self.world.device.startswith("cuda")
+            device = torch.device(self.world.device)
             self.learn.model = DistributedDataParallel(self.inner, broadcast_buffers=False,
-                                                       device_ids=[torch.device(self.world.device)] if on_cuda else None)
+                                                       device_ids=[device] if device.type == "cuda" else None)
 
     def after_backward(self):
         self.sent += self.dense_bytes
@@ -746,7 +746,8 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     state = {key: value.detach().float().clone().contiguous() if value.is_floating_point() else value.clone()
              for key, value in recipe.export(learn, train, chosen, len(users)).items()}
     learn.dls = None  # the Learner is kept for its model; its batches' tensors (GBs at 25M) are not
-    return Fitted(kind, state, chosen, round(seconds, 2), history, parallel.bytes_per_step if parallel else 0, learn)
+    return Fitted(kind, state, chosen, round(seconds, 2), history, parallel.bytes_per_step if parallel else 0,
+                  learn)
 
 
 def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print, world=distributed.SINGLE):
