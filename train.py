@@ -5,7 +5,8 @@ optionally push it.
     python train.py --data ~/ml-latest-small --out models/small
     python train.py --push --repo-id you/movielens-cf   # token from HF_TOKEN or `hf auth login`
     python -m hfcf push ./model --repo-id you/movielens-cf   # publish a folder already trained
-    torchrun --nproc_per_node=2 train.py --data ratings.csv     # data-parallel (DDP over gloo, on CPUs)
+    python train.py --device cuda                    # on a GPU (auto: CUDA when there is one)
+    torchrun --nproc_per_node=2 train.py --data ratings.csv     # data-parallel (gloo on CPUs, nccl on GPUs)
 
 Exit status: 0 success, 2 bad input (nothing written), 1 internal or Hub failure, 130 interrupted.
 """
@@ -94,6 +95,9 @@ def parser():
     model.add_argument("--y-range", type=comma_list(float),
                        help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
     model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
+    model.add_argument("--device", default="auto", help="where to train: auto (CUDA when there is a GPU, else the "
+                       "CPU), cpu, cuda, cuda:N or mps; under torchrun on CUDA each process takes the GPU of its "
+                       "LOCAL_RANK (default auto)")
     output = p.add_argument_group("output")
     output.add_argument("--out", default="model", type=os.path.expanduser,
                         help="model folder to write (default: ./model); a symlink is written through")
@@ -192,7 +196,7 @@ def main(argv=None):
         check_args(args)
         from hfcf import artifacts, data, distributed, hub, pipeline
 
-        world = distributed.join()  # torchrun's variables: one process of several, else a single one
+        world = distributed.join(args.device)  # torchrun's variables: one process of several, else a single one
         if world.is_main:
             artifacts.check_output(args.out, args.force)
         dataset = data.load(args.data, format=args.format, on_duplicate=args.on_duplicate,

@@ -1,12 +1,14 @@
-"""One process against two (torchrun, gloo, DistributedDataParallel) on this machine, on power-law synthetic
-ratings with planted taste: wall time, ratings per second per epoch and RMSE, for the dot model.
+"""Data-parallel training on this machine's CPUs: one process with one thread, two processes (torchrun, Gloo) with one
+thread each, and one process with two threads, on power-law synthetic ratings with planted taste: wall time,
+ratings per second, gradient bytes a process sends per step, and RMSE (top-N: precision@10) for each model.
 
-    .venv/bin/python bench/distributed.py                      # 1M and 10M ratings, 2 epochs each (~15 min)
-    .venv/bin/python bench/distributed.py --sizes 1000000 --epochs 1
-    .venv/bin/python bench/distributed.py --quick              # 200k ratings, 1 epoch: a smoke run
+    .venv/bin/python bench/distributed.py                      # 1M and 10M ratings, all models, their defaults
+    .venv/bin/python bench/distributed.py --sizes 10000000 --models dot
+    .venv/bin/python bench/distributed.py --quick              # 200k ratings, dot, 1 epoch: a smoke run
 
-Both runs use `train.py --models dot` with the same seed and global batch; the single process uses the
-machine's 2 cores as torch threads, each of the two processes one (OMP_NUM_THREADS=1).
+Every run is `train.py --data FILE --models ...` with the same seed and global batch (the data's defaults unless
+--bs/--epochs say), run one after the other; `uptime`'s load average is printed beside each, since other work on a
+shared machine changes what two processes can get.
 """
 import argparse
 import json
@@ -19,6 +21,9 @@ from pathlib import Path
 
 from _common import ROOT, power_law_ratings
 
+# (label, processes, threads a process)
+LAYOUTS = [("1 process x 1 thread", 1, 1), ("2 processes x 1 thread", 2, 1), ("1 process x 2 threads", 1, 2)]
+
 
 def run(command, env, out):
     started = time.perf_counter()
@@ -29,15 +34,21 @@ def run(command, env, out):
     return time.perf_counter() - started, config
 
 
+def load_average():
+    return os.getloadavg()[0]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--bs", type=int, default=8192, help="global batch (each of two processes takes half)")
+    p.add_argument("--models", default="dot,nn,topn")
+    p.add_argument("--epochs", type=int, help="every model's epochs (default: the data's defaults)")
+    p.add_argument("--bs", type=int, help="every model's global batch (default: the data's defaults)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
-    sizes, epochs = ([200_000], 1) if args.quick else (args.sizes, args.epochs)
+    sizes, models = ([200_000], "dot") if args.quick else (args.sizes, args.models)
+    epochs = 1 if args.quick else args.epochs
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -45,32 +56,39 @@ def main():
             frame, floor = power_law_ratings(size)
             data = folder / f"ratings-{size}.parquet"
             frame.to_parquet(data)
-            common = ["--data", str(data), "--models", "dot", "--epochs", str(epochs), "--bs", str(args.bs),
-                      "--y-range", "0,5.5", "--seed", "42"]
-            for processes in (1, 2):
-                out = folder / f"model-{size}-{processes}"
-                if processes == 1:
-                    command, env = [sys.executable, "train.py", *common, "--out", str(out)], dict(os.environ)
-                else:
-                    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "train.py", *common, "--out", str(out)]
-                    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            del frame
+            common = ["--data", str(data), "--models", models, "--y-range", "0,5.5", "--seed", "42", "--device", "cpu",
+                      *(["--epochs", str(epochs)] if epochs else []), *(["--bs", str(args.bs)] if args.bs else [])]
+            for label, processes, threads in LAYOUTS:
+                out = folder / f"model-{size}-{processes}x{threads}"
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                command = [sys.executable, "train.py", *common, "--out", str(out)] if processes == 1 else \
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                     "train.py", *common, "--out", str(out)]
+                load = load_average()
                 wall, config = run(command, env, out)
-                dot = config["models"]["dot"]
                 n_train = config["split"]["n_train"]
-                rows.append([f"{config['dataset']['n_ratings']:,}",
-                             f"{config['dataset']['n_users']:,} x {config['dataset']['n_items']:,}",
-                             processes, f"{wall:.0f}", f"{dot['fit_seconds']:.1f}",
-                             f"{n_train * epochs / dot['fit_seconds'] / 1e6:.2f}", f"{dot['metrics']['rmse']:.4f}",
-                             f"{config['metrics']['user+item bias']['rmse']:.4f}", f"{floor:.4f}"])
-                print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
-    headers = ["ratings", "users x titles", "processes", "train.py wall s", "dot fit s", "M ratings/s",
-               "dot RMSE", "bias RMSE", "planted noise"]
+                for kind, model in config["models"].items():
+                    quality = (f"P@10 {config['ranking'][kind]['precision@10']:.4f}" if kind == "topn" else
+                               f"{model['metrics']['rmse']:.4f}")
+                    rows.append([f"{config['dataset']['n_ratings']:,}", kind, label, f"{wall:.0f}",
+                                 f"{model['fit_seconds']:.1f}",
+                                 f"{n_train * model['epochs'] / model['fit_seconds'] / 1e6:.2f}",
+                                 f"{model.get('bytes_per_step', 0) / 1e6:.2f}" if processes > 1 else "-",
+                                 quality, f"{load:.2f}"])
+                    print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+            bias = config["metrics"].get("user+item bias", {}).get("rmse")
+            print(f"{size:,}: {config['dataset']['n_users']:,} users x {config['dataset']['n_items']:,} titles; "
+                  f"bias RMSE {bias}, planted {floor:.4f}; batches "
+                  + ", ".join(f"{kind} {model['bs']}" for kind, model in config["models"].items()), file=sys.stderr)
+    headers = ["ratings", "model", "layout", "train.py wall s", "fit s", "M ratings/s", "MB sent a step per process",
+               "RMSE", "load before"]
     print("| " + " | ".join(headers) + " |\n|" + "|".join("---" for _ in headers) + "|")
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")
-    print(f"\n{epochs} epoch(s) of the dot model (100 factors), global batch {args.bs}, 80/20 random split, seed 42; "
-          f"{os.cpu_count()} cores.")
+    print(f"\nEach model's defaults for the data's size{f', {epochs} epoch(s)' if epochs else ''}"
+          f"{f', global batch {args.bs}' if args.bs else ''}; 80/20 random split, seed 42; {os.cpu_count()} cores. "
+          "The wall time covers all the models of one run.")
 
 
 if __name__ == "__main__":

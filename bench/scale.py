@@ -28,13 +28,20 @@ from _common import ROOT, markdown_table, power_law_ratings, taste_chosen_rating
 
 def train(data, out, extra):
     """(wall seconds, peak RSS in GB, config) of `train.py --data data --out out`."""
-    command = ["/usr/bin/time", "-f", "%e %M", sys.executable, "train.py", "--data", str(data), "--out", str(out),
-               *extra]
+    gnu_time = Path("/usr/bin/time").exists()
+    command = [*(["/usr/bin/time", "-f", "%e %M"] if gnu_time else []), sys.executable, "train.py",
+               "--data", str(data), "--out", str(out), *extra]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    wall, kilobytes = done.stderr.strip().splitlines()[-1].split()
+    if gnu_time:
+        wall, kilobytes = done.stderr.strip().splitlines()[-1].split()
+    else:  # no GNU time (a bare GPU image): the largest child's peak so far, which is this run's or an earlier one's
+        import resource
+
+        wall, kilobytes = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return float(wall), int(kilobytes) / 2**20, json.loads((out / "config.json").read_text())
 
 

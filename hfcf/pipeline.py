@@ -170,6 +170,7 @@ def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None,
         "y_range": [float(y_range[0]), float(y_range[1])], "seed": seed,
         "models": {kind: {"architecture": registry.KINDS[kind].architecture, **model.settings,
                           "fit_seconds": model.fit_seconds,
+                          **({"bytes_per_step": model.bytes_per_step} if world.distributed else {}),
                           **({"metrics": metrics[kind]} if kind in metrics else {}),
                           **({"ranking": ranking[kind]} if kind in ranking else {})}
                    for kind, model in fitted.items()},
@@ -187,9 +188,11 @@ def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None,
         "metrics": metrics,
         "ranking": ranking,
         "train_seconds": round(time.perf_counter() - started, 2),
+        "device": world.device,  # where training ran; the weights are saved from the CPU copy all the same
         "distributed": {"world_size": world.size, "backend": world.backend,
                         "batches": "each model's bs is the global batch; each process takes 1/world_size of it "
-                                   "and gradients are averaged (DistributedDataParallel)"},
+                                   "and gradients are averaged (DDP's all-reduce for dense parameters, the rows "
+                                   "looked up gathered for lazy embeddings)"},
     }
     counts = sum(np.bincount(items.rows(side["title"]), minlength=len(items)) for side in (split.train, split.valid))
     item_counts = counts.tolist()

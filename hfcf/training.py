@@ -53,7 +53,7 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
             moments = p.new_zeros(p.shape[0], 2, p.shape[1])
         looked_up = grad._indices()[0]
         rows, position, counts = _unique_rows(looked_up)
-        summed = torch.zeros(len(rows), p.shape[1], dtype=p.dtype).index_add_(0, position, grad._values())
+        summed = p.new_zeros(len(rows), p.shape[1]).index_add_(0, position, grad._values())
         # index_select / index_copy_ rather than tensor[rows]: advanced indexing's gather and index_put cost
         # twice as much on CPU, and these rows are unique.
         weights = p.data.index_select(0, rows)
@@ -112,6 +112,7 @@ class Fitted:
     settings: dict
     fit_seconds: float
     history: list = field(default_factory=list)
+    bytes_per_step: int = 0  # gradients one rank sent a step under torchrun (0 in one process)
     # The fastai Learner, kept for its model (parity checks); never saved. Its DataLoaders are dropped (GBs at 25M),
     # so `get_preds` needs an explicit `dl`.
     learner: object = None
@@ -144,7 +145,7 @@ class TensorBatches:
             for start, end in batch_bounds(len(self.x), self.bs, False):
                 yield self.x[start:end], self.y[start:end]
             return
-        order = torch.randperm(len(self.x), generator=self.generator)
+        order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
         for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
             rows = distributed.shard(order[start:end], self.world)
             yield self.x[rows], self.y[rows]
@@ -185,7 +186,7 @@ class Histories:
         """(items, weights, offsets) of the users `rows` in `F.embedding_bag`'s flat layout."""
         starts, lengths = self.starts[rows], self.starts[rows + 1] - self.starts[rows]
         offsets = torch.cumsum(lengths, 0) - lengths
-        positions = torch.arange(int(lengths.sum())) - torch.repeat_interleave(offsets, lengths)
+        positions = torch.arange(int(lengths.sum()), device=lengths.device) - torch.repeat_interleave(offsets, lengths)
         flat = torch.repeat_interleave(starts, lengths) + positions
         return self.items[flat], self.weights[flat], offsets
 
@@ -224,7 +225,8 @@ class HistoryBatches:
         return len(batch_bounds(len(self.rows), self.bs, self.shuffle, self.world))
 
     def __iter__(self):
-        rows = self.rows[torch.randperm(len(self.rows), generator=self.generator)] if self.shuffle else self.rows
+        rows = self.rows[torch.randperm(len(self.rows), generator=self.generator).to(self.rows.device)] \
+            if self.shuffle else self.rows
         for start, end in batch_bounds(len(rows), self.bs, self.shuffle, self.world):
             batch = distributed.shard(rows[start:end], self.world)
             items, weights, offsets = self.inputs.batch(batch)
@@ -342,16 +344,57 @@ def fast_dropout(module):
 
 
 class DataParallel(Callback):
-    """Wrap the Learner's model in DistributedDataParallel while fitting (fastai's `DistributedTrainer` without its
-    CUDA assumptions: hfcf trains on the CPU, over Gloo). Buffers are not broadcast each step: the top-N model's user vectors are filled in
-    after training, and each rank's BatchNorm statistics follow its own share (rank 0's are saved)."""
+    """Average the ranks' gradients every step (fastai's `DistributedTrainer` without its CUDA assumptions).
+
+    Dense parameters go through DistributedDataParallel's all-reduce. The tables that lazy Adam updates (sparse
+    embeddings) are left out of it and shared out among the ranks, a table to each: after the backward pass every
+    rank's lookups and their gradients go to the table's owner, whose step updates the rows looked up, and their
+    new values go to every rank after the step (`distributed.to_owners`, `from_owners`). Buffers are not broadcast
+    each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm statistics
+    follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
+    """
 
     def __init__(self, world):
         self.world = world
+        self.sent, self.steps = 0, 0
 
     def before_fit(self):
         self.inner = self.learn.model
-        self.learn.model = DistributedDataParallel(self.inner, broadcast_buffers=False)
+        sparse = {id(module.weight) for module in self.inner.modules()
+                  if isinstance(module, torch.nn.Embedding) and module.sparse}
+        named = [(name, p) for name, p in self.inner.named_parameters() if p.requires_grad]
+        self.sparse = [p for _, p in named if id(p) in sparse]
+        dense = [p for _, p in named if id(p) not in sparse]
+        self.dense_bytes = sum(p.numel() * p.element_size() for p in dense)
+        if dense:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.inner, [name for name, p in named if id(p) in sparse])
+            device = torch.device(self.world.device)
+            self.learn.model = DistributedDataParallel(self.inner, broadcast_buffers=False,
+                                                       device_ids=[device] if device.type == "cuda" else None)
+
+    def after_backward(self):
+        self.sent += self.dense_bytes
+        self.steps += 1
+        if self.sparse:
+            owned, sent = distributed.to_owners([p.grad for p in self.sparse], self.world)
+            for table, p in enumerate(self.sparse):
+                p.grad = owned.get(table)  # None: another rank's optimizer updates this table
+            self.sent += sent
+
+    def after_step(self):
+        if self.sparse:
+            # the rows each owned table's step updated: its sort is still in `_unique_rows`'s memory
+            updated = {table: (rows, p.data.index_select(0, rows)) for table, p in enumerate(self.sparse)
+                       if p.grad is not None for rows in [_unique_rows(p.grad._indices()[0])[0]]}
+            received, sent = distributed.from_owners(updated, [p.shape for p in self.sparse], self.world)
+            for table, rows, values in received:
+                self.sparse[table].data.index_copy_(0, rows, values)
+            self.sent += sent
+
+    @property
+    def bytes_per_step(self):
+        return round(self.sent / self.steps) if self.steps else 0
 
     def after_fit(self):
         self.learn.model = self.inner
@@ -421,13 +464,14 @@ def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, 
     """A fastai Learner for `recipe` on (train, valid), with only the callbacks that fitting needs: every callback
     is called for every event of every batch, and `CastToTensor` has nothing to cast from plain tensors."""
     set_seed(seed, reproducible=True)
-    dls = recipe.loaders(train, valid, settings, users, items, seed, world)
+    dls = recipe.loaders(train, valid, settings, users, items, seed, world).to(torch.device(world.device))
     chosen = recipe.resolved(settings, users, items)
     learn = recipe.learner(dls, settings, chosen, y_range)
     learn.remove_cb(CastToTensor)
     learn.add_cb(ReleaseFreedMemory())
-    if world.distributed:
-        learn.add_cb(DataParallel(world))
+    parallel = DataParallel(world) if world.distributed else None
+    if parallel is not None:
+        learn.add_cb(parallel)
     if len(dls.valid) == 0:  # --valid-pct 0: nothing held out, so no validation loss or metric to record
         learn.metrics = []
         learn.recorder.valid_metrics = False
@@ -472,11 +516,12 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     if len(history) < epochs or not math.isfinite(history[-1][0]) or \
             (learn.recorder.valid_metrics and not all(map(math.isfinite, history[-1]))):
         raise HfcfError(f"{kind}: training diverged (the loss became NaN or infinite); lower --lr or raise --wd")
-    learn.model.eval()
+    learn.model.cpu().eval()  # weights saved from the CPU copy: a folder is the same whatever trained it
     state = {key: value.detach().float().clone().contiguous() if value.is_floating_point() else value.clone()
              for key, value in recipe.export(learn, train, chosen, len(users)).items()}
     learn.dls = None  # the Learner is kept for its model; its batches' tensors (GBs at 25M) are not
-    return Fitted(kind, state, chosen, round(seconds, 2), history, learn)
+    return Fitted(kind, state, chosen, round(seconds, 2), history, parallel.bytes_per_step if parallel else 0,
+                  learn)
 
 
 def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print, world=distributed.SINGLE):
