@@ -469,9 +469,8 @@ def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, 
     learn = recipe.learner(dls, settings, chosen, y_range)
     learn.remove_cb(CastToTensor)
     learn.add_cb(ReleaseFreedMemory())
-    parallel = DataParallel(world) if world.distributed else None
-    if parallel is not None:
-        learn.add_cb(parallel)
+    if world.distributed:
+        learn.add_cb(DataParallel(world))
     if len(dls.valid) == 0:  # --valid-pct 0: nothing held out, so no validation loss or metric to record
         learn.metrics = []
         learn.recorder.valid_metrics = False
@@ -520,8 +519,8 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     state = {key: value.detach().float().clone().contiguous() if value.is_floating_point() else value.clone()
              for key, value in recipe.export(learn, train, chosen, len(users)).items()}
     learn.dls = None  # the Learner is kept for its model; its batches' tensors (GBs at 25M) are not
-    return Fitted(kind, state, chosen, round(seconds, 2), history, parallel.bytes_per_step if parallel else 0,
-                  learn)
+    sent = sum(cb.bytes_per_step for cb in learn.cbs if isinstance(cb, DataParallel))
+    return Fitted(kind, state, chosen, round(seconds, 2), history, sent, learn)
 
 
 def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print, world=distributed.SINGLE):
