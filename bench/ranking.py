@@ -66,10 +66,11 @@ def one_seed(dataset, seed, settings, y_range):
         return {users.index(user): items.rows(recommender.recommend(user, K)["title"]) for user in tested}
 
     fit = {kind: entry["fit_seconds"] for kind, entry in config["models"].items()}
-    results = {f"hfcf default: `from_pretrained(folder)` ({default.model})": (recommended(default),
-                                                                               fit[default.model], "")}
+    epochs = {kind: epochs_note(entry) for kind, entry in config["models"].items()}
+    results = {f"hfcf default: `from_pretrained(folder)` ({default.model})":
+               (recommended(default), fit[default.model], epochs[default.model])}
     for kind, model in models.items():
-        results[f"hfcf {kind} (rating model) `recommend`"] = (recommended(model), fit[kind], "")
+        results[f"hfcf {kind} (rating model) `recommend`"] = (recommended(model), fit[kind], epochs[kind])
     chosen = choices(train, users, items)
     inner_train, inner_test = per_user_split(train, TRAIN_SHARE, 0)
     inner_relevant = relevant_rows(inner_test, users, items)
@@ -77,6 +78,12 @@ def one_seed(dataset, seed, settings, y_range):
     results.update(peers.top_n_rows(chosen, np.array(list(relevant)), inner))
     return {name: (evaluate.top_k_quality(tops, relevant, len(items), K), seconds, note)
             for name, (tops, seconds, note) in results.items()}
+
+
+def epochs_note(entry):
+    """The epochs a model trained for and, where the data chose them, the inner figure they were chosen by."""
+    how = entry.get("epochs_chosen")
+    return f"{entry['epochs']} epochs" + (f" (inner {how['metric']} {how['figure']:.4f})" if how else "")
 
 
 def choices(ratings, users, items):
