@@ -31,19 +31,14 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfcf import Recommender, artifacts, scoring, vocab  # noqa: E402
 from hfcf.kinds import KINDS  # noqa: E402
-from hfcf.kinds.nn import affordable_width  # noqa: E402
 from hfcf.recommend import History  # noqa: E402
 
-# The shapes train.py's large-data defaults give (each kind's `large` settings),
-# the nn's first layer as wide as the catalogue affords (128 units, narrowed by affordable_width).
-NN_UNITS = 128
-
-
-def settings_for(n_items):
-    return {"dot": {"architecture": "EmbeddingDotBias", "n_factors": 32},
-            "nn": {"architecture": "EmbeddingNN", "user_size": 32, "item_size": 32,
-                   "layers": [affordable_width(NN_UNITS, n_items)], "embed_p": 0.0, "batchnorm": True},
-            "topn": {"architecture": "TopNModel", "n_factors": 128}}
+def settings_for(n_ratings, n_users, n_items):
+    """The shapes train.py's defaults give at this size (each kind's `defaults`)."""
+    return {name: {"architecture": kind.architecture, **{key: list(value) if isinstance(value, tuple) else value
+                                                          for key, value in vars(kind.defaults(n_ratings, n_users,
+                                                                                               n_items)).items()}}
+            for name, kind in KINDS.items()}
 Y_RANGE = (0.5, 5.5)
 
 
@@ -80,7 +75,7 @@ def write_folder(out, n_users, n_items, n_ratings, rng):
     users = vocab.UserVocab([vocab.NA, *range(1, n_users + 1)])
     items = vocab.ItemVocab([vocab.NA, *ratings["title"].cat.categories])
     counts = np.bincount(ratings["title"].cat.codes.to_numpy() + 1, minlength=len(items))
-    settings = settings_for(n_items)
+    settings = settings_for(n_ratings, n_users, n_items)
     weights = {kind: random_weights(kind, settings[kind], len(users), len(items), rng) for kind in settings}
     config = {"library": "hfcf", "format_version": artifacts.FORMAT_VERSION, "y_range": list(Y_RANGE), "seed": 0,
               "models": settings,

@@ -144,7 +144,7 @@ def main():
     from hfcf.kinds import KINDS
 
     repeats = 1 if args.quick else args.repeats
-    settings = {kind: KINDS[kind].small for kind in KINDS}
+    settings = {kind: KINDS[kind].base for kind in KINDS}
     book_epochs = BOOK["epochs"]
     if args.quick:
         settings = {kind: dataclasses.replace(value, epochs=1) for kind, value in settings.items()}

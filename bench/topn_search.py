@@ -2,7 +2,7 @@
 
 The training part of ranking.py's split (seed 42, 75% of each user's ratings) is split again the same way
 (seed 0): the grid trains on the inner 75% and is scored on the inner 25% with precision@10 and NDCG@10. The
-settings picked here are `hfcf.kinds.topn.TopN.small`; bench/ranking.py then scores them on the outer test.
+settings picked here are `hfcf.kinds.topn.TopN.base`; bench/ranking.py then scores them on the outer test.
 
     .venv/bin/python bench/topn_search.py --data ../shared/data/ml-100k     # ~3 min
     .venv/bin/python bench/topn_search.py --quick                            # three settings, a smoke run
@@ -30,7 +30,7 @@ def main():
     users, items = vocab.from_ratings(outer_train)
     train_users, train_items = users.rows(train["user"]), items.rows(train["title"])
     valid_users, valid_items = users.rows(valid["user"]), items.rows(valid["title"])
-    default = KINDS["topn"].small
+    default = KINDS["topn"].base
     grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
     if args.quick:
         grid = [{"wd": 10.0, "lr": lr, "n_factors": 128} for lr in GRID["lr"]]

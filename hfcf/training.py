@@ -12,7 +12,7 @@ import ctypes
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import fastai
 import numpy as np
@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle, which fit_one calls)
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelValidException
 from fastai.learner import CastToTensor, Metric
 from fastai.optimizer import Optimizer
 from fastai.torch_core import set_seed
@@ -34,46 +34,63 @@ from .kinds import KINDS
 
 
 def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, moments=None,
-                   **kwargs):
-    """fastai optimizer callback: Adam whose step costs what a batch touched, not the size of the tables.
+                   idle_since=None, **kwargs):
+    """fastai optimizer callback: fastai's Adam with decoupled weight decay, whose step costs what a batch touched.
 
-    For an embedding with a sparse gradient, only the rows the batch looked up are updated ("lazy" Adam, as
-    TensorFlow's LazyAdam): their moments and weights move, the others wait for a batch that has them. `wd` is an
-    L2 penalty per rating: a touched row's gradient gains `wd * row * (its ratings in the batch / batch size)`,
-    the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
-    A row's two Adam moments sit side by side (`moments`, rows x 2 x width): one gather and one scatter a step.
-    A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its gradient where its
-    `do_wd` is on (the nn turns it off: `hfcf.kinds.nn.Neural.learner`).
+    A dense parameter takes fastai's Adam step: `p *= 1 - lr * wd` where its `do_wd` is on, then the moments and
+    the update. For an embedding with a sparse gradient only the rows the batch looked up are read and written
+    ("lazy", as TensorFlow's LazyAdam); each first catches up on the steps it sat out (`_catch_up`: what dense Adam's
+    momentum and weight decay did to it meanwhile, in closed form), so the tables end close to where fastai's Adam
+    would have taken them, at the cost of the rows touched. A row's two moments sit side by side (`moments`, rows x
+    2 x width: one gather and one scatter a step); `idle_since` holds the step each row was last updated.
     """
     step += 1
     debias_mom, debias_sqr = 1 - mom ** step, 1 - sqr_mom ** step
+    decay = lr * wd if do_wd else 0.0
     grad = p.grad
     if grad.is_sparse:
         if moments is None:
             moments = p.new_zeros(p.shape[0], 2, p.shape[1])
-        looked_up = grad._indices()[0]
-        rows, position, counts = _unique_rows(looked_up)
+            idle_since = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
+        rows, position, _ = _unique_rows(grad._indices()[0])
         summed = p.new_zeros(len(rows), p.shape[1]).index_add_(0, position, grad._values())
         # index_select / index_copy_ rather than tensor[rows]: advanced indexing's gather and index_put cost
         # twice as much on CPU, and these rows are unique.
-        weights = p.data.index_select(0, rows)
-        if do_wd and wd:
-            summed.addcmul_(weights, (counts * (wd / len(looked_up))).to(p.dtype)[:, None])
-        both = moments.index_select(0, rows)
+        weights, both = p.data.index_select(0, rows), moments.index_select(0, rows)
+        idle = (step - 1 - idle_since.index_select(0, rows)).to(p.dtype)[:, None]
+        _catch_up(weights, both, idle, lr * debias_sqr ** 0.5 / debias_mom, mom, sqr_mom, eps, decay)
         avg, sqr = both[:, 0], both[:, 1]
+        weights.mul_(1 - decay)
         avg.mul_(mom).add_(summed, alpha=1 - mom)
         sqr.mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
         moments.index_copy_(0, rows, both)
+        idle_since.index_fill_(0, rows, step)
         p.data.index_copy_(0, rows, weights.addcdiv_(avg, (sqr / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom))
-        return {"step": step, "moments": moments}
+        return {"step": step, "moments": moments, "idle_since": idle_since}
     if grad_avg is None:
         grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
-    if do_wd and wd:
-        grad = grad.add(p.data, alpha=wd)
+    p.data.mul_(1 - decay)
     grad_avg.mul_(mom).add_(grad, alpha=1 - mom)
     sqr_avg.mul_(sqr_mom).addcmul_(grad, grad, value=1 - sqr_mom)
     p.data.addcdiv_(grad_avg, (sqr_avg / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom)
     return {"step": step, "grad_avg": grad_avg, "sqr_avg": sqr_avg}
+
+
+def _catch_up(weights, both, idle, step_size, mom, sqr_mom, eps, decay):
+    """Bring rows `idle` steps behind to where dense Adam would have them. In each step a row sits out it shrinks by
+    q = 1 - decay, its moments decay (mom, sqr_mom) and it still moves by `step_size * avg / sqrt(sqr)` of them, so
+    its move after j such steps is r^j times the first, r = mom / sqrt(sqr_mom): over k steps the weights become
+    q^k w - step_size * avg / sqrt(sqr) * sum_j r^j q^(k-j), a geometric sum in closed form (the rate and the bias
+    corrections taken as those of the step that touches the row again)."""
+    if not bool((idle > 0).any()):
+        return
+    avg, sqr = both[:, 0], both[:, 1]
+    q, r = 1 - decay, mom / sqr_mom ** 0.5
+    shrink, fade = q ** idle, r ** idle
+    moves = r * (shrink - fade) / (q - r) if abs(q - r) > 1e-6 else idle * fade
+    weights.mul_(shrink).addcdiv_(avg * moves, sqr.sqrt().add_(eps), value=-step_size)
+    avg.mul_(mom ** idle)
+    sqr.mul_(sqr_mom ** idle)
 
 
 _recent_uniques = []  # (rows looked up, their torch.unique) of the last two tables a lazy step updated
@@ -264,18 +281,23 @@ class ChoiceLoss:
         return (every + (1 - 2 * chosen).sum()) / max(len(vectors), 1)
 
 
-class PrecisionAtK(Metric):
-    """Held-out precision@k: of each user's top k titles not rated in training, the share they rated later."""
+class NDCGAtK(Metric):
+    """Held-out NDCG@k with binary gains: how high each user's later titles rank among those not rated in training.
 
-    def __init__(self, k=10):
+    What the top-N model's epochs are chosen by: over a deep list (k=100) it follows the top-10 precision of a
+    larger held-out share, where precision@10 on a tenth of a user's titles counts too few hits to tell a good
+    length from a worse one (BENCHMARKS.md, ranking).
+    """
+
+    def __init__(self, k=100):
         self.k = k
 
     @property
     def name(self):
-        return f"precision@{self.k}"
+        return f"ndcg@{self.k}"
 
     def reset(self):
-        self.hits, self.users = 0.0, 0
+        self.total, self.users = 0.0, 0
 
     def accumulate(self, learn):
         items, _, offsets = learn.xb
@@ -284,13 +306,16 @@ class PrecisionAtK(Metric):
         scores[hfnn.bag_owners(offsets, len(items)), items] = -math.inf  # titles rated in training
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[owners, targets] = True
-        top = scores.topk(min(self.k, scores.shape[1]), dim=1).indices  # a catalogue may be smaller than k
-        self.hits += float(relevant.gather(1, top).sum())
+        k = min(self.k, scores.shape[1])  # a catalogue may be smaller than k
+        discounts = 1 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=scores.dtype))
+        gains = relevant.gather(1, scores.topk(k, dim=1).indices).to(scores.dtype)
+        ideal = discounts.cumsum(0)[relevant.sum(1).clamp(1, k) - 1]
+        self.total += float(((gains @ discounts) / ideal).sum())
         self.users += len(offsets)
 
     @property
     def value(self):
-        return self.hits / (self.k * self.users) if self.users else None
+        return self.total / self.users if self.users else None
 
 
 class CollabTensorLoaders(DataLoaders):
@@ -306,6 +331,8 @@ def _epoch_logger(kind, learn, log):
     """Plain one-line-per-epoch log for non-terminals, where fastprogress's bar floods the output."""
     def write(row):
         names = learn.recorder.metric_names
+        if len(row) < len(names):  # not scored this epoch (`ValidateLastEpoch`): its training loss and time
+            names = [names[0], names[1], names[-1]]
         parts = [f"{name.lstrip('_')} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
                  for name, value in zip(names[1:], row[1:])]
         log(f"{kind} epoch {row[0] + 1}: " + ", ".join(parts))
@@ -417,6 +444,21 @@ except OSError:
     _MALLOC_TRIM = None
 
 
+class ValidateLastEpoch(Callback):
+    """Score the held-out data after the last epoch of each `fit_one_cycle` only: the search reads the figure at
+    the end of a run and the refit logs its final one, and scoring every epoch cost a third of the top-N fit."""
+
+    trained = False  # a training pass came first: this is `fit`'s validation, not `get_preds`' or `validate`'s
+
+    def before_train(self):
+        self.trained = True
+
+    def before_validate(self):
+        trained, self.trained = self.trained, False
+        if trained and self.epoch < self.n_epoch - 1:
+            raise CancelValidException
+
+
 class ReleaseFreedMemory(Callback):
     """`release_freed_memory` after every epoch: a few milliseconds, against GBs of retained heap at scale."""
 
@@ -429,6 +471,7 @@ class ReleaseFreedMemory(Callback):
 INNER_SHARE = 0.1  # of the training data, held out to choose the epochs on (ratings; top-N: each user's titles)
 CYCLE_GROWTH = 0.5  # each one-cycle run of the search adds this share of the epochs run so far (at least one)
 FIRST_STEPS = 64    # the search's first run takes at least this many steps: fewer leave Adam's models near their start
+MIN_GAIN = 0.001    # a run must better the best figure by this share of it to be worth its 50% more epochs
 
 
 def _inner_figure(learn, metric):
@@ -442,8 +485,9 @@ def choose_epochs(learn, recipe, settings, wd):
 
     One-cycle runs follow each other on the Learner (its fitted-on data is the inner split): the first of at
     least FIRST_STEPS steps, each next one adding half the epochs run so far, so that every candidate length ends
-    annealed; the search stops at the first run that does not beat the best figure on the held-out slice, or at
-    `max_epochs`. The cost is about 1.5x the chosen epochs, whatever the data's size.
+    annealed; the search stops at the first run that does not beat the best figure on the held-out slice by
+    MIN_GAIN of it (a model creeping along a plateau is not worth its cost), or at `max_epochs`. The cost is about
+    1.5x the chosen epochs, whatever the data's size.
     """
     sign = 1 if recipe.inner_lower_is_better else -1
     best, best_epochs, total, tried = math.inf, 0, 0, []
@@ -454,10 +498,45 @@ def choose_epochs(learn, recipe, settings, wd):
         total += length
         figure = _inner_figure(learn, recipe.inner_metric)
         tried.append((total, round(figure, 4)))
-        if not sign * figure < best:  # no better (or not finite): longer runs are not worth their cost
+        bar = best - MIN_GAIN * abs(best) if math.isfinite(best) else best
+        if not sign * figure < bar:  # no better (or not finite): longer runs do not pay
             break
         best, best_epochs = sign * figure, total
     return best_epochs, sign * best, tried
+
+
+def search(recipe, kind, candidates, train, users, items, y_range, seed, log, world):
+    """(settings, how they were chosen): the candidate settings that score best on INNER_SHARE of the training
+    data held out, each fitted on the rest for its forced epochs or for the count `choose_epochs` finds."""
+    fitted_on, held_out = recipe.inner_split(train, INNER_SHARE, np.random.default_rng(seed + 1))
+    if recipe.inner_size(held_out) == 0:
+        raise DataError(f"{kind}: too few ratings to hold out a share to choose the epochs on; pass --epochs")
+    sign = 1 if recipe.inner_lower_is_better else -1
+    results = []
+    for settings in candidates:
+        varied = {name: getattr(settings, name) for name in recipe.chosen_settings if len(candidates) > 1}
+        learn, _, wd = _learner(recipe, kind, settings, fitted_on, held_out, users, items, y_range, seed,
+                                lambda line: log(f"choosing: {line}"), world)
+        if settings.epochs:
+            learn.fit_one_cycle(settings.epochs, settings.lr, wd=wd)
+            epochs, figure = settings.epochs, _inner_figure(learn, recipe.inner_metric)
+            tried = [(epochs, round(figure, 4))]
+        else:
+            epochs, figure, tried = choose_epochs(learn, recipe, settings, wd)
+        del learn
+        if epochs and math.isfinite(figure):
+            results.append((sign * figure, replace(settings, epochs=epochs), {**varied, "tried": tried}))
+    if not results:
+        raise HfcfError(f"{kind}: training diverged (the loss became NaN or infinite); lower --lr or raise --wd")
+    best, settings, _ = min(results, key=lambda result: result[0])
+    how = {"on": recipe.inner_description, "share": INNER_SHARE, "metric": recipe.inner_metric,
+           "figure": round(sign * best, 4), "max_epochs": settings.max_epochs,
+           **({"candidates": [candidate for *_, candidate in results]} if len(candidates) > 1
+              else {"tried": results[0][2]["tried"]})}
+    chose = ", ".join(f"{name} {getattr(settings, name)}" for name in recipe.chosen_settings if len(candidates) > 1)
+    log(f"{kind}: {settings.epochs} epochs{' and ' + chose if chose else ''} chosen ({recipe.inner_metric} "
+        f"{sign * best:.4f} on {INNER_SHARE:.0%} held out of the training data); fitting on all of it")
+    return settings, how
 
 
 def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world):
@@ -468,7 +547,7 @@ def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, 
     chosen = recipe.resolved(settings, users, items)
     learn = recipe.learner(dls, settings, chosen, y_range)
     learn.remove_cb(CastToTensor)
-    learn.add_cb(ReleaseFreedMemory())
+    learn.add_cbs([ReleaseFreedMemory(), ValidateLastEpoch()])
     if world.distributed:
         learn.add_cb(DataParallel(world))
     if len(dls.valid) == 0:  # --valid-pct 0: nothing held out, so no validation loss or metric to record
@@ -483,30 +562,19 @@ def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, 
 def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print, world=distributed.SINGLE):
     """Fit one model with fastai's `fit_one_cycle` on data from its recipe's `encode`; refuses a diverged loss.
 
-    With `settings.epochs` 0 (the default), the number of epochs is chosen by the data: INNER_SHARE of the
-    training data is held out and `choose_epochs` searches one-cycle lengths on the rest; then the model is
-    fitted afresh on all the training data for the chosen count (`valid`, the evaluation's held-out data, is
-    only logged, never chosen on). A NaN loss is caught after fitting (the final metrics come out non-finite)
-    rather than by `TerminateOnNaNCallback` on each batch. Under torchrun every rank runs this with the same
-    seed (the same initial weights and inner slice); only rank 0 logs.
+    What the settings leave to the data (the epochs when `settings.epochs` is 0, the default; a kind's own
+    `candidates`, such as the nn's embedding dropout) is chosen on INNER_SHARE of the training data held out
+    (`search`); then the model is fitted afresh on all the training data with what was chosen (`valid`, the
+    evaluation's held-out data, is only logged, never chosen on). A NaN loss is caught after fitting (the final
+    metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch. Under torchrun every rank
+    runs this with the same seed (the same initial weights and inner slice); only rank 0 logs.
     """
     recipe = KINDS[kind]
     start = time.perf_counter()
-    epochs, how = settings.epochs, None
-    if not epochs:
-        fitted_on, held_out = recipe.inner_split(train, INNER_SHARE, np.random.default_rng(seed + 1))
-        if recipe.inner_size(held_out) == 0:
-            raise DataError(f"{kind}: too few ratings to hold out a share to choose the epochs on; pass --epochs")
-        learn, _, wd = _learner(recipe, kind, settings, fitted_on, held_out, users, items, y_range, seed,
-                                lambda line: log(f"choosing epochs: {line}"), world)
-        epochs, figure, tried = choose_epochs(learn, recipe, settings, wd)
-        del learn, fitted_on, held_out
-        if not epochs:
-            raise HfcfError(f"{kind}: training diverged (the loss became NaN or infinite); lower --lr or raise --wd")
-        how = {"on": recipe.inner_description, "share": INNER_SHARE, "metric": recipe.inner_metric,
-               "figure": round(figure, 4), "tried": tried, "max_epochs": settings.max_epochs}
-        log(f"{kind}: {epochs} epochs chosen ({recipe.inner_metric} {figure:.4f} on {INNER_SHARE:.0%} held out "
-            "of the training data); fitting on all of it")
+    candidates, how = recipe.candidates(settings), None
+    if not settings.epochs or len(candidates) > 1:
+        settings, how = search(recipe, kind, candidates, train, users, items, y_range, seed, log, world)
+    epochs = settings.epochs
     learn, chosen, wd = _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world)
     learn.fit_one_cycle(epochs, settings.lr, wd=wd)
     seconds = time.perf_counter() - start

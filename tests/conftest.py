@@ -67,7 +67,7 @@ def synthetic_model(tmp_path_factory, synthetic_dataset):
     import dataclasses
 
     # Fewer epochs for the rating models (a few thousand ratings); the top-N model keeps its defaults (~1 s here).
-    settings = {name: dataclasses.replace(kind.small, epochs=8, bs=256, lr=1e-2) if kind.predicts_ratings else kind.small
+    settings = {name: dataclasses.replace(kind.base, epochs=8, bs=256, lr=1e-2) if kind.predicts_ratings else kind.base
                 for name, kind in KINDS.items()}
     out = tmp_path_factory.mktemp("synthetic") / "model"
     split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)

@@ -103,4 +103,4 @@ def test_the_registry_lists_every_kind_once_and_prefers_a_model_of_choices():
     assert not first.predicts_ratings or all(kind.predicts_ratings for kind in KINDS.values())
     for name, kind in KINDS.items():
         assert kind.name == name == kind.Settings.kind and kind.label and kind.architecture
-        assert kind.small.kind == name and (kind.large is None or kind.large.kind == name)  # None: one recipe
+        assert kind.base.kind == name

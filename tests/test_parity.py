@@ -65,8 +65,8 @@ def test_parity_of_an_nn_without_batchnorm(synthetic_dataset, tmp_path):
 
     from hfcf import pipeline
 
-    settings = {"dot": dataclasses.replace(KINDS["dot"].small, epochs=8, bs=256, lr=1e-2),
-                "nn": dataclasses.replace(KINDS["nn"].small, epochs=8, bs=256, lr=1e-2, batchnorm=False)}
+    settings = {"dot": dataclasses.replace(KINDS["dot"].base, epochs=8, bs=256, lr=1e-2),
+                "nn": dataclasses.replace(KINDS["nn"].base, epochs=8, bs=256, lr=1e-2, batchnorm=False)}
     split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
     config, fitted = pipeline.train_and_save(synthetic_dataset, split, tmp_path / "model", kinds=("dot", "nn"),
                                      settings=settings, seed=0, log=lambda *_: None)

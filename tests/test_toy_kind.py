@@ -70,7 +70,7 @@ class Bias(RatingKind):
     name, label, architecture = "bias", "biases only", "BiasModel"
     Settings, Scorer = BiasSettings, BiasScorer
     has_biases, has_item_vectors = True, False
-    small = large = BiasSettings(epochs=5, lr=0.1, wd=0.01, bs=256)
+    base = BiasSettings(epochs=5, lr=0.1, wd=0.01, bs=256)
 
     def tensors(self, settings, n_users, n_items):
         return {"user_bias.weight": float32(n_users, 1), "item_bias.weight": float32(n_items, 1)}

@@ -9,10 +9,6 @@ from typing import ClassVar
 
 from ..errors import DataError
 
-# From LARGE_DATA training ratings up the defaults are the kind's `large` settings, with batch sizes that follow the
-# data's size (`large_batches`); below, its `small` ones tuned on MovieLens 100k (BENCHMARKS.md, "Scale").
-LARGE_DATA = 250_000
-MIN_STEPS_PER_EPOCH = 16  # the tuned batch sizes give MovieLens 100k 20 to 80 steps an epoch
 
 
 @dataclass(frozen=True)
@@ -43,9 +39,22 @@ class Settings:
         return tuple(field.name for field in fields(cls))
 
 
-def batch_size(n, steps, smallest, largest):
-    """`n` / `steps` in a power of two within the bounds."""
-    return int(min(largest, max(smallest, 2 ** round(math.log2(max(n, 1) / steps)))))
+LARGEST_BATCH = 65536  # past it an epoch takes more steps instead: 25M ratings still fit a step in memory
+TUNED_RATINGS = 80_036  # where the rating models' `base` settings were tuned: MovieLens 100k's card split
+
+
+def follow_the_data(base, n_train):
+    """A rating model's `base` settings (tuned on TUNED_RATINGS training ratings) for `n_train` of them: as many
+    steps an epoch as where it was tuned (the batch grows with the data, up to LARGEST_BATCH), the learning rate
+    scaled by the square root of the batch's growth (Adam's rule; at most 3x, the best measured from 8k to 64k
+    ratings a batch; smaller batches keep the tuned rate, as a few thousand ratings learnt nothing at a third of it) and the decoupled weight decay set so that the decay an epoch (lr x wd x steps) stays what it
+    was where `base` was tuned. Smooth in `n_train`: no recipe switches at a size.
+    """
+    bs = int(min(LARGEST_BATCH, max(32, round(n_train * base.bs / TUNED_RATINGS))))
+    lr = base.lr * min(3.0, max(1.0, math.sqrt(bs / base.bs)))
+    decay_per_epoch = base.lr * base.wd * TUNED_RATINGS / base.bs
+    wd = decay_per_epoch / (lr * max(1.0, n_train / bs))
+    return replace(base, bs=bs, lr=float(f"{lr:.3g}"), wd=float(f"{wd:.3g}"))
 
 
 def positive_int(value):
@@ -64,20 +73,33 @@ def float32(*shape):
 
 
 def epochs_text(s):
-    """How a model's epochs were chosen, from its config.json entry ("" for folders that do not say)."""
+    """How a model's epochs (and any setting left to the data) were chosen, from its config.json entry ("" for
+    folders that do not say)."""
     how = s.get("epochs_chosen")
     if not how:
         return f"{s['epochs']} epochs, as asked for (`--epochs`)" if "epochs_chosen" in s else ""
-    tried = ", ".join(f"{epochs}: {figure}" for epochs, figure in how["tried"])
-    return (f"{s['epochs']} epochs chosen on {how['on']} ({how['share']:.0%}) held out: one-cycle runs of growing "
-            f"length scored by {how['metric']} ({tried}; at most {how['max_epochs']}), then refitted on all the "
-            "training data")
+
+    def runs(tried):
+        return ", ".join(f"{epochs}: {figure}" for epochs, figure in tried)
+
+    candidates = how.get("candidates") or [{"tried": how["tried"]}]
+    varied = [name for name in candidates[0] if name != "tried"]
+    scored = "; ".join(", ".join(f"{name} {candidate[name]}" for name in varied) + (" " if varied else "")
+                       + f"({runs(candidate['tried'])})" for candidate in candidates)
+    chosen = "".join(f" and {name} {s[name]}" for name in varied)
+    return (f"{s['epochs']} epochs{chosen} chosen on {how['on']} ({how['share']:.0%}) held out: one-cycle runs of "
+            f"growing length scored by {how['metric']}{': ' if varied else ' '}{scored}, at most {how['max_epochs']} epochs; then refitted "
+            "on all the training data")
 
 
 def rating_fit(s):
     """The card's words for how a rating model was fitted."""
-    optimizer = ("lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
-                 if s.get("lazy") else "Adam")
+    if s.get("lazy") and "decay" not in s:  # written before lazy Adam took fastai's decoupled weight decay
+        optimizer = "lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
+    elif s.get("lazy"):
+        optimizer = "fastai's Adam computed lazily (the embedding rows a batch does not touch catch up when next touched)"
+    else:
+        optimizer = "Adam"
     return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with {optimizer} beta2 {s['sqr_mom']}, "
             f"batch size {s['bs']}")
 
@@ -90,8 +112,7 @@ class Kind:
     architecture = ""   # the module's class, as config.json records it
     Settings = Settings
     Scorer = None       # hfcf.scoring.Scorer subclass: the numpy forward pass over the saved weights
-    small = large = None  # default Settings below and from LARGE_DATA training ratings (`large`'s bs: see defaults)
-    large_batches = (100, 32, 65536)  # (steps an epoch, smallest, largest batch) from LARGE_DATA
+    base = None         # its Settings before `defaults` fits them to the data
     predicts_ratings = True   # scores are ratings on the model's scale (else: how likely a title is chosen)
     encodes_history = False   # a user's scores are a function of their ratings, so fold-in is exact
     has_biases = False        # a per-title bias worth showing (the book's "not your kind of movie" list)
@@ -107,16 +128,9 @@ class Kind:
         return f"{self.name}.safetensors"
 
     def defaults(self, n_train, n_users=None, n_items=None):
-        """Default settings for `n_train` training ratings (from `n_users` users, of `n_items` titles): below
-        LARGE_DATA `small` with its batch capped to leave MIN_STEPS_PER_EPOCH steps an epoch (a few thousand
-        ratings learnt nothing at the tuned batch sizes), from it `large` with a batch that follows the data."""
-        if n_train < LARGE_DATA:
-            return replace(self.small, bs=min(self.small.bs, max(32, n_train // MIN_STEPS_PER_EPOCH)))
-        return replace(self.large, bs=batch_size(self.batch_count(n_train, n_users), *self.large_batches))
-
-    def batch_count(self, n_train, n_users):
-        """What a batch counts: ratings."""
-        return n_train
+        """Default settings for `n_train` training ratings from `n_users` users, of `n_items` titles: `base`, with
+        what follows the data's size (batch, penalty) following it smoothly in the kinds that override this."""
+        return self.base
 
     def tensors(self, settings, n_users, n_items):
         """{name: (dtype, shape)} its weights file must hold for these saved settings and vocab sizes; ValueError
@@ -155,8 +169,13 @@ class Kind:
         """The fastai Learner, its optimizer made."""
         raise NotImplementedError
 
-    # what the epochs are chosen on (training.choose_epochs): a recorder metric, its direction, in words
+    # what the epochs are chosen on (training.search): a recorder metric, its direction, in words
     inner_metric, inner_lower_is_better, inner_description = "valid_loss", True, "a share of the training data"
+    chosen_settings = ()  # settings besides the epochs that `candidates` may leave to the data
+
+    def candidates(self, settings):
+        """The settings the inner slice chooses among (one: only the epochs, if any, are left to it)."""
+        return [settings]
 
     def inner_split(self, train, share, rng):
         """(fitted on, held out) of encoded training data, to choose the epochs on."""
@@ -187,6 +206,10 @@ class RatingKind(Kind):
     """A model of (user, title) -> rating pairs, fitted on pre-encoded tensors with fastai's Adam (or LazyAdam)."""
 
     inner_metric, inner_description = "rmse", "a random share of the training ratings"
+
+    def resolved(self, settings, users, items):
+        # "decay" marks folders whose lazy Adam has fastai's decoupled weight decay (`rating_fit`)
+        return {**super().resolved(settings, users, items), "decay": "decoupled"}
 
     def inner_split(self, train, share, rng):
         import torch

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..scoring import Scorer
-from .base import RatingKind, Settings, check_positive, float32, rating_fit
+from .base import RatingKind, Settings, check_positive, float32, follow_the_data, rating_fit
 
 
 @dataclass(frozen=True)
@@ -14,9 +14,9 @@ class DotSettings(Settings):
     kind = "dot"
     n_factors: int = 100
     sqr_mom: float = 0.99   # Adam's second-moment decay (beta2); fastai's default is 0.99
-    # Update only the embedding rows a batch touches (`LazyAdam`); `wd` is then an L2 penalty per rating. Off:
-    # fastai's Adam over every parameter each step, `wd` decoupled weight decay (as the book).
-    lazy: bool = False
+    # fastai's Adam with decoupled weight decay either way; lazy: computed for the embedding rows a batch touches
+    # (`training.LazyAdam`: the others catch up when next touched), so a step costs the batch, not the tables.
+    lazy: bool = True
 
     def check(self):
         super().check()
@@ -70,10 +70,11 @@ class Dot(RatingKind):
     Settings, Scorer = DotSettings, DotScorer
     has_biases = True
     # Tuned on MovieLens 100k (a random 15% of u1.base held out; BENCHMARKS.md has the search and the five-fold
-    # check). Weight decay is decoupled (p *= 1 - lr * wd each step): its strength goes with lr, epochs and batches.
-    small = DotSettings(epochs=0, lr=1e-2, wd=1.0, bs=1024, n_factors=100, sqr_mom=0.9)
-    large = DotSettings(epochs=0, lr=3e-2, wd=0.1, bs=8192, n_factors=32, sqr_mom=0.9, lazy=True)
-    large_batches = (100, 8192, 65536)  # tuned with its other settings on 0.6M to 7M ratings (BENCHMARKS.md)
+    # check); weight decay is decoupled (p *= 1 - lr * wd each step), so `follow_the_data` keeps lr x wd x steps.
+    base = DotSettings(epochs=0, lr=1e-2, wd=1.0, bs=1024, n_factors=100, sqr_mom=0.9, lazy=True)
+
+    def defaults(self, n_train, n_users=None, n_items=None):
+        return follow_the_data(self.base, n_train)
 
     def tensors(self, settings, n_users, n_items):
         check_positive(settings, "n_factors")

@@ -6,24 +6,11 @@ import numpy as np
 
 from ..errors import DataError
 from ..scoring import Scorer, in_parallel
-from .base import RatingKind, Settings, check_positive, float32, positive_int, rating_fit
+from .base import RatingKind, Settings, check_positive, float32, follow_the_data, positive_int, rating_fit
 
 BATCHNORM_EPS = 1e-5  # torch's BatchNorm1d default, which fastai's layers use
 RANKING_BLOCK = 1 << 18  # first-layer activations a ranking holds at once (1 MB: a core's cache)
-# The most first-layer activations a ranking of the whole catalogue should read (16 MB: a few ms on two threads,
-# within a request's budget); the default first layer is narrowed to fit, never below NN_NARROWEST units, whose cost
-# in accuracy is in BENCHMARKS.md, "The nn's width".
-NN_RANKING_BUDGET = 1 << 22
-NN_NARROWEST = 64
 _NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def affordable_width(units, n_items):
-    """`units` first-layer units, halved while ranking `n_items` titles would read more than NN_RANKING_BUDGET
-    activations and half would still be NN_NARROWEST or more."""
-    while units // 2 >= NN_NARROWEST and units * n_items > NN_RANKING_BUDGET:
-        units //= 2
-    return units
 
 
 @dataclass(frozen=True)
@@ -32,10 +19,10 @@ class NeuralSettings(Settings):
     layers: tuple = (50,)     # hidden layer sizes
     user_size: int = 0        # embedding sizes; 0 means fastai's `emb_sz_rule`
     item_size: int = 0
-    embed_p: float = 0.0      # dropout on the embeddings (training only)
+    embed_p: float | None = 0.0  # dropout on the embeddings (training only); None: chosen from EMBED_P_CHOICES
     batchnorm: bool = True    # BatchNorm after each hidden layer (fastai's default); off: Linear layers with biases
     sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
-    lazy: bool = False        # `LazyAdam` on the embeddings, `wd` an L2 penalty per rating (see DotSettings)
+    lazy: bool = True         # fastai's Adam computed for the embedding rows a batch touches (see DotSettings)
 
     def check(self):
         super().check()
@@ -44,7 +31,7 @@ class NeuralSettings(Settings):
                             f"(got {self.bs})")
         if not self.layers or min(self.layers) < 1:
             raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {self.layers})")
-        if not 0 <= self.embed_p < 1:
+        if self.embed_p is not None and not 0 <= self.embed_p < 1:
             raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {self.embed_p})")
 
 
@@ -176,20 +163,21 @@ class Neural(RatingKind):
 
     name, label, architecture = "nn", "neural net", "EmbeddingNN"
     Settings, Scorer = NeuralSettings, NeuralScorer
-    small = NeuralSettings(epochs=0, lr=2e-2, wd=1.0, bs=4096, layers=(50,), user_size=32, item_size=32,
-                           embed_p=0.5)
-    # Dropout on the embeddings cost more accuracy than it saved at this size; the embeddings' L2 does the
-    # regularising (lazy: none on the dense layers). Five epochs, and batches of 1/400 of the ratings: the nn learns
-    # per step (BENCHMARKS.md, scale).
-    large = NeuralSettings(epochs=0, lr=3e-3, wd=0.1, bs=1024, layers=(128,), user_size=32, item_size=32,
-                           embed_p=0.0, lazy=True)
-    large_batches = (400, 1024, 16384)
+    # Tuned on MovieLens 100k with the dot model's batch (BENCHMARKS.md): decoupled weight decay as the book's.
+    # The embedding dropout is the data's choice: 0.5 held the nn off overfitting on MovieLens 100k and its subsets,
+    # and kept it near the bias baseline for dozens of epochs on a million ratings, where none did best.
+    base = NeuralSettings(epochs=0, lr=1e-2, wd=1.0, bs=1024, layers=(50,), user_size=32, item_size=32,
+                          embed_p=None, lazy=True)
+    EMBED_P_CHOICES = (0.5, 0.0)
+    chosen_settings = ("embed_p",)
+
+    def candidates(self, settings):
+        if settings.embed_p is not None:
+            return [settings]
+        return [replace(settings, embed_p=p) for p in self.EMBED_P_CHOICES]
 
     def defaults(self, n_train, n_users=None, n_items=None):
-        """The first layer narrowed to what a ranking of `n_items` titles can afford (`affordable_width`)."""
-        chosen = super().defaults(n_train, n_users, n_items)
-        first, *rest = chosen.layers
-        return replace(chosen, layers=(affordable_width(first, n_items or 0), *rest))
+        return follow_the_data(self.base, n_train)
 
     def tensors(self, settings, n_users, n_items):
         check_positive(settings, "user_size", "item_size")
@@ -222,7 +210,7 @@ class Neural(RatingKind):
         """Where the L2 falls when it is not fastai's weight decay on every layer (see `learner`)."""
         if not s.get("batchnorm", True):
             return " without BatchNorm (L2 on the embeddings only)"
-        return " (L2 on the embeddings only)" if s.get("lazy") else ""
+        return " (L2 on the embeddings only)" if s.get("lazy") and "decay" not in s else ""  # older lazy folders
 
     def card_text(self, implicit):
         return "**nn** — `EmbeddingNN` (chapter 8): the two embeddings concatenated and passed through a small MLP."
@@ -256,10 +244,9 @@ class Neural(RatingKind):
         import torch
 
         learn = super().learner(dls, settings, chosen, y_range)
-        # The L2 falls on the embeddings only, but for fastai's own recipe (its Adam and BatchNorm, as the book):
-        # without BatchNorm an L2 on the dense layers held the nn at the biases, and with lazy updates it cost 10
-        # points of signal at 5M (BENCHMARKS.md).
-        if settings.lazy or not settings.batchnorm:
+        # Without BatchNorm an L2 on the dense layers held the nn at the biases (BENCHMARKS.md): there it falls on
+        # the embeddings only.
+        if not settings.batchnorm:
             for layer in learn.model.layers.modules():
                 if isinstance(layer, torch.nn.Linear):
                     for param in layer.parameters():
