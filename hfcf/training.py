@@ -9,6 +9,7 @@ Learner and weights are made. With models this small, fastai's per-batch costs a
 `fit_one`).
 """
 import ctypes
+import gc
 import math
 import sys
 import time
@@ -427,13 +428,17 @@ class DataParallel(Callback):
         self.learn.model = self.inner
 
 
-def release_freed_memory():
-    """Give the memory that torch and numpy have freed back to the operating system (glibc's `malloc_trim`).
+def release_freed_memory(collect=True):
+    """Give the memory that torch and numpy have freed back to the operating system (glibc's `malloc_trim`), first
+    freeing what unreachable objects hold (`collect`): a fastai Learner and its callbacks refer to one another, so
+    a Learner let go of (a search's, with its model and optimizer state) waits for the cycle collector.
 
     glibc keeps freed heap pages for reuse, and with tensors of changing sizes coming and going every batch a
     process's resident memory climbs epoch after epoch: the top-N fit on 5M ratings grew 0.1 GB an epoch (5.8 GB
     by its tenth epoch at 10M) and stayed flat with a trim. Does nothing where there is no glibc.
     """
+    if collect:
+        gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
@@ -465,7 +470,7 @@ class ReleaseFreedMemory(Callback):
     order = 100
 
     def after_epoch(self):
-        release_freed_memory()
+        release_freed_memory(collect=False)  # a collection every epoch would cost more than the trim
 
 
 INNER_SHARE = 0.1  # of the training data, held out to choose the epochs on (ratings; top-N: each user's titles)
@@ -524,6 +529,7 @@ def search(recipe, kind, candidates, train, users, items, y_range, seed, log, wo
         else:
             epochs, figure, tried = choose_epochs(learn, recipe, settings, wd)
         del learn
+        release_freed_memory()
         if epochs and math.isfinite(figure):
             results.append((sign * figure, replace(settings, epochs=epochs), {**varied, "tried": tried}))
     if not results:
@@ -586,7 +592,8 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
     learn.model.cpu().eval()  # weights saved from the CPU copy: a folder is the same whatever trained it
     state = {key: value.detach().float().clone().contiguous() if value.is_floating_point() else value.clone()
              for key, value in recipe.export(learn, train, chosen, len(users)).items()}
-    learn.dls = None  # the Learner is kept for its model; its batches' tensors (GBs at 25M) are not
+    learn.dls = None  # the Learner is kept for its model; its batches' tensors (GBs at 25M) are not,
+    learn.opt.clear_state()  # nor its optimizer's moments (as large as the embedding tables)
     sent = sum(cb.bytes_per_step for cb in learn.cbs if isinstance(cb, DataParallel))
     return Fitted(kind, state, chosen, round(seconds, 2), history, sent, learn)
 
