@@ -385,13 +385,13 @@ def test_100_concurrent_requests_all_answer(client, recommenders):
         recommenders["dot"].recommend(user, 3)["title"].tolist() for user in users]
 
 
-# --- issue 10: hostile or careless requests ------------------------------------------------------------------
+# --- hostile or careless requests ------------------------------------------------------------------
 def rows_of(pairs):
     return {"headers": ["title", "rating"], "data": [list(pair) for pair in pairs], "metadata": None}
 
 
 def test_a_huge_newcomer_table_is_refused_before_any_work(demo):
-    """Defect 3: 10,000 unknown titles cost 38.6 s of server CPU and a 649 KB message."""
+    """10,000 unknown titles cost 38.6 s of server CPU and a 649 KB message."""
     started = time.perf_counter()
     with pytest.raises(gr.Error, match="10,000 rows is more than the 100 ratings") as caught:
         demo(rows_of((f"<b>No Such Film {i}</b>", 4) for i in range(10_000)), "nn", 10, api_name="newcomer")
@@ -403,7 +403,7 @@ def test_a_huge_newcomer_table_is_refused_before_any_work(demo):
 
 
 def test_a_title_rated_twice_is_refused_not_silently_dropped(demo, truth):
-    """Defect 9: the same title at 5 and at 1 said "From your 2 ratings" and used one."""
+    """The same title at 5 and at 1 said "From your 2 ratings" and used one."""
     title = truth["best_items"][0]
     with pytest.raises(gr.Error, match="rated twice .5 and 1.; keep one rating"):
         demo(rows_of([(title, 5), (title.upper(), 1)]), "topn", 5, api_name="newcomer")
@@ -433,7 +433,7 @@ LONG_TITLE = "The Film That Goes On " * 227 + "(2005)"  # 5,000 characters
 
 
 def test_dataset_strings_are_shown_as_text_not_html(tiny_html_model):
-    """Defect 12: HTML in a title rendered as HTML in the summary."""
+    """HTML in a title rendered as HTML in the summary."""
     recommenders, titles = tiny_html_model
     summary, _ = space.similar(recommenders, titles[0], "topn", 2)
     assert "<img" not in summary and "&lt;img src=x onerror=alert(1)&gt;" in summary
@@ -442,7 +442,7 @@ def test_dataset_strings_are_shown_as_text_not_html(tiny_html_model):
 
 
 def test_a_newcomer_who_rated_everything_is_told_so(tiny_html_model):
-    """Defect 13: an empty table with no word."""
+    """An empty table with no word."""
     recommenders, titles = tiny_html_model
     summary, picks = space.newcomer(recommenders, pd.DataFrame({"title": titles, "rating": 4}), "topn", 5)
     assert picks.empty and "rated every movie this model knows" in summary
@@ -495,7 +495,7 @@ def test_an_oversized_request_is_refused_before_gradio_reads_it(client, recommen
 
 
 def test_rejected_inputs_leave_no_traceback_in_the_server_log(client, truth, capfd):
-    """Defect 13: every rejected input printed a full traceback on the server."""
+    """Every rejected input printed a full traceback on the server."""
     from gradio_client.exceptions import AppError
 
     for api_name, inputs, _ in bad_requests(truth):
@@ -544,7 +544,7 @@ def fuzz_value(rng):
 
 @pytest.mark.integration
 def test_fuzzed_requests_get_a_message_in_time_never_a_traceback(ml100k_client):
-    """Random sizes, types, unicode and HTML at every endpoint of the MovieLens 100k app (issue 10)."""
+    """Random sizes, types, unicode and HTML at every endpoint of the MovieLens 100k app."""
     import httpx
     from gradio_client.exceptions import AppError
 
@@ -571,7 +571,7 @@ def test_fuzzed_requests_get_a_message_in_time_never_a_traceback(ml100k_client):
 
 @pytest.mark.integration
 def test_an_ordinary_request_is_answered_while_hostile_ones_run(ml100k_model):
-    """Defect 3: four requests of 3,000 rows made a one-rating request wait 40.6 s. As bench/app_hostile.py (the
+    """Four requests of 3,000 rows made a one-rating request wait 40.6 s. As bench/app_hostile.py (the
     figures in BENCHMARKS.md): the app and the attacker in their own processes, four hostile requests queued
     before each ordinary one. A shared CI machine gets a looser bound on the slowest request than 0.5 s."""
     from gradio_client import Client
@@ -595,7 +595,7 @@ def test_an_ordinary_request_is_answered_while_hostile_ones_run(ml100k_model):
     assert statistics.median(waits) < 0.5 and max(waits) < 2, waits
 
 
-# --- issue 13: users' histories for a model trained on any ratings file ------------------------------------------
+# --- users' histories for a model trained on any ratings file ------------------------------------------
 def test_a_model_trained_on_a_csv_shows_each_users_history_from_ratings(csv_model):
     recommenders = space.load_recommenders(str(csv_model / "model"))
     note = space.load_history(recommenders, log=quiet)
@@ -637,7 +637,7 @@ def test_ratings_with_a_renamed_column_get_a_fix_the_app_takes(csv_model, tmp_pa
 
 
 def test_a_latest_small_model_finds_its_ratings_again(tmp_path, monkeypatch):
-    """Issue 13: MovieLens latest-small is re-read (or fetched, tests/test_data.py) when the card says so."""
+    """MovieLens latest-small is re-read (or fetched, tests/test_data.py) when the card says so."""
     pytest.importorskip("fastai")
     import train
 

@@ -306,7 +306,7 @@ def test_default_path_falls_back_to_fastai_download(tmp_path, monkeypatch):
 
 
 def test_the_download_bar_leaves_no_glyph_in_a_log(tmp_path, monkeypatch, capsys):
-    """Issue 13: log lines began with a stray block glyph left by fastprogress's bar off a terminal."""
+    """Log lines began with a stray block glyph left by fastprogress's bar off a terminal."""
     monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "empty-home"))
     monkeypatch.delenv("HFCF_ML100K_URL", raising=False)
     seeded = fake_ml100k(tmp_path / "downloaded")
@@ -599,7 +599,7 @@ def fake_latest_small_zip(tmp_path):
 
 
 def test_latest_small_is_fetched_once_for_the_app(no_fastai, server, monkeypatch, tmp_path):
-    """Issue 13: the app re-fetches MovieLens latest-small when a model's card says it was trained on it."""
+    """The app re-fetches MovieLens latest-small when a model's card says it was trained on it."""
     monkeypatch.setenv("HFCF_ML_LATEST_SMALL_URL", server.url)
     server.body = fake_latest_small_zip(tmp_path)
     folder = data.movielens_latest_small_copy()
@@ -614,7 +614,7 @@ def test_latest_small_is_fetched_once_for_the_app(no_fastai, server, monkeypatch
 
 
 def test_whole_number_ids_are_stored_in_32_bits_when_they_fit_with_the_same_fingerprint():
-    """Issue 11: half the memory for 25M ratings' ids; ids past 32 bits stay 64-bit, and the fingerprint that
+    """Half the memory for 25M ratings' ids; ids past 32 bits stay 64-bit, and the fingerprint that
     ties a model to its ratings file does not depend on how the ids are stored."""
     small, _ = data.validate(frame([[1, 10, 4.0], [2, 10, 3.0], [2, 11, 5.0]], ["user", "item", "rating"]))
     large, _ = data.validate(frame([[1, 10, 4.0], [2**40, 10, 3.0], [2**40, 11, 5.0]], ["user", "item", "rating"]))

@@ -66,7 +66,7 @@ def _additive(rng, n, user_sd, item_sd, noise, n_users=300, n_items=200):
 
 @pytest.mark.parametrize("user_sd, item_sd", [(0.0, 0.0), (0.5, 0.5)])
 def test_the_bias_baseline_is_never_worse_than_the_global_mean(user_sd, item_sd):
-    """Issue 11: with a fixed shrinkage the bias baseline lost to the global mean on sparse, bias-free data.
+    """With a fixed shrinkage the bias baseline lost to the global mean on sparse, bias-free data.
     Ratings are drawn fresh for scoring, from the same offsets (the same seed's table)."""
     users, items, ratings = _additive(np.random.default_rng(0), 3000, user_sd, item_sd, noise=1.0)
     test_users, test_items, test_ratings = _additive(np.random.default_rng(0), 6000, user_sd, item_sd, noise=1.0)

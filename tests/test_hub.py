@@ -299,9 +299,9 @@ def test_train_py_push_without_a_token_stops_before_training(monkeypatch, tmp_pa
     assert not (tmp_path / "model").exists()
 
 
-# --- issue 10: nothing published by mistake, nothing trained for nothing, a damaged cache repaired ---------------
+# --- nothing published by mistake, nothing trained for nothing, a damaged cache repaired ---------------
 def test_private_push_to_an_existing_public_repo_is_refused_before_training(server, monkeypatch, tmp_path, capsys):
-    """Defect 1: it used to exit 0 and leave the repo public."""
+    """It used to exit 0 and leave the repo public."""
     import train
 
     use_endpoint(monkeypatch, server.endpoint)
@@ -325,7 +325,7 @@ def test_hub_push_itself_refuses_private_for_a_public_repo(server, model_folder)
 
 
 def test_a_refused_token_stops_train_py_before_training(server, monkeypatch, tmp_path, capsys):
-    """Defect 7: a 401 came only after training."""
+    """A 401 came only after training."""
     import train
 
     use_endpoint(monkeypatch, server.endpoint)
@@ -337,7 +337,7 @@ def test_a_refused_token_stops_train_py_before_training(server, monkeypatch, tmp
 
 
 def test_a_trained_folder_is_published_without_retraining(server, synthetic_model, monkeypatch, tmp_path, capsys):
-    """Defect 7: `python -m hfcf push` publishes what train.py wrote; a push failing after training says how."""
+    """`python -m hfcf push` publishes what train.py wrote; a push failing after training says how."""
     import shutil
 
     import train
@@ -372,7 +372,7 @@ def test_a_trained_folder_is_published_without_retraining(server, synthetic_mode
 
 
 def test_a_damaged_cached_file_is_named_and_force_download_repairs_it(server, synthetic_model, monkeypatch):
-    """Defect 10: one byte changed in the cache made every later load fail with no way out."""
+    """One byte changed in the cache made every later load fail with no way out."""
     from hfcf import Recommender
 
     use_endpoint(monkeypatch, server.endpoint)

@@ -1,4 +1,4 @@
-"""The README's code blocks work as written on an offline clone (issue 13).
+"""The README's code blocks work as written on an offline clone.
 
 Python examples run against a MovieLens 100k model trained here; only what cannot exist offline is swapped: the
 Hub repo id becomes the local model folder, and the app's address becomes the app this test serves. Every shell

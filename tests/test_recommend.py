@@ -118,7 +118,7 @@ def test_fold_in_follows_the_newcomers_taste(rec, truth):
     liked_score, disliked_score = (result.predicted[clusters_of_rows == c].mean() for c in (1, 2))
     assert clusters[2] == 0 and liked_score > disliked_score, (clusters, liked_score, disliked_score)
     if rec.model != "nn":  # six ratings in each of two clusters leave the other two open: the nn's 200 Adam steps
-        assert clusters.most_common(1)[0][0] == 1, clusters  # rank one of them beside the liked one (notes, issue 9)
+        assert clusters.most_common(1)[0][0] == 1, clusters  # rank one of them beside the liked one
 
 
 @pytest.mark.parametrize("ratings, error, message", [

@@ -1,5 +1,6 @@
-"""Issue 10's defects, one test each (the Hub's in test_hub.py, the app's in test_app.py): nothing of the user's
-is deleted, interrupted writes are recovered, tampered files are refused cheaply, advice is advice that works."""
+"""Defects a hostile review found, one test each (the Hub's in test_hub.py, the app's in test_app.py): nothing of
+the user's is deleted, interrupted writes are recovered, tampered files are refused cheaply, advice is advice that
+works."""
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ def theirs(folder):
 
 
 def test_retraining_into_a_model_folder_keeps_what_hfcf_did_not_write(cloned_repo, capsys):
-    """Defect 2: --out at a cloned Hub repo deleted .git, .gitattributes and the user's notes."""
+    """--out at a cloned Hub repo deleted .git, .gitattributes and the user's notes."""
     before = theirs(cloned_repo)
     old_weights = (cloned_repo / "dot.safetensors").read_bytes()
     assert train.main(["--data", "synthetic", "--epochs", "1", "--models", "dot", "--out", str(cloned_repo)]) == 0
@@ -103,7 +104,7 @@ def test_train_py_recovers_leftovers_before_writing(cloned_repo):
 
 
 def test_a_last_batch_of_one_row_is_joined_to_the_one_before():
-    """Defect 4: 201 rows in batches of 32 ended with a one-row batch that BatchNorm cannot train on."""
+    """201 rows in batches of 32 ended with a one-row batch that BatchNorm cannot train on."""
     x, y = torch_rows(201)
     sizes = [len(batch_y) for _, batch_y in training.TensorBatches(x, y, 32, shuffle=True)]
     assert min(sizes) > 1 and sum(sizes) == 201 and len(sizes) == len(training.TensorBatches(x, y, 32, True))
@@ -129,7 +130,7 @@ def test_train_py_on_201_ratings_with_batches_of_32_trains_the_nn(tmp_path, caps
 
 
 def test_a_split_that_holds_out_nothing_is_refused(tmp_path, capsys):
-    """Defect 5: --valid-pct 0.9999 said "scored on 0" and then crashed."""
+    """--valid-pct 0.9999 said "scored on 0" and then crashed."""
     code = train.main(["--data", "synthetic", "--valid-pct", "0.9999", "--out", str(tmp_path / "model")])
     err = capsys.readouterr().err
     assert code == 2 and "held out no rating" in err and "0 to train on everything" in err
@@ -137,7 +138,7 @@ def test_a_split_that_holds_out_nothing_is_refused(tmp_path, capsys):
 
 
 def test_a_tampered_config_is_refused_before_anything_large_is_allocated(synthetic_model, tmp_path):
-    """Defect 6: n_factors 2,000,000 in config.json cost 11 s and 2.8 GB before the refusal."""
+    """N_factors 2,000,000 in config.json cost 11 s and 2.8 GB before the refusal."""
     folder = shutil.copytree(synthetic_model[0], tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())
     config["models"]["dot"]["n_factors"] = 2_000_000
@@ -153,7 +154,7 @@ def test_a_tampered_config_is_refused_before_anything_large_is_allocated(synthet
 
 
 def test_swapped_titles_in_vocab_json_are_refused(synthetic_model, tmp_path):
-    """Defect 6: two titles swapped in vocab.json loaded silently, every answer mislabelled."""
+    """Two titles swapped in vocab.json loaded silently, every answer mislabelled."""
     folder = shutil.copytree(synthetic_model[0], tmp_path / "model")
     vocab = json.loads((folder / "vocab.json").read_text())
     vocab["items"][1], vocab["items"][2] = vocab["items"][2], vocab["items"][1]
@@ -163,7 +164,7 @@ def test_swapped_titles_in_vocab_json_are_refused(synthetic_model, tmp_path):
 
 
 def test_y_range_advice_is_a_flag_value_that_works(tmp_path, capsys):
-    """Defect 8: the advice said `--y-range 0 7`, which argparse refuses; the flag takes low,high."""
+    """The advice said `--y-range 0 7`, which argparse refuses; the flag takes low,high."""
     from hfcf import data
 
     (tmp_path / "r.csv").write_text("user,item,rating\n1,1,7\n2,2,1\n1,2,4\n2,1,3\n")
@@ -184,7 +185,7 @@ def test_y_range_advice_is_a_flag_value_that_works(tmp_path, capsys):
 @pytest.mark.parametrize("where, message", [("", "no model given"), ("model-typo", "there is no folder"),
                                             ("models/typo", "there is no folder")])
 def test_a_local_mistake_is_not_sent_to_the_hub(where, message, tmp_path, monkeypatch):
-    """Defect 13: "" loaded the current folder; a mistyped local name was taken for a Hub repo id."""
+    """"" loaded the current folder; a mistyped local name was taken for a Hub repo id."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     with pytest.raises(ArtifactError, match=message):

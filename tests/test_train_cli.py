@@ -184,7 +184,7 @@ def test_train_py_on_movielens_100k_writes_a_card_with_all_metrics(ml100k, tmp_p
 
 
 def test_set_changes_one_models_setting_and_the_card_records_it(tmp_path):
-    """Issue 13: --epochs, --bs, --lr and --wd apply to every model at once."""
+    """--epochs, --bs, --lr and --wd apply to every model at once."""
     out = tmp_path / "model"
     done = subprocess.run([sys.executable, "train.py", "--data", "synthetic", "--epochs", "2", "--set", "nn.epochs=3",
                            "--set", "topn.n_factors=16", "--set", "nn.layers=20,10", "--out", str(out)], cwd=ROOT,
@@ -211,7 +211,7 @@ def test_set_refuses_a_value_of_the_wrong_kind(tmp_path, capsys):
 
 
 def test_the_card_claims_only_what_is_true_of_the_data(tmp_path):
-    """Issue 13: a model trained on ratings.parquet said `tags: [movielens]` and `datasets: [ratings-parquet]`."""
+    """A model trained on ratings.parquet said `tags: [movielens]` and `datasets: [ratings-parquet]`."""
     (tmp_path / "ratings.csv").write_text("user,item,rating\n" + "".join(
         f"{u},{i},{(u * i) % 5 + 1}\n" for u in range(1, 30) for i in range(1, 20) if (u + i) % 3))
     for extra, datasets in (([], None), (["--dataset-id", "someone/book-ratings"], ["someone/book-ratings"])):

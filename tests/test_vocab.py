@@ -69,7 +69,7 @@ def test_normalize_title_drops_articles_accents_and_suffix():
 
 
 def test_a_title_absent_from_the_catalogue_says_so_not_only_spelling():
-    """Issue 13: on the synthetic demo model, a MovieLens title failed with "Check the spelling." alone."""
+    """On the synthetic demo model, a MovieLens title failed with "Check the spelling." alone."""
     items = ItemVocab([NA, "Cluster 0 Movie 001", "Cluster 1 Movie 002"])
     with pytest.raises(UnknownItemError) as caught:
         items.index("Silence of the Lambs")

@@ -47,8 +47,9 @@ def follow_the_data(base, n_train):
     """A rating model's `base` settings (tuned on TUNED_RATINGS training ratings) for `n_train` of them: as many
     steps an epoch as where it was tuned (the batch grows with the data, up to LARGEST_BATCH), the learning rate
     scaled by the square root of the batch's growth (Adam's rule; at most 3x, the best measured from 8k to 64k
-    ratings a batch; smaller batches keep the tuned rate, as a few thousand ratings learnt nothing at a third of it) and the decoupled weight decay set so that the decay an epoch (lr x wd x steps) stays what it
-    was where `base` was tuned. Smooth in `n_train`: no recipe switches at a size.
+    ratings a batch; smaller batches keep the tuned rate: a few thousand ratings learnt nothing at a third of it),
+    and the decoupled weight decay set so that the decay an epoch (lr x wd x steps) stays what it was where `base`
+    was tuned. Smooth in `n_train`: no recipe switches at a size.
     """
     bs = int(min(LARGEST_BATCH, max(32, round(n_train * base.bs / TUNED_RATINGS))))
     lr = base.lr * min(3.0, max(1.0, math.sqrt(bs / base.bs)))
@@ -88,8 +89,8 @@ def epochs_text(s):
                        + f"({runs(candidate['tried'])})" for candidate in candidates)
     chosen = "".join(f" and {name} {s[name]}" for name in varied)
     return (f"{s['epochs']} epochs{chosen} chosen on {how['on']} ({how['share']:.0%}) held out: one-cycle runs of "
-            f"growing length scored by {how['metric']}{': ' if varied else ' '}{scored}, at most {how['max_epochs']} epochs; then refitted "
-            "on all the training data")
+            f"growing length scored by {how['metric']}{': ' if varied else ' '}{scored}, at most "
+            f"{how['max_epochs']} epochs; then refitted on all the training data")
 
 
 def rating_fit(s):
@@ -97,7 +98,8 @@ def rating_fit(s):
     if s.get("lazy") and "decay" not in s:  # written before lazy Adam took fastai's decoupled weight decay
         optimizer = "lazy Adam (only the embedding rows a batch touches are updated; wd is an L2 penalty per rating)"
     elif s.get("lazy"):
-        optimizer = "fastai's Adam computed lazily (the embedding rows a batch does not touch catch up when next touched)"
+        optimizer = ("fastai's Adam computed lazily (the embedding rows a batch does not touch catch up when next "
+                     "touched)")
     else:
         optimizer = "Adam"
     return (f"`fit_one_cycle({s['epochs']}, {s['lr']}, wd={s['wd']})` with {optimizer} beta2 {s['sqr_mom']}, "
