@@ -155,6 +155,17 @@ def shard(rows, world):
     return torch.tensor_split(rows, world.size)[world.rank]
 
 
+def split_by_owner(rows, keys, world):
+    """This rank's part of one global batch of `rows`: those whose key (the user row of a rating) it owns, so a
+    user's rows are looked up and updated on one rank alone and never sent; contiguous shares (`shard`) where that
+    would leave a rank fewer than two (a small batch, or data dominated by a few users). Returns (rows, whether
+    they were split by owner); every rank computes the same split, so all know which it was."""
+    owner = owners(keys, world)
+    if int(torch.bincount(owner, minlength=world.size).min()) < 2:
+        return shard(rows, world), False
+    return rows[owner == world.rank], True
+
+
 def exchange(payloads, world):
     """Send `payloads[d]` (a flat float32 tensor) to rank d, from every rank at once (one all-to-all: on Gloo about
     twice as fast as an all-gather of the same bytes). Returns (what each rank sent this one, bytes sent to others)."""
@@ -177,61 +188,115 @@ def _integers(bits):
     return bits.view(torch.int32).long()
 
 
-def owner(table, world):
-    """The rank whose optimizer updates embedding table number `table` (in the model's order) under torchrun."""
-    return table % world.size
+def owners(rows, world):
+    """The rank that updates each of `rows` of a lazy embedding table under torchrun: rows are dealt out in turn
+    (row r to rank r mod N), so every rank updates about 1/N of the rows a batch touches, popular or rare."""
+    return rows % world.size
 
 
-def to_owners(grads, world):
-    """Each rank's sparse embedding gradients (one per table), each table's sent to the rank that owns it.
+@dataclass
+class RowSums:
+    """The gradients of one or more lazy tables looked up with the same indices (the dot model's factors and
+    bias), summed per row: what a rank sends, and what an owner's optimizer steps on."""
 
-    Returns {table: its gradient over the global batch} for the tables this rank owns: every rank's lookups in
-    rank order (the global batch's own order, as `shard` cuts it), their gradients averaged over the ranks as DDP
-    averages; and the bytes sent. The owner's update then sees what one process given the whole batch would.
+    rows: torch.Tensor    # unique, ascending
+    counts: torch.Tensor  # lookups of each row
+    values: list          # per table: (len(rows), width), the rows' summed gradients
+    lookups: int          # lookups summed over: a rank's share of the batch, or the whole batch once exchanged
+
+
+def sum_rows(rows, counts, values, lookups):
+    """RowSums of `values` (per table, one line per entry of `rows`), entries of the same row added together."""
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    return RowSums(unique, counts.new_zeros(len(unique)).index_add_(0, inverse, counts),
+                   [part.new_zeros(len(unique), part.shape[1]).index_add_(0, inverse, part) for part in values],
+                   lookups)
+
+
+def _by_owner(rows, values, size, world):
+    """This rank's lookups of one group of tables (`size` rows each), summed per row: one RowSums per owner."""
+    keys = owners(rows, world) * size + rows  # sorted, each owner's rows come out side by side
+    summed = sum_rows(keys, torch.ones_like(keys), values, len(rows))
+    bounds = torch.searchsorted(summed.rows, torch.arange(world.size + 1, device=rows.device) * size).tolist()
+    summed.rows = summed.rows % size
+    return [RowSums(summed.rows[low:high], summed.counts[low:high], [part[low:high] for part in summed.values],
+                    summed.lookups) for low, high in zip(bounds[:-1], bounds[1:])]
+
+
+def _message(parts):
+    """RowSums (one per group) as one flat float32 message: per group its lookups, row count, rows, counts, values."""
+    return torch.cat([piece for part in parts for piece in (
+        _bits(torch.tensor([part.lookups, len(part.rows)], device=part.rows.device)), _bits(part.rows),
+        _bits(part.counts), *(value.reshape(-1) for value in part.values))])
+
+
+def _parts(message, widths):
+    """The RowSums of a `_message`, given each group's tables' widths."""
+    parts, at = [], 0
+    for group in widths:
+        lookups, n = _integers(message[at:at + 2]).tolist()
+        rows, counts = _integers(message[at + 2:at + 2 + n]), _integers(message[at + 2 + n:at + 2 + 2 * n])
+        at += 2 + 2 * n
+        values = []
+        for width in group:
+            values.append(message[at:at + n * width].reshape(n, width))
+            at += n * width
+        parts.append(RowSums(rows, counts, values, lookups))
+    return parts
+
+
+def to_owners(groups, world):
+    """This rank's lookups in lazy tables, each row's gradient summed and sent to the rank that owns it.
+
+    `groups`: per group of tables looked up with the same indices, (rows looked up, [gradient per table, one line
+    per lookup], the tables' row count). Returns (RowSums of the rows this rank owns, one per group, over every
+    rank's lookups: counts and lookups added, gradients averaged over the ranks as DDP averages; bytes sent).
+    Summed before it is sent, what a step sends follows the rows a batch touches, not its lookups; a rank's own
+    rows (all of its users' rows, when the batch was split by owner) are never sent.
     """
-    messages = [[] for _ in range(world.size)]
-    for table, grad in enumerate(grads):
-        rows = grad._indices()[0]
-        messages[owner(table, world)] += [_bits(torch.tensor([len(rows)], device=rows.device)), _bits(rows),
-                                          grad._values().reshape(-1)]
-    received, sent = exchange([torch.cat(message) if message else grads[0]._values().new_empty(0)
-                               for message in messages], world)
-    mine = [table for table in range(len(grads)) if owner(table, world) == world.rank]
-    parts = {table: [] for table in mine}
-    for message in received:
-        at = 0
-        for table in mine:
-            n, width = int(_integers(message[at:at + 1])), grads[table].shape[1:].numel()
-            parts[table].append((_integers(message[at + 1:at + 1 + n]), message[at + 1 + n:at + 1 + n + n * width]))
-            at += 1 + n + n * width
-    owned = {}
-    for table, table_parts in parts.items():
-        shape = grads[table].shape
-        rows = torch.cat([part[0] for part in table_parts])
-        # each rank's loss is the mean over its share: the mean of the ranks' gradients is the global batch's
-        values = torch.cat([part[1] for part in table_parts]).div_(world.size).reshape(len(rows), *shape[1:])
-        owned[table] = torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=False)
+    local = [_by_owner(rows, values, size, world) for rows, values, size in groups]
+    received, sent = exchange([_message([group[rank] for group in local]) if rank != world.rank
+                               else torch.empty(0, device=groups[0][0].device) for rank in range(world.size)], world)
+    widths = [[part.shape[1] for part in values] for _, values, _ in groups]
+    incoming = [_parts(message, widths) if rank != world.rank else [group[rank] for group in local]
+                for rank, message in enumerate(received)]
+    owned = []
+    for found in zip(*incoming):  # each group's parts, in rank order: the global batch's own order
+        lookups = sum(part.lookups for part in found)
+        found = [part for part in found if len(part.rows)] or found[:1]
+        if len(found) == 1:  # the rows came from one rank alone (a user's, on its owner): already summed
+            summed = RowSums(found[0].rows, found[0].counts, found[0].values, lookups)
+        else:
+            summed = sum_rows(torch.cat([part.rows for part in found]), torch.cat([part.counts for part in found]),
+                              [torch.cat(values) for values in zip(*(part.values for part in found))], lookups)
+        # each rank's loss is the mean over its share, weighted by it: the mean of the ranks' gradients is the
+        # global batch's
+        for part in summed.values:
+            part.div_(world.size)
+        owned.append(summed)
     return owned, sent
 
 
-def from_owners(updated, shapes, world):
-    """Every owner's updated rows sent to every other rank: `updated` is {table: (rows, new values)} of the tables
-    this rank owns, `shapes` every table's shape. Returns [(table, rows, values)] from the others, and bytes sent."""
-    message = torch.cat([part for rows, values in updated.values()
+def from_owners(updated, world):
+    """The new values of the rows this rank's optimizer updated, sent to every other rank: `updated` is, per group
+    of tables, (rows, [new values per table]). Returns, per group, [(rows, [values per table])] from the other
+    ranks, and bytes sent."""
+    message = torch.cat([part for rows, values in updated
                          for part in (_bits(torch.tensor([len(rows)], device=rows.device)), _bits(rows),
-                                      values.reshape(-1))])
+                                      *(value.reshape(-1) for value in values))])
     received, sent = exchange([message.new_empty(0) if rank == world.rank else message
                                for rank in range(world.size)], world)
-    updates = []
+    updates = [[] for _ in updated]
     for rank, incoming in enumerate(received):
         if rank == world.rank:
             continue
         at = 0
-        for table, shape in enumerate(shapes):
-            if owner(table, world) != rank:
-                continue
-            n, width = int(_integers(incoming[at:at + 1])), shape[1:].numel()
-            updates.append((table, _integers(incoming[at + 1:at + 1 + n]),
-                            incoming[at + 1 + n:at + 1 + n + n * width].reshape(n, *shape[1:])))
-            at += 1 + n + n * width
+        for (_, values), found in zip(updated, updates):
+            n = int(_integers(incoming[at:at + 1]))
+            rows, at = _integers(incoming[at + 1:at + 1 + n]), at + 1 + n
+            new = []
+            for value in values:
+                new.append(incoming[at:at + n * value.shape[1]].reshape(n, value.shape[1]))
+                at += n * value.shape[1]
+            found.append((rows, new))
     return updates, sent

@@ -34,7 +34,7 @@ from .kinds import KINDS
 
 
 def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, moments=None,
-                   **kwargs):
+                   lookups=None, ranks=1, **kwargs):
     """fastai optimizer callback: Adam whose step costs what a batch touched, not the size of the tables.
 
     For an embedding with a sparse gradient, only the rows the batch looked up are updated ("lazy" Adam, as
@@ -42,6 +42,9 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     L2 penalty per rating: a touched row's gradient gains `wd * row * (its ratings in the batch / batch size)`,
     the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
     A row's two Adam moments sit side by side (`moments`, rows x 2 x width): one gather and one scatter a step.
+    Under torchrun `DataParallel` hands each rank the gradient of the rows it owns already summed over the batch,
+    with `lookups` (each row's lookups, the batch's), and `ranks`: row r's moments sit at r // ranks, as a rank
+    holds only those of its rows (every ranks-th).
     A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its gradient where its
     `do_wd` is on (the nn turns it off: `hfcf.kinds.nn.Neural.learner`).
     """
@@ -50,22 +53,28 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     grad = p.grad
     if grad.is_sparse:
         if moments is None:
-            moments = p.new_zeros(p.shape[0], 2, p.shape[1])
-        looked_up = grad._indices()[0]
-        rows, position, counts = _unique_rows(looked_up)
-        summed = p.new_zeros(len(rows), p.shape[1]).index_add_(0, position, grad._values())
+            moments = p.new_zeros(-(-p.shape[0] // ranks), 2, p.shape[1])
+        if lookups is None:
+            looked_up = grad._indices()[0]
+            rows, position, counts = _unique_rows(looked_up)
+            summed = p.new_zeros(len(rows), p.shape[1]).index_add_(0, position, grad._values())
+            lookups = (counts, len(looked_up))
+        else:
+            rows, summed = grad._indices()[0], grad._values()
+        counts, batch = lookups
         # index_select / index_copy_ rather than tensor[rows]: advanced indexing's gather and index_put cost
         # twice as much on CPU, and these rows are unique.
         weights = p.data.index_select(0, rows)
         if do_wd and wd:
-            summed.addcmul_(weights, (counts * (wd / len(looked_up))).to(p.dtype)[:, None])
-        both = moments.index_select(0, rows)
+            summed.addcmul_(weights, (counts * (wd / batch)).to(p.dtype)[:, None])
+        slots = rows if ranks == 1 else rows // ranks
+        both = moments.index_select(0, slots)
         avg, sqr = both[:, 0], both[:, 1]
         avg.mul_(mom).add_(summed, alpha=1 - mom)
         sqr.mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
-        moments.index_copy_(0, rows, both)
+        moments.index_copy_(0, slots, both)
         p.data.index_copy_(0, rows, weights.addcdiv_(avg, (sqr / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom))
-        return {"step": step, "moments": moments}
+        return {"step": step, "moments": moments, "lookups": None}
     if grad_avg is None:
         grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
     if do_wd and wd:
@@ -130,12 +139,15 @@ def batch_bounds(n, bs, training, world=distributed.SINGLE):
 class TensorBatches:
     """(x, y) batches sliced from in-memory tensors; fastai's Learner needs only iteration, len and `to`.
 
-    When shuffling (training) under torchrun, every rank draws the same order and takes its share of each batch.
+    When shuffling (training) under torchrun, every rank draws the same order and takes its share of each batch:
+    the ratings of the users it owns (`distributed.split_by_owner`). `share` is the part of the last global batch
+    this rank took, `by_owner` whether it was split by owner (`DataParallel` reads both).
     """
 
     def __init__(self, x, y, bs, shuffle, seed=0, world=distributed.SINGLE):
         self.x, self.y, self.bs, self.shuffle, self.world = x, y, bs, shuffle, world
         self.generator = torch.Generator().manual_seed(seed)
+        self.share, self.by_owner = 1.0, True
 
     def __len__(self):
         return len(batch_bounds(len(self.x), self.bs, self.shuffle, self.world))
@@ -147,7 +159,10 @@ class TensorBatches:
             return
         order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
         for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
-            rows = distributed.shard(order[start:end], self.world)
+            rows = order[start:end]
+            if self.world.distributed:
+                rows, self.by_owner = distributed.split_by_owner(rows, self.x[rows, 0], self.world)
+                self.share = len(rows) / (end - start)
             yield self.x[rows], self.y[rows]
 
     def to(self, device):
@@ -347,9 +362,14 @@ class DataParallel(Callback):
     """Average the ranks' gradients every step (fastai's `DistributedTrainer` without its CUDA assumptions).
 
     Dense parameters go through DistributedDataParallel's all-reduce. The tables that lazy Adam updates (sparse
-    embeddings) are left out of it and shared out among the ranks, a table to each: after the backward pass every
-    rank's lookups and their gradients go to the table's owner, whose step updates the rows looked up, and their
-    new values go to every rank after the step (`distributed.to_owners`, `from_owners`). Buffers are not broadcast
+    embeddings) are left out of it; their rows are shared out among the ranks (`distributed.owners`), and each rank
+    takes the ratings of the users it owns from every batch (`TensorBatches`). After the backward pass each rank
+    sums its gradients per row looked up (tables looked up with the same indices, as the dot model's factors and
+    bias, share one sort and one message) and sends each row's sum to its owner (`distributed.to_owners`): for a
+    user that is the rank itself, so only titles' rows travel. An owner's step updates its rows from the whole
+    global batch. The titles' new values go to every rank after the step (`distributed.from_owners`); a user's go
+    only when another rank is about to read them (before validating, at the end of a fit, or before a batch too
+    small to split by owner), so each rank holds the whole model whenever it is read. Buffers are not broadcast
     each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm statistics
     follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
     """
@@ -360,12 +380,19 @@ class DataParallel(Callback):
 
     def before_fit(self):
         self.inner = self.learn.model
-        sparse = {id(module.weight) for module in self.inner.modules()
-                  if isinstance(module, torch.nn.Embedding) and module.sparse}
+        self.tables = [module for module in self.inner.modules() if isinstance(module, torch.nn.Embedding)
+                       and module.sparse and module.weight.requires_grad]
+        sparse = {id(module.weight) for module in self.tables}
         named = [(name, p) for name, p in self.inner.named_parameters() if p.requires_grad]
-        self.sparse = [p for _, p in named if id(p) in sparse]
         dense = [p for _, p in named if id(p) not in sparse]
         self.dense_bytes = sum(p.numel() * p.element_size() for p in dense)
+        for table in self.tables:
+            self.learn.opt.state[table.weight]["ranks"] = self.world.size
+        # rows of a user table this rank updated and the others have not received yet
+        self.unsent = {table: torch.zeros(len(table.weight), dtype=torch.bool, device=table.weight.device)
+                       for table in self.tables}
+        self.groups, self.looked_up = [], {}
+        self.hooks = [table.register_forward_pre_hook(self._record) for table in self.tables]
         if dense:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                 self.inner, [name for name, p in named if id(p) in sparse])
@@ -373,31 +400,94 @@ class DataParallel(Callback):
             self.learn.model = DistributedDataParallel(self.inner, broadcast_buffers=False,
                                                        device_ids=[device] if device.type == "cuda" else None)
 
+    def _record(self, table, inputs):
+        self.looked_up[table] = inputs[0]
+
+    def _groups(self):
+        """[(tables, by user)]: the lazy tables a forward pass looked up, grouped by the index tensor they were
+        given, and whether that tensor is the batch's user column (a view of it, as the model's forward takes it).
+        The same on every rank: it follows the model's code, not the rows drawn."""
+        groups = {}
+        for table in self.tables:
+            groups.setdefault(id(self.looked_up[table]), []).append(table)
+        users = self.learn.xb[0][:, 0] if hasattr(self.learn.dl, "by_owner") else None
+        return [(tables, users is not None and _same_view(self.looked_up[tables[0]], users))
+                for tables in groups.values()]
+
+    def before_batch(self):
+        if self.learn.training and not getattr(self.learn.dl, "by_owner", True):
+            self._send_unsent()  # every rank looks up users of every rank in this batch
+
+    def after_loss(self):
+        # a rank's loss is the mean over its share of the batch: weighted by that share, the ranks' average (DDP's,
+        # and the lazy tables' in `to_owners`) is the mean over the whole batch, however unequal the shares
+        if self.learn.training and hasattr(self.learn.dl, "share"):
+            self.learn.loss_grad = self.learn.loss_grad * (self.learn.dl.share * self.world.size)
+
     def after_backward(self):
         self.sent += self.dense_bytes
         self.steps += 1
-        if self.sparse:
-            owned, sent = distributed.to_owners([p.grad for p in self.sparse], self.world)
-            for table, p in enumerate(self.sparse):
-                p.grad = owned.get(table)  # None: another rank's optimizer updates this table
-            self.sent += sent
+        if not self.tables:
+            return
+        self.groups = self._groups()
+        self.owned, sent = distributed.to_owners(
+            [(tables[0].weight.grad._indices()[0], [table.weight.grad._values() for table in tables],
+              len(tables[0].weight)) for tables, _ in self.groups], self.world)
+        for (tables, _), mine in zip(self.groups, self.owned):
+            for table, values in zip(tables, mine.values):
+                table.weight.grad = torch.sparse_coo_tensor(mine.rows[None], values, table.weight.shape,
+                                                            is_coalesced=True, check_invariants=False)
+                self.learn.opt.state[table.weight]["lookups"] = (mine.counts, mine.lookups)
+        self.sent += sent
 
     def after_step(self):
-        if self.sparse:
-            # the rows each owned table's step updated: its sort is still in `_unique_rows`'s memory
-            updated = {table: (rows, p.data.index_select(0, rows)) for table, p in enumerate(self.sparse)
-                       if p.grad is not None for rows in [_unique_rows(p.grad._indices()[0])[0]]}
-            received, sent = distributed.from_owners(updated, [p.shape for p in self.sparse], self.world)
-            for table, rows, values in received:
-                self.sparse[table].data.index_copy_(0, rows, values)
-            self.sent += sent
+        if not self.tables:
+            return
+        titles = []
+        for (tables, by_user), mine in zip(self.groups, self.owned):
+            if by_user:
+                self.unsent[tables[0]].index_fill_(0, mine.rows, True)
+            else:
+                titles.append((mine.rows, tables))
+        self._send(titles)
+        for table in self.tables:
+            table.weight.grad = None  # the summed gradient served its step; the next backward starts afresh
+
+    def _send(self, updated):
+        """Every rank's new values of the rows it updated, `updated` [(rows, tables)], written on every other."""
+        if not updated:  # no such tables in this model: the same on every rank
+            return
+        new = [(rows, [table.weight.data.index_select(0, rows) for table in tables]) for rows, tables in updated]
+        received, sent = distributed.from_owners(new, self.world)
+        for (_, tables), found in zip(updated, received):
+            for rows, values in found:
+                for table, value in zip(tables, values):
+                    table.weight.data.index_copy_(0, rows, value)
+        self.sent += sent
+
+    def _send_unsent(self):
+        users = [tables for tables, by_user in self.groups if by_user]
+        self._send([(self.unsent[tables[0]].nonzero()[:, 0], tables) for tables in users])
+        for tables in users:
+            self.unsent[tables[0]].zero_()
+
+    def before_validate(self):
+        self._send_unsent()
 
     @property
     def bytes_per_step(self):
         return round(self.sent / self.steps) if self.steps else 0
 
     def after_fit(self):
+        self._send_unsent()
+        for hook in self.hooks:
+            hook.remove()
         self.learn.model = self.inner
+
+
+def _same_view(a, b):
+    """Whether tensors `a` and `b` are the same view of the same memory."""
+    return (a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
 
 
 def release_freed_memory():
