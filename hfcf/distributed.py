@@ -234,8 +234,11 @@ def sum_rows(keys, size, counts, values, lookups):
                    lookups)
 
 
-def _by_owner(rows, values, size, world):
-    """This rank's lookups of one group of tables (`size` rows each), summed per row: one RowSums per owner."""
+def _by_owner(rows, values, size, whole, world):
+    """This rank's lookups of one group of tables (`size` rows each), summed per row: per rank, a RowSums of the
+    rows it updates (every row, for tables that every rank updates whole)."""
+    if whole:
+        return [sum_rows(rows, size, torch.ones_like(rows), values, len(rows))] * world.size
     span = -(-size // world.size)  # the most rows a rank owns
     # each owner's rows side by side, each by its place among that owner's rows (row // N)
     summed = sum_rows(owners(rows, world) * span + rows // world.size, world.size * span, torch.ones_like(rows),
@@ -269,37 +272,41 @@ def _parts(message, widths):
 
 
 def to_owners(groups, world):
-    """This rank's lookups in lazy tables, each row's gradient summed and sent to the rank that owns it.
+    """This rank's lookups in lazy tables, each row's gradient summed and sent to the ranks that update the row.
 
     `groups`: per group of tables looked up with the same indices, (rows looked up, [gradient per table, one line
-    per lookup], the tables' row count). Returns (RowSums of the rows this rank owns, one per group, over every
-    rank's lookups: counts and lookups added, gradients averaged over the ranks as DDP averages; bytes sent).
-    Summed before it is sent, what a step sends follows the rows a batch touches, not its lookups; a rank's own
-    rows (all of its users' rows, when the batch was split by owner) are never sent.
+    per lookup], the tables' row count, whether every rank updates them whole). A row of a table shared out among
+    the ranks goes to its owner (`owners`), one of a whole table to every rank. Returns (per group, RowSums of the
+    rows this rank updates over every rank's lookups: counts and lookups added, gradients averaged over the ranks as
+    DDP averages; bytes sent). Summed before it is sent, what a step sends follows the rows a batch touches, not
+    its lookups; a rank's own rows (all of its users', when the batch was split by owner) are never sent.
     """
-    local = [_by_owner(rows, values, size, world) for rows, values, size in groups]
+    local = [_by_owner(rows, values, size, whole, world) for rows, values, size, whole in groups]
     received, sent = exchange([_message([group[rank] for group in local]) if rank != world.rank
                                else torch.empty(0, device=groups[0][0].device) for rank in range(world.size)], world)
-    widths = [[part.shape[1] for part in values] for _, values, _ in groups]
+    widths = [[part.shape[1] for part in values] for _, values, _, _ in groups]
     incoming = [_parts(message, widths) if rank != world.rank else [group[rank] for group in local]
                 for rank, message in enumerate(received)]
-    owned = []
-    for (_, _, size), found in zip(groups, zip(*incoming)):  # each group's parts in rank order, the batch's own
+    updated = []
+    for (_, _, size, whole), found in zip(groups, zip(*incoming)):  # each group's parts in rank order: the batch's
         lookups = sum(part.lookups for part in found)
         found = [part for part in found if len(part.rows)] or found[:1]
         if len(found) == 1:  # the rows came from one rank alone (a user's, on its owner): already summed
             summed = RowSums(found[0].rows, found[0].counts, found[0].values, lookups)
-        else:  # this rank's rows, by their place among them (row // N)
-            places = torch.cat([part.rows for part in found]) // world.size
-            summed = sum_rows(places, -(-size // world.size), torch.cat([part.counts for part in found]),
-                              [torch.cat(values) for values in zip(*(part.values for part in found))], lookups)
-            summed.rows = summed.rows * world.size + world.rank
+        else:
+            rows, counts = torch.cat([part.rows for part in found]), torch.cat([part.counts for part in found])
+            values = [torch.cat(parts) for parts in zip(*(part.values for part in found))]
+            if whole:
+                summed = sum_rows(rows, size, counts, values, lookups)
+            else:  # by each row's place among this rank's rows (row // N)
+                summed = sum_rows(rows // world.size, -(-size // world.size), counts, values, lookups)
+                summed.rows = summed.rows * world.size + world.rank
         # each rank's loss is the mean over its share, weighted by it: the mean of the ranks' gradients is the
         # global batch's
         for part in summed.values:
             part.div_(world.size)
-        owned.append(summed)
-    return owned, sent
+        updated.append(summed)
+    return updated, sent
 
 
 def from_owners(updated, world):

@@ -157,15 +157,25 @@ class TensorBatches:
             for start, end in batch_bounds(len(self.x), self.bs, False):
                 yield self.x[start:end], self.y[start:end]
             return
+        if self.world.distributed:
+            yield from self._shares()
+            return
         order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
-        for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
+        for start, end in batch_bounds(len(self.x), self.bs, True):
             rows = order[start:end]
-            if not self.world.distributed:
-                yield self.x[rows], self.y[rows]
-                continue
+            yield self.x[rows], self.y[rows]
+
+    def _shares(self):
+        """This rank's share of each shuffled global batch under torchrun."""
+        # the order one process draws (randperm's draws depend on n alone), as int32 in 60% of int64's time
+        order = torch.randperm(len(self.x), generator=self.generator,
+                               dtype=torch.int32 if len(self.x) < 2 ** 31 else torch.int64).to(self.x.device)
+        users = self.x[:, 0]
+        for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
+            batch = order[start:end]
             # index_select rather than advanced indexing: a third less time for these gathers on CPU
-            rows, self.by_owner = distributed.split_by_owner(rows, self.x[:, 0].index_select(0, rows), self.world)
-            self.share = len(rows) / (end - start)
+            rows, self.by_owner = distributed.split_by_owner(batch, users.index_select(0, batch), self.world)
+            self.share = len(rows) / len(batch)
             yield self.x.index_select(0, rows), self.y.index_select(0, rows)
 
     def to_detach(self, b, cpu=True, gather=True):
@@ -371,16 +381,17 @@ class DataParallel(Callback):
     """Average the ranks' gradients every step (fastai's `DistributedTrainer` without its CUDA assumptions).
 
     Dense parameters go through DistributedDataParallel's all-reduce. The tables that lazy Adam updates (sparse
-    embeddings) are left out of it; their rows are shared out among the ranks (`distributed.owners`), and each rank
-    takes the ratings of the users it owns from every batch (`TensorBatches`). After the backward pass each rank
-    sums its gradients per row looked up (tables looked up with the same indices, as the dot model's factors and
-    bias, share one sort and one message) and sends each row's sum to its owner (`distributed.to_owners`): for a
-    user that is the rank itself, so only titles' rows travel. An owner's step updates its rows from the whole
-    global batch. The titles' new values go to every rank after the step (`distributed.from_owners`); a user's go
-    only when another rank is about to read them (before validating, at the end of a fit, or before a batch too
-    small to split by owner), so each rank holds the whole model whenever it is read. Buffers are not broadcast
-    each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm statistics
-    follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
+    embeddings) are left out of it. Each rank takes the ratings of the users it owns from every batch
+    (`TensorBatches`, `distributed.owners`: row r is rank r mod N's), so the rows of the tables looked up by user
+    are shared out: a user's rows are looked up, updated (their Adam moments kept) and summed on their owner alone.
+    The other tables (titles) are looked up by every rank, and every rank keeps and updates them whole, as DDP does
+    its parameters but for the rows a batch touched: each rank sums its gradients per title row and sends the sums
+    to the others (`distributed.to_owners`, one all-to-all a step, which carries users' rows too when a batch was
+    not split by owner), and every rank takes the same step from the sums over the whole global batch. A user's new
+    values are sent only when another rank is about to read them: before validating, at the end of a fit, or before
+    a batch too small to split by owner. So every rank holds the whole model whenever it is read. Buffers are not
+    broadcast each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm
+    statistics follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
     """
 
     def __init__(self, world):
@@ -396,12 +407,10 @@ class DataParallel(Callback):
         named = [(name, p) for name, p in self.inner.named_parameters() if p.requires_grad]
         dense = [p for _, p in named if id(p) not in sparse]
         self.dense_bytes = sum(p.numel() * p.element_size() for p in dense)
-        for table in self.tables:
-            self.learn.opt.state[table.weight]["ranks"] = self.world.size
         # rows of a user table this rank updated and the others have not received yet
         self.unsent = {table: torch.zeros(len(table.weight), dtype=torch.bool, device=table.weight.device)
                        for table in self.tables}
-        self.groups, self.looked_up = [], {}
+        self.groups, self.updated, self.looked_up = [], [], {}
         self.hooks = [table.register_forward_pre_hook(self._record) for table in self.tables]
         if dense:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -440,33 +449,27 @@ class DataParallel(Callback):
         if not self.tables:
             return
         self.groups = self._groups()
-        self.owned, sent = distributed.to_owners(
+        self.updated, sent = distributed.to_owners(
             [(tables[0].weight.grad._indices()[0], [table.weight.grad._values() for table in tables],
-              len(tables[0].weight)) for tables, _ in self.groups], self.world)
-        for (tables, _), mine in zip(self.groups, self.owned):
+              len(tables[0].weight), not by_user) for tables, by_user in self.groups], self.world)
+        for (tables, by_user), mine in zip(self.groups, self.updated):
             for table, values in zip(tables, mine.values):
                 table.weight.grad = torch.sparse_coo_tensor(mine.rows[None], values, table.weight.shape,
                                                             is_coalesced=True, check_invariants=False)
-                self.learn.opt.state[table.weight]["lookups"] = (mine.counts, mine.lookups)
+                state = self.learn.opt.state[table.weight]
+                state["lookups"] = (mine.counts, mine.lookups)
+                state["ranks"] = self.world.size if by_user else 1  # whose Adam moments this rank keeps
         self.sent += sent
 
     def after_step(self):
-        if not self.tables:
-            return
-        titles = []
-        for (tables, by_user), mine in zip(self.groups, self.owned):
+        for (tables, by_user), mine in zip(self.groups, self.updated):
             if by_user:
                 self.unsent[tables[0]].index_fill_(0, mine.rows, True)
-            else:
-                titles.append((mine.rows, tables))
-        self._send(titles)
         for table in self.tables:
             table.weight.grad = None  # the summed gradient served its step; the next backward starts afresh
 
     def _send(self, updated):
         """Every rank's new values of the rows it updated, `updated` [(rows, tables)], written on every other."""
-        if not updated:  # no such tables in this model: the same on every rank
-            return
         new = [(rows, [table.weight.data.index_select(0, rows) for table in tables]) for rows, tables in updated]
         received, sent = distributed.from_owners(new, self.world)
         for (_, tables), found in zip(updated, received):
@@ -477,6 +480,8 @@ class DataParallel(Callback):
 
     def _send_unsent(self):
         users = [tables for tables, by_user in self.groups if by_user]
+        if not users:  # no such tables in this model (or no step yet): the same on every rank
+            return
         self._send([(self.unsent[tables[0]].nonzero()[:, 0], tables) for tables in users])
         for tables in users:
             self.unsent[tables[0]].zero_()
