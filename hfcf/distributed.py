@@ -226,23 +226,28 @@ def unique(keys, size):
 
 
 def sum_rows(keys, size, counts, values, lookups):
-    """RowSums of `values` (per table, one line per entry of `keys`, each in [0, size)), those of the same key
-    added together; its `rows` are the keys, ascending."""
+    """RowSums of `values`, those of the same key (each in [0, size)) added together; its `rows` are the keys,
+    ascending. `values` holds, per table, one line per entry of `keys` in a list of tensors, joined without a copy."""
     found, inverse = unique(keys, size)
-    return RowSums(found, counts.new_zeros(len(found)).index_add_(0, inverse, counts),
-                   [part.new_zeros(len(found), part.shape[1]).index_add_(0, inverse, part) for part in values],
-                   lookups)
+    sums = []
+    for parts in values:
+        total, at = parts[0].new_zeros(len(found), parts[0].shape[1]), 0
+        for part in parts:
+            total.index_add_(0, inverse[at:at + len(part)], part)
+            at += len(part)
+        sums.append(total)
+    return RowSums(found, counts.new_zeros(len(found)).index_add_(0, inverse, counts), sums, lookups)
 
 
 def _by_owner(rows, values, size, whole, world):
     """This rank's lookups of one group of tables (`size` rows each), summed per row: per rank, a RowSums of the
     rows it updates (every row, for tables that every rank updates whole)."""
     if whole:
-        return [sum_rows(rows, size, torch.ones_like(rows), values, len(rows))] * world.size
+        return [sum_rows(rows, size, torch.ones_like(rows), [[part] for part in values], len(rows))] * world.size
     span = -(-size // world.size)  # the most rows a rank owns
     # each owner's rows side by side, each by its place among that owner's rows (row // N)
     summed = sum_rows(owners(rows, world) * span + rows // world.size, world.size * span, torch.ones_like(rows),
-                      values, len(rows))
+                      [[part] for part in values], len(rows))
     bounds = torch.searchsorted(summed.rows, torch.arange(world.size + 1, device=rows.device) * span).tolist()
     summed.rows = summed.rows % span * world.size + summed.rows // span
     return [RowSums(summed.rows[low:high], summed.counts[low:high], [part[low:high] for part in summed.values],
@@ -295,7 +300,7 @@ def to_owners(groups, world):
             summed = RowSums(found[0].rows, found[0].counts, found[0].values, lookups)
         else:
             rows, counts = torch.cat([part.rows for part in found]), torch.cat([part.counts for part in found])
-            values = [torch.cat(parts) for parts in zip(*(part.values for part in found))]
+            values = list(zip(*(part.values for part in found)))
             if whole:
                 summed = sum_rows(rows, size, counts, values, lookups)
             else:  # by each row's place among this rank's rows (row // N)
