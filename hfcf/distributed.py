@@ -9,12 +9,13 @@ Without torchrun's variables (WORLD_SIZE unset or 1) nothing here starts a proce
 exactly as before. fastai's own `distrib_ctx` assumes CUDA and NCCL, so hfcf wraps the fastai Learner's model
 itself (`training.DataParallel`) and shards each epoch's batches by rank (`TensorBatches`, `HistoryBatches`).
 
-The batch size a user gives is the global batch: each of N ranks takes 1/N of every batch and the ranks' gradients
-are averaged, so one step sees the same ratings, and the same learning rate applies, whatever N is. Dense
-parameters are averaged by DDP's all-reduce. The sparse embeddings (lazy Adam's) are shared out among the ranks,
-a table to each: every rank sends the rows it looked up in a table and their gradients to the table's owner
-(`to_owners`), the owner updates the rows, and sends their new values to the others (`from_owners`). What a step
-exchanges follows the rows a batch looks up, not the sizes of the tables, and the update's work is divided.
+The batch size a user gives is the global batch: each of N ranks takes its share of every batch and the ranks'
+gradients are averaged (each weighted by its share), so one step sees the same ratings, and the same learning rate
+applies, whatever N is. Dense parameters are averaged by DDP's all-reduce. For the sparse embeddings (lazy Adam's),
+each rank takes the ratings of the users it owns (`owners`: row r is rank r mod N's, `split_by_owner`), so a user's
+rows are looked up and updated on that rank alone; the titles' rows, looked up everywhere, are updated whole on
+every rank from the per-row sums that each rank sends the others (`to_owners`). What a step exchanges follows the
+rows a batch looks up, not the sizes of the tables.
 """
 import hashlib
 import json
@@ -162,6 +163,12 @@ def shard(rows, world):
     return torch.tensor_split(rows, world.size)[world.rank]
 
 
+def owners(rows, world):
+    """The rank that updates each of `rows` of a lazy embedding table under torchrun: rows are dealt out in turn
+    (row r to rank r mod N), so every rank updates about 1/N of the rows a batch touches, popular or rare."""
+    return rows % world.size
+
+
 def split_by_owner(rows, keys, world):
     """This rank's part of one global batch of `rows`: those whose key (the user row of a rating) it owns, so a
     user's rows are looked up and updated on one rank alone and never sent; contiguous shares (`shard`) where that
@@ -193,12 +200,6 @@ def _bits(integers):
 
 def _integers(bits):
     return bits.view(torch.int32).long()
-
-
-def owners(rows, world):
-    """The rank that updates each of `rows` of a lazy embedding table under torchrun: rows are dealt out in turn
-    (row r to rank r mod N), so every rank updates about 1/N of the rows a batch touches, popular or rare."""
-    return rows % world.size
 
 
 @dataclass

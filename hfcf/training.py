@@ -42,9 +42,9 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     L2 penalty per rating: a touched row's gradient gains `wd * row * (its ratings in the batch / batch size)`,
     the gradient of `wd/2 * mean over the batch of |row|^2`, which does not change with batch or data size.
     A row's two Adam moments sit side by side (`moments`, rows x 2 x width): one gather and one scatter a step.
-    Under torchrun `DataParallel` hands each rank the gradient of the rows it owns already summed over the batch,
-    with `lookups` (each row's lookups, the batch's), and `ranks`: row r's moments sit at r // ranks, as a rank
-    holds only those of its rows (every ranks-th).
+    Under torchrun `DataParallel` hands each rank the gradient of the rows it updates already summed over the
+    global batch, with `lookups` (each row's lookups, the batch's), and `ranks`: row r's moments sit at r // ranks,
+    as a rank keeps only those of the rows it owns (every ranks-th: a user table's; 1 for a table updated whole).
     A dense parameter (the nn's layers) takes a plain Adam step, with an L2 `wd * p` on its gradient where its
     `do_wd` is on (the nn turns it off: `hfcf.kinds.nn.Neural.learner`).
     """
