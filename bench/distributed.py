@@ -8,11 +8,13 @@ ratings per second, gradient bytes a process sends per step, and RMSE (top-N: pr
 
 Every run is `train.py --data FILE --models ...` with the same seed and global batch (the data's defaults unless
 --bs/--epochs say), run one after the other; `uptime`'s load average is printed beside each, since other work on a
-shared machine changes what two processes can get.
+shared machine changes what two processes can get, and the CPU seconds other processes used during the run (a
+figure measured while other work ran is not a figure of this code).
 """
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -26,12 +28,28 @@ LAYOUTS = [("1 process x 1 thread", 1, 1), ("2 processes x 1 thread", 2, 1), ("1
 
 
 def run(command, env, out):
-    started = time.perf_counter()
+    """(wall seconds, config.json, CPU seconds other processes used meanwhile) of one train.py run."""
+    started, busy, ours = time.perf_counter(), busy_seconds(), children_seconds()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     config = json.loads((out / "config.json").read_text())
-    return time.perf_counter() - started, config
+    others = busy_seconds() - busy - (children_seconds() - ours) if busy is not None else None
+    return time.perf_counter() - started, config, others
+
+
+def busy_seconds():
+    """CPU seconds this machine has spent busy since boot (/proc/stat), or None where there is no /proc."""
+    try:
+        fields = [int(value) for value in open("/proc/stat").readline().split()[1:]]
+    except OSError:
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def children_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def load_average():
@@ -66,7 +84,7 @@ def main():
                     [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                      "train.py", *common, "--out", str(out)]
                 load = load_average()
-                wall, config = run(command, env, out)
+                wall, config, others = run(command, env, out)
                 n_train = config["split"]["n_train"]
                 for kind, model in config["models"].items():
                     quality = (f"P@10 {config['ranking'][kind]['precision@10']:.4f}" if kind == "topn" else
@@ -75,14 +93,14 @@ def main():
                                  f"{model['fit_seconds']:.1f}",
                                  f"{n_train * model['epochs'] / model['fit_seconds'] / 1e6:.2f}",
                                  f"{model.get('bytes_per_step', 0) / 1e6:.2f}" if processes > 1 else "-",
-                                 quality, f"{load:.2f}"])
+                                 quality, f"{load:.2f}", "-" if others is None else f"{max(others, 0):.0f}"])
                     print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
             bias = config["metrics"].get("user+item bias", {}).get("rmse")
             print(f"{size:,}: {config['dataset']['n_users']:,} users x {config['dataset']['n_items']:,} titles; "
                   f"bias RMSE {bias}, planted {floor:.4f}; batches "
                   + ", ".join(f"{kind} {model['bs']}" for kind, model in config["models"].items()), file=sys.stderr)
     headers = ["ratings", "model", "layout", "train.py wall s", "fit s", "M ratings/s", "MB sent a step per process",
-               "RMSE", "load before"]
+               "RMSE", "load before", "others' CPU s"]
     print("| " + " | ".join(headers) + " |\n|" + "|".join("---" for _ in headers) + "|")
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")

@@ -9,15 +9,17 @@ Without torchrun's variables (WORLD_SIZE unset or 1) nothing here starts a proce
 exactly as before. fastai's own `distrib_ctx` assumes CUDA and NCCL, so hfcf wraps the fastai Learner's model
 itself (`training.DataParallel`) and shards each epoch's batches by rank (`TensorBatches`, `HistoryBatches`).
 
-The batch size a user gives is the global batch: each of N ranks takes 1/N of every batch and the ranks' gradients
-are averaged, so one step sees the same ratings, and the same learning rate applies, whatever N is. Dense
-parameters are averaged by DDP's all-reduce. The sparse embeddings (lazy Adam's) are shared out among the ranks,
-a table to each: every rank sends the rows it looked up in a table and their gradients to the table's owner
-(`to_owners`), the owner updates the rows, and sends their new values to the others (`from_owners`). What a step
-exchanges follows the rows a batch looks up, not the sizes of the tables, and the update's work is divided.
+The batch size a user gives is the global batch: each of N ranks takes its share of every batch and the ranks'
+gradients are averaged (each weighted by its share), so one step sees the same ratings, and the same learning rate
+applies, whatever N is. Dense parameters are averaged by DDP's all-reduce. For the sparse embeddings (lazy Adam's),
+each rank takes the ratings of the users it owns (`owners`: row r is rank r mod N's, `split_by_owner`), so a user's
+rows are looked up and updated on that rank alone; the titles' rows, looked up everywhere, are updated whole on
+every rank from the per-row sums that each rank sends the others (`to_owners`). What a step exchanges follows the
+rows a batch looks up, not the sizes of the tables.
 """
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -148,11 +150,34 @@ def barrier(world):
         dist.barrier()
 
 
+def from_main(tensors, world):
+    """Rank 0's values of `tensors` (buffers such as BatchNorm's statistics), written in place on every rank."""
+    for tensor in tensors:
+        dist.broadcast(tensor, 0)
+
+
 def shard(rows, world):
     """This rank's part of one global batch: contiguous, sizes differing by at most one row across ranks."""
     if not world.distributed:
         return rows
     return torch.tensor_split(rows, world.size)[world.rank]
+
+
+def owners(rows, world):
+    """The rank that updates each of `rows` of a lazy embedding table under torchrun: rows are dealt out in turn
+    (row r to rank r mod N), so every rank updates about 1/N of the rows a batch touches, popular or rare."""
+    return rows % world.size
+
+
+def split_by_owner(rows, keys, world):
+    """This rank's part of one global batch of `rows`: those whose key (the user row of a rating) it owns, so a
+    user's rows are looked up and updated on one rank alone and never sent; contiguous shares (`shard`) where that
+    would leave a rank fewer than two (a small batch, or data dominated by a few users). Returns (rows, whether
+    they were split by owner); every rank computes the same split, so all know which it was."""
+    owner = owners(keys, world)
+    if int(torch.bincount(owner, minlength=world.size).min()) < 2:
+        return shard(rows, world), False
+    return rows[owner == world.rank], True
 
 
 def exchange(payloads, world):
@@ -177,61 +202,134 @@ def _integers(bits):
     return bits.view(torch.int32).long()
 
 
-def owner(table, world):
-    """The rank whose optimizer updates embedding table number `table` (in the model's order) under torchrun."""
-    return table % world.size
+@dataclass
+class RowSums:
+    """The gradients of one or more lazy tables looked up with the same indices (the dot model's factors and
+    bias), summed per row: what a rank sends, and what an owner's optimizer steps on."""
+
+    rows: torch.Tensor    # unique, ascending
+    values: list          # per table: (len(rows), width), the rows' summed gradients
 
 
-def to_owners(grads, world):
-    """Each rank's sparse embedding gradients (one per table), each table's sent to the rank that owns it.
+def unique(keys, size):
+    """`torch.unique(keys, return_inverse=True)` for keys in [0, size). Where `size` is small beside the work of a
+    sort (at most n log2 n for n keys: a batch's rows of a table of up to some hundred thousand rows), the keys are
+    marked in `size` flags instead of sorted, in a third of the time or less."""
+    if size > len(keys) * max(math.log2(max(len(keys), 1)), 1):
+        return torch.unique(keys, return_inverse=True)
+    flags = torch.zeros(size, dtype=torch.bool, device=keys.device).index_fill_(0, keys, True)
+    found = flags.nonzero()[:, 0]
+    places = torch.empty(size, dtype=torch.long, device=keys.device)
+    places.index_copy_(0, found, torch.arange(len(found), device=keys.device))
+    return found, places.index_select(0, keys)
 
-    Returns {table: its gradient over the global batch} for the tables this rank owns: every rank's lookups in
-    rank order (the global batch's own order, as `shard` cuts it), their gradients averaged over the ranks as DDP
-    averages; and the bytes sent. The owner's update then sees what one process given the whole batch would.
+
+def sum_rows(keys, size, values):
+    """RowSums of `values`, those of the same key (each in [0, size)) added together; its `rows` are the keys,
+    ascending. `values` holds, per table, one line per entry of `keys` in a list of tensors, joined without a copy."""
+    found, inverse = unique(keys, size)
+    sums = []
+    for parts in values:
+        total, at = parts[0].new_zeros(len(found), parts[0].shape[1]), 0
+        for part in parts:
+            total.index_add_(0, inverse[at:at + len(part)], part)
+            at += len(part)
+        sums.append(total)
+    return RowSums(found, sums)
+
+
+def _by_owner(rows, values, size, whole, world):
+    """This rank's lookups of one group of tables (`size` rows each), summed per row: per rank, a RowSums of the
+    rows it updates (every row, for tables that every rank updates whole)."""
+    if whole:
+        return [sum_rows(rows, size, [[part] for part in values])] * world.size
+    span = -(-size // world.size)  # the most rows a rank owns
+    # each owner's rows side by side, each by its place among that owner's rows (row // N)
+    summed = sum_rows(owners(rows, world) * span + rows // world.size, world.size * span, [[part] for part in values])
+    bounds = torch.searchsorted(summed.rows, torch.arange(world.size + 1, device=rows.device) * span).tolist()
+    summed.rows = summed.rows % span * world.size + summed.rows // span
+    return [RowSums(summed.rows[low:high], [part[low:high] for part in summed.values])
+            for low, high in zip(bounds[:-1], bounds[1:])]
+
+
+def _message(parts):
+    """RowSums (one per group) as one flat float32 message: per group its row count, rows and values."""
+    return torch.cat([piece for part in parts for piece in (
+        _bits(torch.tensor([len(part.rows)], device=part.rows.device)), _bits(part.rows),
+        *(value.reshape(-1) for value in part.values))])
+
+
+def _parts(message, widths):
+    """The RowSums of a `_message`, given each group's tables' widths."""
+    parts, at = [], 0
+    for group in widths:
+        n = int(_integers(message[at:at + 1]))
+        rows, at = _integers(message[at + 1:at + 1 + n]), at + 1 + n
+        values = []
+        for width in group:
+            values.append(message[at:at + n * width].reshape(n, width))
+            at += n * width
+        parts.append(RowSums(rows, values))
+    return parts
+
+
+def to_owners(groups, world):
+    """This rank's lookups in lazy tables, each row's gradient summed and sent to the ranks that update the row.
+
+    `groups`: per group of tables looked up with the same indices, (rows looked up, [gradient per table, one line
+    per lookup], the tables' row count, whether every rank updates them whole). A row of a table shared out among
+    the ranks goes to its owner (`owners`), one of a whole table to every rank. Returns (per group, RowSums of the
+    rows this rank updates over every rank's lookups, gradients averaged over the ranks as DDP averages; bytes
+    sent). Summed before it is sent, what a step sends follows the rows a batch touches, not
+    its lookups; a rank's own rows (all of its users', when the batch was split by owner) are never sent.
     """
-    messages = [[] for _ in range(world.size)]
-    for table, grad in enumerate(grads):
-        rows = grad._indices()[0]
-        messages[owner(table, world)] += [_bits(torch.tensor([len(rows)], device=rows.device)), _bits(rows),
-                                          grad._values().reshape(-1)]
-    received, sent = exchange([torch.cat(message) if message else grads[0]._values().new_empty(0)
-                               for message in messages], world)
-    mine = [table for table in range(len(grads)) if owner(table, world) == world.rank]
-    parts = {table: [] for table in mine}
-    for message in received:
-        at = 0
-        for table in mine:
-            n, width = int(_integers(message[at:at + 1])), grads[table].shape[1:].numel()
-            parts[table].append((_integers(message[at + 1:at + 1 + n]), message[at + 1 + n:at + 1 + n + n * width]))
-            at += 1 + n + n * width
-    owned = {}
-    for table, table_parts in parts.items():
-        shape = grads[table].shape
-        rows = torch.cat([part[0] for part in table_parts])
-        # each rank's loss is the mean over its share: the mean of the ranks' gradients is the global batch's
-        values = torch.cat([part[1] for part in table_parts]).div_(world.size).reshape(len(rows), *shape[1:])
-        owned[table] = torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=False)
-    return owned, sent
+    local = [_by_owner(rows, values, size, whole, world) for rows, values, size, whole in groups]
+    received, sent = exchange([_message([group[rank] for group in local]) if rank != world.rank
+                               else torch.empty(0, device=groups[0][0].device) for rank in range(world.size)], world)
+    widths = [[part.shape[1] for part in values] for _, values, _, _ in groups]
+    incoming = [_parts(message, widths) if rank != world.rank else [group[rank] for group in local]
+                for rank, message in enumerate(received)]
+    updated = []
+    for (_, _, size, whole), found in zip(groups, zip(*incoming)):  # each group's parts in rank order: the batch's
+        found = [part for part in found if len(part.rows)] or found[:1]
+        if len(found) == 1:  # the rows came from one rank alone (a user's, on its owner): already summed
+            summed = RowSums(found[0].rows, found[0].values)
+        else:
+            rows = torch.cat([part.rows for part in found])
+            values = list(zip(*(part.values for part in found)))
+            if whole:
+                summed = sum_rows(rows, size, values)
+            else:  # by each row's place among this rank's rows (row // N)
+                summed = sum_rows(rows // world.size, -(-size // world.size), values)
+                summed.rows = summed.rows * world.size + world.rank
+        # each rank's loss is the mean over its share, weighted by it: the mean of the ranks' gradients is the
+        # global batch's
+        for part in summed.values:
+            part.div_(world.size)
+        updated.append(summed)
+    return updated, sent
 
 
-def from_owners(updated, shapes, world):
-    """Every owner's updated rows sent to every other rank: `updated` is {table: (rows, new values)} of the tables
-    this rank owns, `shapes` every table's shape. Returns [(table, rows, values)] from the others, and bytes sent."""
-    message = torch.cat([part for rows, values in updated.values()
+def from_owners(updated, world):
+    """The new values of the rows this rank's optimizer updated, sent to every other rank: `updated` is, per group
+    of tables, (rows, [new values per table]). Returns, per group, [(rows, [values per table])] from the other
+    ranks, and bytes sent."""
+    message = torch.cat([part for rows, values in updated
                          for part in (_bits(torch.tensor([len(rows)], device=rows.device)), _bits(rows),
-                                      values.reshape(-1))])
+                                      *(value.reshape(-1) for value in values))])
     received, sent = exchange([message.new_empty(0) if rank == world.rank else message
                                for rank in range(world.size)], world)
-    updates = []
+    updates = [[] for _ in updated]
     for rank, incoming in enumerate(received):
         if rank == world.rank:
             continue
         at = 0
-        for table, shape in enumerate(shapes):
-            if owner(table, world) != rank:
-                continue
-            n, width = int(_integers(incoming[at:at + 1])), shape[1:].numel()
-            updates.append((table, _integers(incoming[at + 1:at + 1 + n]),
-                            incoming[at + 1 + n:at + 1 + n + n * width].reshape(n, *shape[1:])))
-            at += 1 + n + n * width
+        for (_, values), found in zip(updated, updates):
+            n = int(_integers(incoming[at:at + 1]))
+            rows, at = _integers(incoming[at + 1:at + 1 + n]), at + 1 + n
+            new = []
+            for value in values:
+                new.append(incoming[at:at + n * value.shape[1]].reshape(n, value.shape[1]))
+                at += n * value.shape[1]
+            found.append((rows, new))
     return updates, sent

@@ -24,9 +24,9 @@ import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle, whic
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback, CancelValidException
-from fastai.learner import CastToTensor, Metric
+from fastai.learner import AvgSmoothLoss, CastToTensor, Metric
 from fastai.optimizer import Optimizer
-from fastai.torch_core import set_seed
+from fastai.torch_core import set_seed, to_detach
 
 from . import distributed, scoring
 from . import nn as hfnn
@@ -35,7 +35,7 @@ from .kinds import KINDS
 
 
 def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=None, sqr_avg=None, moments=None,
-                   idle_since=None, **kwargs):
+                   idle_since=None, presummed=False, ranks=1, **kwargs):
     """fastai optimizer callback: fastai's Adam with decoupled weight decay, whose step costs what a batch touched.
 
     A dense parameter takes fastai's Adam step: `p *= 1 - lr * wd` where its `do_wd` is on, then the moments and
@@ -43,7 +43,10 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     ("lazy", as TensorFlow's LazyAdam); each first catches up on the steps it sat out (`_catch_up`: what dense Adam's
     momentum and weight decay did to it meanwhile, in closed form), so the tables end close to where fastai's Adam
     would have taken them, at the cost of the rows touched. A row's two moments sit side by side (`moments`, rows x
-    2 x width: one gather and one scatter a step); `idle_since` holds the step each row was last updated.
+    2 x width: one gather and one scatter a step); `idle_since` holds the step each row was last updated. Under
+    torchrun `DataParallel` hands each rank the gradient of the rows it updates already summed over the global
+    batch (`presummed`), and `ranks`: row r's state sits at r // ranks, as a rank keeps only that of the rows it owns (every
+    ranks-th: a user table's; 1 for a table updated whole).
     """
     step += 1
     debias_mom, debias_sqr = 1 - mom ** step, 1 - sqr_mom ** step
@@ -51,23 +54,27 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
     grad = p.grad
     if grad.is_sparse:
         if moments is None:
-            moments = p.new_zeros(p.shape[0], 2, p.shape[1])
-            idle_since = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
-        rows, position, _ = _unique_rows(grad._indices()[0])
-        summed = p.new_zeros(len(rows), p.shape[1]).index_add_(0, position, grad._values())
+            moments = p.new_zeros(-(-p.shape[0] // ranks), 2, p.shape[1])
+            idle_since = torch.zeros(len(moments), dtype=torch.int32, device=p.device)
+        if presummed:
+            rows, summed = grad._indices()[0], grad._values()
+        else:
+            rows, position, _ = _unique_rows(grad._indices()[0])
+            summed = p.new_zeros(len(rows), p.shape[1]).index_add_(0, position, grad._values())
+        slots = rows if ranks == 1 else rows // ranks
         # index_select / index_copy_ rather than tensor[rows]: advanced indexing's gather and index_put cost
         # twice as much on CPU, and these rows are unique.
-        weights, both = p.data.index_select(0, rows), moments.index_select(0, rows)
-        idle = (step - 1 - idle_since.index_select(0, rows)).to(p.dtype)[:, None]
+        weights, both = p.data.index_select(0, rows), moments.index_select(0, slots)
+        idle = (step - 1 - idle_since.index_select(0, slots)).to(p.dtype)[:, None]
         _catch_up(weights, both, idle, lr * debias_sqr ** 0.5 / debias_mom, mom, sqr_mom, eps, decay)
         avg, sqr = both[:, 0], both[:, 1]
         weights.mul_(1 - decay)
         avg.mul_(mom).add_(summed, alpha=1 - mom)
         sqr.mul_(sqr_mom).addcmul_(summed, summed, value=1 - sqr_mom)
-        moments.index_copy_(0, rows, both)
-        idle_since.index_fill_(0, rows, step)
+        moments.index_copy_(0, slots, both)
+        idle_since.index_fill_(0, slots, step)
         p.data.index_copy_(0, rows, weights.addcdiv_(avg, (sqr / debias_sqr).sqrt_().add_(eps), value=-lr / debias_mom))
-        return {"step": step, "moments": moments, "idle_since": idle_since}
+        return {"step": step, "moments": moments, "idle_since": idle_since, "presummed": False}
     if grad_avg is None:
         grad_avg, sqr_avg = torch.zeros_like(p), torch.zeros_like(p)
     p.data.mul_(1 - decay)
@@ -148,12 +155,15 @@ def batch_bounds(n, bs, training, world=distributed.SINGLE):
 class TensorBatches:
     """(x, y) batches sliced from in-memory tensors; fastai's Learner needs only iteration, len and `to`.
 
-    When shuffling (training) under torchrun, every rank draws the same order and takes its share of each batch.
+    When shuffling (training) under torchrun, every rank draws the same order and takes its share of each batch:
+    the ratings of the users it owns (`distributed.split_by_owner`). `share` is the part of the last global batch
+    this rank took, `by_owner` whether it was split by owner (`DataParallel` reads both).
     """
 
     def __init__(self, x, y, bs, shuffle, seed=0, world=distributed.SINGLE):
         self.x, self.y, self.bs, self.shuffle, self.world = x, y, bs, shuffle, world
         self.generator = torch.Generator().manual_seed(seed)
+        self.share, self.by_owner = 1.0, True
 
     def __len__(self):
         return len(batch_bounds(len(self.x), self.bs, self.shuffle, self.world))
@@ -163,10 +173,32 @@ class TensorBatches:
             for start, end in batch_bounds(len(self.x), self.bs, False):
                 yield self.x[start:end], self.y[start:end]
             return
+        if self.world.distributed:
+            yield from self._shares()
+            return
         order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
-        for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
-            rows = distributed.shard(order[start:end], self.world)
+        for start, end in batch_bounds(len(self.x), self.bs, True):
+            rows = order[start:end]
             yield self.x[rows], self.y[rows]
+
+    def _shares(self):
+        """This rank's share of each shuffled global batch under torchrun."""
+        # the order one process draws (randperm's draws depend on n alone), as int32 in 60% of int64's time
+        order = torch.randperm(len(self.x), generator=self.generator,
+                               dtype=torch.int32 if len(self.x) < 2 ** 31 else torch.int64).to(self.x.device)
+        users = self.x[:, 0]
+        for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
+            batch = order[start:end]
+            # index_select rather than advanced indexing: a third less time for these gathers on CPU
+            rows, self.by_owner = distributed.split_by_owner(batch, users.index_select(0, batch), self.world)
+            self.share = len(rows) / len(batch)
+            yield self.x.index_select(0, rows), self.y.index_select(0, rows)
+
+    def to_detach(self, b, cpu=True, gather=True):
+        """fastai's `to_detach` (its Learner asks the loader first): a held-out batch's outputs are not gathered
+        across ranks, as every rank scores the whole held-out set with the same model (`DataParallel`); a gather
+        would only repeat them, three collectives a batch."""
+        return to_detach(b, cpu, gather and self.shuffle)
 
     def to(self, device):
         self.x, self.y = self.x.to(device), self.y.to(device)
@@ -375,11 +407,17 @@ class DataParallel(Callback):
     """Average the ranks' gradients every step (fastai's `DistributedTrainer` without its CUDA assumptions).
 
     Dense parameters go through DistributedDataParallel's all-reduce. The tables that lazy Adam updates (sparse
-    embeddings) are left out of it and shared out among the ranks, a table to each: after the backward pass every
-    rank's lookups and their gradients go to the table's owner, whose step updates the rows looked up, and their
-    new values go to every rank after the step (`distributed.to_owners`, `from_owners`). Buffers are not broadcast
-    each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm statistics
-    follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
+    embeddings) are left out of it. Each rank takes the ratings of the users it owns from every batch
+    (`TensorBatches`, `distributed.owners`: row r is rank r mod N's), so the rows of the tables looked up by user
+    are shared out: a user's rows are looked up, updated (their Adam moments kept) and summed on their owner alone.
+    The other tables (titles) are looked up by every rank, and every rank keeps and updates them whole, as DDP does
+    its parameters but for the rows a batch touched: each rank sums its gradients per title row and sends the sums
+    to the others (`distributed.to_owners`, one all-to-all a step, which carries users' rows too when a batch was
+    not split by owner), and every rank takes the same step from the sums over the whole global batch. A user's new
+    values are sent only when another rank is about to read them: before validating, at the end of a fit, or before
+    a batch too small to split by owner. So every rank holds the whole model whenever it is read. Buffers are not
+    broadcast each step: the top-N model's user vectors are filled in after training, and each rank's BatchNorm
+    statistics follow its own share (rank 0's are saved). `bytes_per_step` counts what this rank sent.
     """
 
     def __init__(self, world):
@@ -388,12 +426,18 @@ class DataParallel(Callback):
 
     def before_fit(self):
         self.inner = self.learn.model
-        sparse = {id(module.weight) for module in self.inner.modules()
-                  if isinstance(module, torch.nn.Embedding) and module.sparse}
+        self.learn.recorder.smooth_loss = ShareSmoothLoss(self.learn.recorder.smooth_loss.beta)
+        self.tables = [module for module in self.inner.modules() if isinstance(module, torch.nn.Embedding)
+                       and module.sparse and module.weight.requires_grad]
+        sparse = {id(module.weight) for module in self.tables}
         named = [(name, p) for name, p in self.inner.named_parameters() if p.requires_grad]
-        self.sparse = [p for _, p in named if id(p) in sparse]
         dense = [p for _, p in named if id(p) not in sparse]
         self.dense_bytes = sum(p.numel() * p.element_size() for p in dense)
+        # rows of a user table this rank updated and the others have not received yet
+        self.unsent = {table: torch.zeros(len(table.weight), dtype=torch.bool, device=table.weight.device)
+                       for table in self.tables}
+        self.groups, self.updated, self.looked_up = [], [], {}
+        self.hooks = [table.register_forward_pre_hook(self._record) for table in self.tables]
         if dense:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                 self.inner, [name for name, p in named if id(p) in sparse])
@@ -401,31 +445,103 @@ class DataParallel(Callback):
             self.learn.model = DistributedDataParallel(self.inner, broadcast_buffers=False,
                                                        device_ids=[device] if device.type == "cuda" else None)
 
+    def _record(self, table, inputs):
+        self.looked_up[table] = inputs[0]
+
+    def _groups(self):
+        """[(tables, by user)]: the lazy tables a forward pass looked up, grouped by the index tensor they were
+        given, and whether that tensor is the batch's user column (a view of it, as the model's forward takes it).
+        The same on every rank: it follows the model's code, not the rows drawn."""
+        groups = {}
+        for table in self.tables:
+            groups.setdefault(id(self.looked_up[table]), []).append(table)
+        users = self.learn.xb[0][:, 0] if hasattr(self.learn.dl, "by_owner") else None
+        return [(tables, users is not None and _same_view(self.looked_up[tables[0]], users))
+                for tables in groups.values()]
+
+    def before_batch(self):
+        if self.learn.training and not getattr(self.learn.dl, "by_owner", True):
+            self._send_unsent()  # every rank looks up users of every rank in this batch
+
+    def after_loss(self):
+        # a rank's loss is the mean over its share of the batch: weighted by that share, the ranks' average (DDP's,
+        # and the lazy tables' in `to_owners`) is the mean over the whole batch, however unequal the shares
+        if self.learn.training and hasattr(self.learn.dl, "share"):
+            self.learn.loss_grad = self.learn.loss_grad * (self.learn.dl.share * self.world.size)
+
     def after_backward(self):
         self.sent += self.dense_bytes
         self.steps += 1
-        if self.sparse:
-            owned, sent = distributed.to_owners([p.grad for p in self.sparse], self.world)
-            for table, p in enumerate(self.sparse):
-                p.grad = owned.get(table)  # None: another rank's optimizer updates this table
-            self.sent += sent
+        if not self.tables:
+            return
+        self.groups = self._groups()
+        self.updated, sent = distributed.to_owners(
+            [(tables[0].weight.grad._indices()[0], [table.weight.grad._values() for table in tables],
+              len(tables[0].weight), not by_user) for tables, by_user in self.groups], self.world)
+        for (tables, by_user), mine in zip(self.groups, self.updated):
+            for table, values in zip(tables, mine.values):
+                table.weight.grad = torch.sparse_coo_tensor(mine.rows[None], values, table.weight.shape,
+                                                            is_coalesced=True, check_invariants=False)
+                state = self.learn.opt.state[table.weight]
+                state["presummed"] = True
+                state["ranks"] = self.world.size if by_user else 1  # whose Adam moments this rank keeps
+        self.sent += sent
 
     def after_step(self):
-        if self.sparse:
-            # the rows each owned table's step updated: its sort is still in `_unique_rows`'s memory
-            updated = {table: (rows, p.data.index_select(0, rows)) for table, p in enumerate(self.sparse)
-                       if p.grad is not None for rows in [_unique_rows(p.grad._indices()[0])[0]]}
-            received, sent = distributed.from_owners(updated, [p.shape for p in self.sparse], self.world)
-            for table, rows, values in received:
-                self.sparse[table].data.index_copy_(0, rows, values)
-            self.sent += sent
+        for (tables, by_user), mine in zip(self.groups, self.updated):
+            if by_user:
+                self.unsent[tables[0]].index_fill_(0, mine.rows, True)
+        for table in self.tables:
+            table.weight.grad = None  # the summed gradient served its step; the next backward starts afresh
+
+    def _send(self, updated):
+        """Every rank's new values of the rows it updated, `updated` [(rows, tables)], written on every other."""
+        new = [(rows, [table.weight.data.index_select(0, rows) for table in tables]) for rows, tables in updated]
+        received, sent = distributed.from_owners(new, self.world)
+        for (_, tables), found in zip(updated, received):
+            for rows, values in found:
+                for table, value in zip(tables, values):
+                    table.weight.data.index_copy_(0, rows, value)
+        self.sent += sent
+
+    def _send_unsent(self):
+        users = [tables for tables, by_user in self.groups if by_user]
+        if not users:  # no such tables in this model (or no step yet): the same on every rank
+            return
+        self._send([(self.unsent[tables[0]].nonzero()[:, 0], tables) for tables in users])
+        for tables in users:
+            self.unsent[tables[0]].zero_()
+
+    def before_validate(self):
+        self._send_unsent()
+        # every rank scores the whole held-out set (`TensorBatches.to_detach`) with the model rank 0 will save
+        distributed.from_main([buffer for module in self.inner.modules()
+                               if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                               for buffer in module.buffers()], self.world)
 
     @property
     def bytes_per_step(self):
         return round(self.sent / self.steps) if self.steps else 0
 
     def after_fit(self):
+        self._send_unsent()
+        for hook in self.hooks:
+            hook.remove()
         self.learn.model = self.inner
+
+
+class ShareSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss, of this rank's share of each batch (the one rank 0 logs): fastai gathers it
+    across ranks, a collective each step where every rank waits for the slowest."""
+
+    def accumulate(self, learn):
+        self.count += 1
+        self.val = torch.lerp(to_detach(learn.loss.mean(), gather=False), self.val, self.beta)
+
+
+def _same_view(a, b):
+    """Whether tensors `a` and `b` are the same view of the same memory."""
+    return (a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
 
 
 def release_freed_memory(collect=True):
