@@ -59,7 +59,7 @@ def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd, do_wd=True, step=0, grad_avg=No
         if presummed:
             rows, summed = grad._indices()[0], grad._values()
         else:
-            rows, position, _ = _unique_rows(grad._indices()[0])
+            rows, position = _unique_rows(grad._indices()[0], p.shape[0])
             summed = p.new_zeros(len(rows), p.shape[1]).index_add_(0, position, grad._values())
         slots = rows if ranks == 1 else rows // ranks
         # index_select / index_copy_ rather than tensor[rows]: advanced indexing's gather and index_put cost
@@ -101,17 +101,17 @@ def _catch_up(weights, both, idle, step_size, mom, sqr_mom, eps, decay):
     sqr.mul_(sqr_mom ** idle)
 
 
-_recent_uniques = []  # (rows looked up, their torch.unique) of the last two tables a lazy step updated
+_recent_uniques = []  # (rows looked up, their unique rows and inverse) of the last two tables a lazy step updated
 
 
-def _unique_rows(looked_up):
-    """`torch.unique(looked_up, return_inverse=True, return_counts=True)`, computed once for tables a step looks
-    up with the same rows: the dot model's factors and biases (half its sorts). A copy of the rows is kept, as a
-    sparse gradient's indices may be reused in place."""
+def _unique_rows(looked_up, size):
+    """(unique rows, each lookup's place among them) of a table of `size` rows (`distributed.unique`), computed
+    once for tables a step looks up with the same rows: the dot model's factors and biases (half its work). A copy
+    of the rows is kept, as a sparse gradient's indices may be reused in place."""
     for seen, found in _recent_uniques:
         if seen.shape == looked_up.shape and torch.equal(seen, looked_up):
             return found
-    found = torch.unique(looked_up, return_inverse=True, return_counts=True)
+    found = distributed.unique(looked_up, size)
     _recent_uniques[:] = [(looked_up.clone(), found), *_recent_uniques[:1]]
     return found
 
@@ -173,25 +173,16 @@ class TensorBatches:
             for start, end in batch_bounds(len(self.x), self.bs, False):
                 yield self.x[start:end], self.y[start:end]
             return
-        if self.world.distributed:
-            yield from self._shares()
-            return
-        order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
-        for start, end in batch_bounds(len(self.x), self.bs, True):
-            rows = order[start:end]
-            yield self.x[rows], self.y[rows]
-
-    def _shares(self):
-        """This rank's share of each shuffled global batch under torchrun."""
-        # the order one process draws (randperm's draws depend on n alone), as int32 in 60% of int64's time
+        # the same order as int64 (randperm's draws depend on n alone), in 60% of its time
         order = torch.randperm(len(self.x), generator=self.generator,
                                dtype=torch.int32 if len(self.x) < 2 ** 31 else torch.int64).to(self.x.device)
         users = self.x[:, 0]
         for start, end in batch_bounds(len(self.x), self.bs, True, self.world):
-            batch = order[start:end]
+            rows = order[start:end]
+            if self.world.distributed:
+                rows, self.by_owner = distributed.split_by_owner(rows, users.index_select(0, rows), self.world)
+                self.share = len(rows) / (end - start)
             # index_select rather than advanced indexing: a third less time for these gathers on CPU
-            rows, self.by_owner = distributed.split_by_owner(batch, users.index_select(0, batch), self.world)
-            self.share = len(rows) / len(batch)
             yield self.x.index_select(0, rows), self.y.index_select(0, rows)
 
     def to_detach(self, b, cpu=True, gather=True):
