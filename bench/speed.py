@@ -7,8 +7,9 @@ in the machine's speed does not favour one; the table gives medians. Ratios are 
 - book: chapter 8 as printed: `CollabDataLoaders` (fastai's tabular DataLoader), bs=64,
   `collab_learner(dls, n_factors=50, y_range=(0, 5.5))` or `use_nn=True, layers=[100, 50]`,
   `fit_one_cycle(5, 5e-3, wd=0.1)`.
-- hfcf: `hfcf.training.fit_one` with each kind's `small` settings (hfcf/kinds/): fastai's Learner, fit_one_cycle, Adam, Recorder and
-  rmse metric, fed pre-encoded tensors.
+- hfcf: `hfcf.training.fit_one` with each kind's default settings (hfcf/kinds/) for `--epochs` (the count train.py
+  chooses on this split), from random weights: fastai's Learner, fit_one_cycle, lazy Adam, Recorder and the rmse
+  metric, fed pre-encoded tensors.
 - bare torch: the same fastai modules, batches, schedule and optimiser settings as hfcf, in a plain loop
   (torch AdamW + OneCycleLR, a validation pass each epoch): the floor for fastai's framework overhead.
 - train.py: `python train.py` in a subprocess, imports, data loading, both fits, evaluation and writing included.
@@ -89,10 +90,13 @@ def bare_fit(kind, settings, tensors, vocabularies):
         spared = [model.u_bias.weight, model.i_bias.weight]  # as hfcf.training: biases are not decayed
     else:
         model = EmbeddingNN([(len(users), chosen["user_size"]), (len(items), chosen["item_size"])],
-                            list(settings.layers),
-                            **tabular_config(bn_cont=False, embed_p=settings.embed_p, y_range=_common.Y_RANGE))
+                            list(settings.layers), **tabular_config(bn_cont=False, use_bn=settings.batchnorm,
+                                                                    embed_p=settings.embed_p, y_range=_common.Y_RANGE))
         training.fast_dropout(model)  # as hfcf.training does
         spared = list(norm_bias_params(model))  # fastai's wd_bn_bias=False
+        if not settings.batchnorm:  # as hfcf's nn: the L2 on the embeddings only
+            spared += [p for layer in model.layers.modules() if isinstance(layer, torch.nn.Linear)
+                       for p in layer.parameters()]
     decayed = [p for p in model.parameters() if all(p is not q for q in spared)]
     optimizer = torch.optim.AdamW([{"params": decayed}, {"params": spared, "weight_decay": 0.0}], lr=settings.lr,
                                   betas=(0.95, settings.sqr_mom), eps=1e-5, weight_decay=settings.wd)
@@ -139,16 +143,15 @@ def main():
     p = _common.parser(__doc__)
     p.add_argument("--repeats", type=int, default=3, help="repetitions of every fit (default 3; medians reported)")
     p.add_argument("--no-train-py", action="store_true", help="skip timing `python train.py` end to end")
+    p.add_argument("--epochs", type=int, default=8,
+                   help="epochs of each hfcf and bare fit (default 8: what train.py chooses for both on this split)")
     args = p.parse_args()
     from hfcf import pipeline, training
     from hfcf.kinds import KINDS
 
     repeats = 1 if args.quick else args.repeats
-    settings = {kind: KINDS[kind].base for kind in KINDS}
-    book_epochs = BOOK["epochs"]
-    if args.quick:
-        settings = {kind: dataclasses.replace(value, epochs=1) for kind, value in settings.items()}
-        book_epochs = 1
+    epochs, book_epochs = (1, 1) if args.quick else (args.epochs, BOOK["epochs"])
+    settings = {kind: dataclasses.replace(KINDS[kind].base, epochs=epochs) for kind in KINDS}
     dataset = _common.movielens(args.data)
     split = pipeline.make_split(dataset, "random", 0.2, _common.SEED)
     vocabularies = _common.vocabularies(split)

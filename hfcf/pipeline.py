@@ -143,7 +143,6 @@ def train_and_save(dataset, split, out, kinds=None, settings=None, y_range=None,
     if world.is_main:
         artifacts.check_output(out, force)
     settings = settings or registry.defaults_for(*training_size(split))
-    settings = {kind: settings[kind] for kind in kinds}
     users, items = vocab.from_ratings(split.train, split.valid)
     distributed.check_same(world, "vocabularies", [users.keys, items.keys, len(split.train), len(split.valid)])
     log = log if world.is_main else (lambda *_: None)

@@ -617,48 +617,50 @@ def choose_epochs(learn, recipe, settings, wd):
     return best_epochs, sign * best, tried
 
 
-def search(recipe, kind, candidates, train, users, items, y_range, seed, log, world):
-    """(settings, how they were chosen): the candidate settings that score best on INNER_SHARE of the training
-    data held out, each fitted on the rest for its forced epochs or for the count `choose_epochs` finds."""
+def search(recipe, kind, settings, train, users, items, y_range, seed, log, world, start=None):
+    """(settings with the epochs chosen, how): the count `choose_epochs` finds on INNER_SHARE of the training data
+    held out, fitted on the rest (from the weights of `start`'s kind refitted on the rest, when it starts from
+    another kind)."""
     fitted_on, held_out = recipe.inner_split(train, INNER_SHARE, np.random.default_rng(seed + 1))
     if recipe.inner_size(held_out) == 0:
         raise DataError(f"{kind}: too few ratings to hold out a share to choose the epochs on; pass --epochs")
-    sign = 1 if recipe.inner_lower_is_better else -1
-    results = []
-    for settings in candidates:
-        varied = {name: getattr(settings, name) for name in recipe.chosen_settings if len(candidates) > 1}
-        learn, _, wd = _learner(recipe, kind, settings, fitted_on, held_out, users, items, y_range, seed,
-                                lambda line: log(f"choosing: {line}"), world)
-        if settings.epochs:
-            learn.fit_one_cycle(settings.epochs, settings.lr, wd=wd)
-            epochs, figure = settings.epochs, _inner_figure(learn, recipe.inner_metric)
-            tried = [(epochs, round(figure, 4))]
-        else:
-            epochs, figure, tried = choose_epochs(learn, recipe, settings, wd)
-        del learn
-        release_freed_memory()
-        if epochs and math.isfinite(figure):
-            results.append((sign * figure, replace(settings, epochs=epochs), {**varied, "tried": tried}))
-    if not results:
+    inner_log = lambda line: log(f"choosing: {line}")  # noqa: E731
+    start_weights = start and _refit(start, fitted_on, held_out, users, items, y_range, seed, inner_log, world)
+    learn, _, wd = _learner(recipe, kind, settings, fitted_on, held_out, users, items, y_range, seed, inner_log,
+                            world, start_weights)
+    epochs, figure, tried = choose_epochs(learn, recipe, settings, wd)
+    del learn
+    release_freed_memory()
+    if not (epochs and math.isfinite(figure)):
         raise HfcfError(f"{kind}: training diverged (the loss became NaN or infinite); lower --lr or raise --wd")
-    best, settings, _ = min(results, key=lambda result: result[0])
+    log(f"{kind}: {epochs} epochs chosen ({recipe.inner_metric} {figure:.4f} on {INNER_SHARE:.0%} held out of the "
+        "training data); fitting on all of it")
     how = {"on": recipe.inner_description, "share": INNER_SHARE, "metric": recipe.inner_metric,
-           "figure": round(sign * best, 4), "max_epochs": settings.max_epochs,
-           **({"candidates": [candidate for *_, candidate in results]} if len(candidates) > 1
-              else {"tried": results[0][2]["tried"]})}
-    chose = ", ".join(f"{name} {getattr(settings, name)}" for name in recipe.chosen_settings if len(candidates) > 1)
-    log(f"{kind}: {settings.epochs} epochs{' and ' + chose if chose else ''} chosen ({recipe.inner_metric} "
-        f"{sign * best:.4f} on {INNER_SHARE:.0%} held out of the training data); fitting on all of it")
-    return settings, how
+           "figure": round(figure, 4), "max_epochs": settings.max_epochs, "tried": tried}
+    return replace(settings, epochs=epochs), how
 
 
-def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world):
+def _refit(start, train, valid, users, items, y_range, seed, log, world):
+    """The weights (our names) of the fitted model `start` refitted on `train`, with the settings and epochs it
+    was fitted with: what a kind that starts from it starts from on that data."""
+    recipe, settings = KINDS[start.kind], KINDS[start.kind].Settings(**{
+        name: tuple(value) if isinstance(value, list) else value for name, value in start.settings.items()
+        if name in KINDS[start.kind].Settings.names()})
+    learn, chosen, wd = _learner(recipe, start.kind, settings, train, valid, users, items, y_range, seed, log, world)
+    learn.fit_one_cycle(settings.epochs, settings.lr, wd=wd)
+    return {key: value.detach() for key, value in recipe.export(learn, train, chosen, len(users)).items()}
+
+
+def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world, start_weights=None):
     """A fastai Learner for `recipe` on (train, valid), with only the callbacks that fitting needs: every callback
-    is called for every event of every batch, and `CastToTensor` has nothing to cast from plain tensors."""
+    is called for every event of every batch, and `CastToTensor` has nothing to cast from plain tensors. With
+    `start_weights`, the kind `recipe.starts_from` fitted on the same data, its model starts from them."""
     set_seed(seed, reproducible=True)
     dls = recipe.loaders(train, valid, settings, users, items, seed, world).to(torch.device(world.device))
     chosen = recipe.resolved(settings, users, items)
     learn = recipe.learner(dls, settings, chosen, y_range)
+    if start_weights is not None:
+        recipe.start_from(learn, {key: value.to(world.device) for key, value in start_weights.items()})
     learn.remove_cb(CastToTensor)
     learn.add_cbs([ReleaseFreedMemory(), ValidateLastEpoch()])
     if world.distributed:
@@ -672,25 +674,28 @@ def _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, 
     return learn, chosen, recipe.fit_wd(settings, dls)
 
 
-def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print, world=distributed.SINGLE):
+def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print, world=distributed.SINGLE,
+            start=None):
     """Fit one model with fastai's `fit_one_cycle` on data from its recipe's `encode`; refuses a diverged loss.
 
-    What the settings leave to the data (the epochs when `settings.epochs` is 0, the default; a kind's own
-    `candidates`, such as the nn's embedding dropout) is chosen on INNER_SHARE of the training data held out
-    (`search`); then the model is fitted afresh on all the training data with what was chosen (`valid`, the
+    The epochs, when `settings.epochs` is 0 (the default), are chosen on INNER_SHARE of the training data held out
+    (`search`); then the model is fitted afresh on all the training data for that many (`valid`, the
     evaluation's held-out data, is only logged, never chosen on). A NaN loss is caught after fitting (the final
     metrics come out non-finite) rather than by `TerminateOnNaNCallback` on each batch. Under torchrun every rank
-    runs this with the same seed (the same initial weights and inner slice); only rank 0 logs.
+    runs this with the same seed (the same initial weights and inner slice); only rank 0 logs. A kind that starts
+    from another (`starts_from`) gets `start`, that kind fitted on the same `train`: the refit starts from its
+    weights, the search from the same model refitted on the search's share.
     """
     recipe = KINDS[kind]
-    start = time.perf_counter()
-    candidates, how = recipe.candidates(settings), None
-    if not settings.epochs or len(candidates) > 1:
-        settings, how = search(recipe, kind, candidates, train, users, items, y_range, seed, log, world)
+    started = time.perf_counter()
+    how = None
+    if not settings.epochs:
+        settings, how = search(recipe, kind, settings, train, users, items, y_range, seed, log, world, start)
     epochs = settings.epochs
-    learn, chosen, wd = _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world)
+    learn, chosen, wd = _learner(recipe, kind, settings, train, valid, users, items, y_range, seed, log, world,
+                                 start and start.state_dict)
     learn.fit_one_cycle(epochs, settings.lr, wd=wd)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - started
     chosen.update(epochs=epochs, epochs_chosen=how)  # None: the count was asked for
     history = [[float(v) if v is not None else math.nan for v in values] for values in learn.recorder.values]
     if len(history) < epochs or not math.isfinite(history[-1][0]) or \
@@ -707,7 +712,8 @@ def fit_one(kind, settings, train, valid, users, items, y_range, seed, log=print
 
 def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, log=print, world=distributed.SINGLE):
     """Fit each model in `kinds` on the same ratings (its settings checked themselves when made); returns
-    {kind: Fitted}."""
+    {kind: Fitted}. A kind that starts from another takes it from this run, or fits it first (with `settings`'
+    entry for it, else its defaults) without returning it."""
     for kind in kinds:
         if not isinstance(settings[kind], KINDS[kind].Settings):
             raise TypeError(f"{kind} takes {KINDS[kind].Settings.__name__}, not {type(settings[kind]).__name__}")
@@ -720,7 +726,12 @@ def fit(kinds, settings, train_frame, valid_frame, users, items, y_range, seed, 
             encoded[encoding] = tuple(KINDS[kind].encode(frame, users, items, y_range)
                                       for frame in (train_frame, valid_frame))
         data = encoded[encoding] if encoding in encodings[position + 1:] else encoded.pop(encoding)
-        fitted[kind] = fit_one(kind, settings[kind], *data, users, items, y_range, seed, log, world)
+        source, start = KINDS[kind].starts_from(settings[kind]), None
+        if source:
+            start = fitted.get(source) or fit_one(source, settings.get(source) or KINDS[source].defaults(
+                len(train_frame)), *data, users, items, y_range, seed, lambda line: log(f"{kind}'s start: {line}"),
+                world)
+        fitted[kind] = fit_one(kind, settings[kind], *data, users, items, y_range, seed, log, world, start)
         del data  # freed before the next model's data is made (the Learner keeps none of it)
         release_freed_memory()
     return fitted

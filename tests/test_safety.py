@@ -125,7 +125,8 @@ def test_train_py_on_201_ratings_with_batches_of_32_trains_the_nn(tmp_path, caps
     code = train.main(["--data", str(tmp_path / "ratings.csv"), "--models", "nn", "--bs", "32", "--epochs", "2",
                        "--out", str(tmp_path / "model")])
     assert code == 0, capsys.readouterr().err
-    code = train.main(["--data", "synthetic", "--models", "nn", "--bs", "1", "--out", str(tmp_path / "other")])
+    code = train.main(["--data", "synthetic", "--models", "nn", "--bs", "1", "--set", "nn.batchnorm=true",
+                       "--out", str(tmp_path / "other")])
     assert code == 2 and "--bs must be at least 2" in capsys.readouterr().err
 
 

@@ -109,12 +109,49 @@ def test_the_defaults_follow_the_data_without_a_step_at_any_size():
     assert all(abs(kinds.defaults_for(n, n // 100)["topn"].wd / (n // 100) / (10 / 943) - 1) < 0.005 for n in sizes)
 
 
-def test_the_nn_embedding_dropout_is_left_to_the_data_unless_given():
-    nn = kinds.KINDS["nn"]
-    assert nn.base.embed_p is None
-    assert [candidate.embed_p for candidate in nn.candidates(nn.base)] == list(nn.EMBED_P_CHOICES)
-    assert nn.candidates(dataclasses.replace(nn.base, embed_p=0.3)) == [dataclasses.replace(nn.base, embed_p=0.3)]
-    assert kinds.KINDS["dot"].candidates(kinds.KINDS["dot"].base) == [kinds.KINDS["dot"].base]
+def test_the_nn_starts_from_the_dot_models_factors(synthetic_dataset):
+    """The refit's embeddings start as the dot model of the same run (a step of lr 1e-9 leaves them there); asked
+    for alone, the nn fits its own dot model first (the settings' entry for it) and returns only itself."""
+    from hfcf import pipeline, vocab
+
+    split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
+    users, items = vocab.from_ratings(split.train, split.valid)
+    dot = dataclasses.replace(kinds.KINDS["dot"].base, epochs=2, bs=256, n_factors=8)
+    nn = dataclasses.replace(kinds.KINDS["nn"].base, epochs=1, bs=256, lr=1e-9, user_size=8, item_size=8)
+    both = training.fit(["dot", "nn"], {"dot": dot, "nn": nn}, split.train, split.valid, users, items, (0.5, 5.5),
+                        0, log=lambda *_: None)
+    for side in ("user", "item"):
+        started = both["dot"].state_dict[f"{side}_factors.weight"]
+        fitted = both["nn"].state_dict[f"{side}_embedding.weight"]
+        assert torch.allclose(started, fitted, atol=1e-5) and started.abs().max() > 0.01
+    alone = training.fit(["nn"], {"dot": dot, "nn": nn}, split.train, split.valid, users, items, (0.5, 5.5), 0,
+                         log=lambda *_: None)
+    assert list(alone) == ["nn"]
+    assert torch.equal(alone["nn"].state_dict["user_embedding.weight"], both["nn"].state_dict["user_embedding.weight"])
+    cold = dataclasses.replace(nn, warm_start=False, lr=1e-2)
+    assert kinds.KINDS["nn"].starts_from(cold) is None and kinds.KINDS["nn"].starts_from(nn) == "dot"
+    with pytest.raises(DataError, match="user_size and item_size must equal dot's n_factors \\(8\\)"):
+        training.fit(["nn"], {"dot": dot, "nn": dataclasses.replace(nn, user_size=5)}, split.train, split.valid,
+                     users, items, (0.5, 5.5), 0, log=lambda *_: None)
+
+
+def test_the_search_of_a_warm_started_kind_starts_from_its_source_refitted_on_the_search_share(synthetic_dataset,
+                                                                                             monkeypatch):
+    """The epochs are chosen from a dot model fitted on the search's 90%, never on the ratings held out from it."""
+    from hfcf import pipeline, vocab
+
+    split = pipeline.make_split(synthetic_dataset, "random", 0.2, 0)
+    users, items = vocab.from_ratings(split.train, split.valid)
+    dot = dataclasses.replace(kinds.KINDS["dot"].base, epochs=2, bs=256, n_factors=8)
+    nn = dataclasses.replace(kinds.KINDS["nn"].base, bs=256, user_size=8, item_size=8, max_epochs=3)
+    seen = []
+    original = training._refit
+    monkeypatch.setattr(training, "_refit", lambda start, train, *rest: seen.append(len(train[0])) or original(
+        start, train, *rest))
+    fitted = training.fit(["dot", "nn"], {"dot": dot, "nn": nn}, split.train, split.valid, users, items, (0.5, 5.5),
+                          0, log=lambda *_: None)
+    assert seen == [len(split.train) - int(training.INNER_SHARE * len(split.train))]
+    assert fitted["nn"].settings["epochs_chosen"]["tried"] and 1 <= fitted["nn"].settings["epochs"] <= 3
 
 
 def test_settings_are_refused_when_made():
@@ -122,7 +159,7 @@ def test_settings_are_refused_when_made():
     with pytest.raises(DataError, match="topn: history dropout must be at least 0 and below 1"):
         dataclasses.replace(kinds.KINDS["topn"].base, embed_p=1.0)
     with pytest.raises(DataError, match="nn: --bs must be at least 2"):
-        dataclasses.replace(kinds.KINDS["nn"].base, bs=1)
+        dataclasses.replace(kinds.KINDS["nn"].base, bs=1, batchnorm=True)
     assert dataclasses.replace(kinds.KINDS["nn"].base, bs=1, batchnorm=False).bs == 1  # checked with all of it in
     with pytest.raises(DataError, match="dot: --epochs must be at least 1"):
         dataclasses.replace(kinds.KINDS["dot"].base, epochs=0, max_epochs=0)

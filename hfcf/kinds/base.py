@@ -74,8 +74,8 @@ def float32(*shape):
 
 
 def epochs_text(s):
-    """How a model's epochs (and any setting left to the data) were chosen, from its config.json entry ("" for
-    folders that do not say)."""
+    """How a model's epochs were chosen, from its config.json entry ("" for folders that do not say; "candidates":
+    folders whose search also chose a setting)."""
     how = s.get("epochs_chosen")
     if not how:
         return f"{s['epochs']} epochs, as asked for (`--epochs`)" if "epochs_chosen" in s else ""
@@ -173,14 +173,17 @@ class Kind:
 
     # what the epochs are chosen on (training.search): a recorder metric, its direction, in words
     inner_metric, inner_lower_is_better, inner_description = "valid_loss", True, "a share of the training data"
-    chosen_settings = ()  # settings besides the epochs that `candidates` may leave to the data
-
-    def candidates(self, settings):
-        """The settings the inner slice chooses among (one: only the epochs, if any, are left to it)."""
-        return [settings]
 
     def inner_split(self, train, share, rng):
         """(fitted on, held out) of encoded training data, to choose the epochs on."""
+        raise NotImplementedError
+
+    def starts_from(self, settings):
+        """The name of the kind whose fitted weights this one starts from (`start_from`), or None."""
+        return None
+
+    def start_from(self, learn, weights):
+        """Set the new Learner's starting weights from the fitted `weights` (our names) of `starts_from`'s kind."""
         raise NotImplementedError
 
     def inner_size(self, held_out):

@@ -1,6 +1,6 @@
 """The nn kind: fastai's `EmbeddingNN` (chapter 8 of the book), the user and title embeddings concatenated and passed
 through a small MLP."""
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,8 +19,9 @@ class NeuralSettings(Settings):
     layers: tuple = (50,)     # hidden layer sizes
     user_size: int = 0        # embedding sizes; 0 means fastai's `emb_sz_rule`
     item_size: int = 0
-    embed_p: float | None = 0.0  # dropout on the embeddings (training only); None: chosen from EMBED_P_CHOICES
+    embed_p: float = 0.0      # dropout on the embeddings (training only)
     batchnorm: bool = True    # BatchNorm after each hidden layer (fastai's default); off: Linear layers with biases
+    warm_start: bool = False  # embeddings start from a dot model's factors fitted on the same ratings
     sqr_mom: float = 0.99     # Adam's second-moment decay (beta2); fastai's default is 0.99
     lazy: bool = True         # fastai's Adam computed for the embedding rows a batch touches (see DotSettings)
 
@@ -31,7 +32,7 @@ class NeuralSettings(Settings):
                             f"(got {self.bs})")
         if not self.layers or min(self.layers) < 1:
             raise DataError(f"nn: --layers needs one or more positive sizes, e.g. 100,50 (got {self.layers})")
-        if self.embed_p is not None and not 0 <= self.embed_p < 1:
+        if not 0 <= self.embed_p < 1:
             raise DataError(f"nn: embedding dropout must be at least 0 and below 1 (got {self.embed_p})")
 
 
@@ -163,18 +164,29 @@ class Neural(RatingKind):
 
     name, label, architecture = "nn", "neural net", "EmbeddingNN"
     Settings, Scorer = NeuralSettings, NeuralScorer
-    # Tuned on MovieLens 100k with the dot model's batch (BENCHMARKS.md): decoupled weight decay as the book's.
-    # The embedding dropout is the data's choice: 0.5 held the nn off overfitting on MovieLens 100k and its subsets,
-    # and kept it near the bias baseline for dozens of epochs on a million ratings, where none did best.
-    base = NeuralSettings(epochs=0, lr=1e-2, wd=1.0, bs=1024, layers=(50,), user_size=32, item_size=32,
-                          embed_p=None, lazy=True)
-    EMBED_P_CHOICES = (0.5, 0.0)
-    chosen_settings = ("embed_p",)
+    # From random embeddings the nn stayed behind Surprise's SVD++ wherever users have few ratings; started from the
+    # dot model's factors (what it learns there is then the rest of the rating) it passed it on every set tried, with
+    # a gentler step and no BatchNorm to keep the start (BENCHMARKS.md, Defaults).
+    base = NeuralSettings(epochs=0, lr=1e-3, wd=1.0, bs=1024, layers=(64,), user_size=100, item_size=100,
+                          batchnorm=False, warm_start=True, lazy=True)
+    starts_from_kind = "dot"
 
-    def candidates(self, settings):
-        if settings.embed_p is not None:
-            return [settings]
-        return [replace(settings, embed_p=p) for p in self.EMBED_P_CHOICES]
+    def starts_from(self, settings):
+        return self.starts_from_kind if settings.warm_start else None
+
+    def start_from(self, learn, weights):
+        import torch
+
+        embeddings = learn.model.embeds
+        pairs = [(embeddings[0].weight, weights["user_factors.weight"]),
+                 (embeddings[1].weight, weights["item_factors.weight"])]
+        if any(mine.shape != theirs.shape for mine, theirs in pairs):
+            raise DataError(f"nn: warm_start copies the dot model's factors into the embeddings, so user_size and "
+                            f"item_size must equal dot's n_factors ({pairs[1][1].shape[1]}); pass them with --set "
+                            f"nn.user_size=...,nn.item_size=... or turn it off with --set nn.warm_start=false")
+        with torch.no_grad():
+            for mine, theirs in pairs:
+                mine.copy_(theirs)
 
     def defaults(self, n_train, n_users=None, n_items=None):
         return follow_the_data(self.base, n_train)
@@ -202,7 +214,8 @@ class Neural(RatingKind):
         return found
 
     def settings_text(self, s):
-        return (f"embeddings {s['user_size']}/{s['item_size']} with dropout {s['embed_p']}, layers "
+        start = ", started from the dot model's factors" if s.get("warm_start") else ""
+        return (f"embeddings {s['user_size']}/{s['item_size']}{start} with dropout {s['embed_p']}, layers "
                 f"{s['layers']}{self._layers_note(s)}, {rating_fit(s)}")
 
     @staticmethod
