@@ -119,7 +119,8 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_previous_model(synthetic
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     process = subprocess.Popen([sys.executable, "train.py", "--data", "synthetic", "--epochs", "400", "--bs", "64",
                                 "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # (a runner that starts jobs in the background has SIGINT ignored, and Python then never raises KeyboardInterrupt)
     lines = []
     for line in process.stdout:  # wait until training is under way
         lines.append(line)
