@@ -90,9 +90,8 @@ def parser():
     model.add_argument("--set", type=per_model, action="append", metavar="MODEL.SETTING=VALUE",
                        help=f"one model's setting, after the flags above, e.g. --set {first}.epochs=20 (settings: "
                        f"{'; '.join(f'{name}: ' + ', '.join(kind.Settings.names()) for name, kind in KINDS.items())}"
-                       "); batches, learning rates and penalties follow the data's size smoothly, and the epochs (and "
-                       "the nn's embedding dropout) are chosen on a held-out tenth of the training data; the card "
-                       "records what each model used")
+                       "); batches, learning rates and penalties follow the data's size smoothly, and the epochs are "
+                       "chosen on a held-out tenth of the training data; the card records what each model used")
     model.add_argument("--y-range", type=comma_list(float),
                        help="low,high of the sigmoid output; every rating must lie inside (default 0,5.5)")
     model.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and shuffling (42)")
@@ -149,7 +148,7 @@ def model_settings(args, n_train, n_users=None, n_items=None):
         current = changes[kind].get(key, getattr(defaults[kind], key))
         try:
             changes[kind][key] = comma_list(int)(text) if isinstance(current, tuple) else \
-                flag(text) if isinstance(current, bool) else float(text) if current is None else type(current)(text)
+                flag(text) if isinstance(current, bool) else type(current)(text)
         except (ValueError, argparse.ArgumentTypeError):
             raise DataError(f"--set {kind}.{key}={text}: expected a value like the default, {current!r}") from None
     return {kind: dataclasses.replace(settings, **changes[kind]) for kind, settings in defaults.items()}

@@ -74,23 +74,14 @@ def float32(*shape):
 
 
 def epochs_text(s):
-    """How a model's epochs were chosen, from its config.json entry ("" for folders that do not say; "candidates":
-    folders whose search also chose a setting)."""
+    """How a model's epochs were chosen, from its config.json entry ("" for folders that do not say)."""
     how = s.get("epochs_chosen")
     if not how:
         return f"{s['epochs']} epochs, as asked for (`--epochs`)" if "epochs_chosen" in s else ""
-
-    def runs(tried):
-        return ", ".join(f"{epochs}: {figure}" for epochs, figure in tried)
-
-    candidates = how.get("candidates") or [{"tried": how["tried"]}]
-    varied = [name for name in candidates[0] if name != "tried"]
-    scored = "; ".join(", ".join(f"{name} {candidate[name]}" for name in varied) + (" " if varied else "")
-                       + f"({runs(candidate['tried'])})" for candidate in candidates)
-    chosen = "".join(f" and {name} {s[name]}" for name in varied)
-    return (f"{s['epochs']} epochs{chosen} chosen on {how['on']} ({how['share']:.0%}) held out: one-cycle runs of "
-            f"growing length scored by {how['metric']}{': ' if varied else ' '}{scored}, at most "
-            f"{how['max_epochs']} epochs; then refitted on all the training data")
+    tried = ", ".join(f"{epochs}: {figure}" for epochs, figure in how["tried"])
+    return (f"{s['epochs']} epochs chosen on {how['on']} ({how['share']:.0%}) held out: one-cycle runs of growing "
+            f"length scored by {how['metric']} ({tried}), at most {how['max_epochs']} epochs; then refitted on all "
+            "the training data")
 
 
 def rating_fit(s):

@@ -169,10 +169,8 @@ class Neural(RatingKind):
     # a gentler step and no BatchNorm to keep the start (BENCHMARKS.md, Defaults).
     base = NeuralSettings(epochs=0, lr=1e-3, wd=1.0, bs=1024, layers=(64,), user_size=100, item_size=100,
                           batchnorm=False, warm_start=True, lazy=True)
-    starts_from_kind = "dot"
-
     def starts_from(self, settings):
-        return self.starts_from_kind if settings.warm_start else None
+        return "dot" if settings.warm_start else None
 
     def start_from(self, learn, weights):
         import torch
